@@ -1,0 +1,211 @@
+"""The box's configuration: ``edge.toml`` plus one TOML file per camera.
+
+Everything is parsed into frozen dataclasses and checked once at start: unknown keys, bad types,
+out-of-range numbers, polygons with fewer than three points, unknown rule types, cameras naming a
+model the box does not define, and model files that are missing. Each failure is a
+:class:`ConfigError` whose message is one line: ``file: key: reason``.
+
+Relative paths in ``edge.toml`` are resolved against the directory holding ``edge.toml``, so the
+box's files move together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.detect.manifest import load_manifest
+from agent.rules import rule_types
+from agent.typedtoml import ConfigError, load_dataclass, read_toml, setting
+from agent.zones import Zone
+
+__all__ = ["ConfigError", "BoxConfig", "CameraConfig", "load_config", "read_toml"]
+
+
+class LogFormat(str, Enum):
+    LOGFMT = "logfmt"
+    JSON = "json"
+
+
+@dataclass(frozen=True)
+class AgentSection:
+    id: str = setting(help="This box's id, unique in the city; part of every topic and ticket")
+    log_level: str = setting("INFO", help="DEBUG, INFO, WARNING or ERROR")
+    log_format: LogFormat = setting(LogFormat.LOGFMT, help="logfmt for people, json for log shippers")
+
+    def __post_init__(self):
+        if not self.id or "/" in self.id or "+" in self.id or "#" in self.id:
+            raise ValueError(f"id: must be non-empty without '/', '+' or '#', got {self.id!r}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError(f"log_level: must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+
+
+@dataclass(frozen=True)
+class StorageSection:
+    dir: Path = setting(Path("var"), help="Outbox database and evidence folder live here")
+    jpeg_quality: int = setting(85, ge=30, le=100, help="Quality of evidence snapshots")
+
+
+@dataclass(frozen=True)
+class MqttSection:
+    host: str = setting(help="Broker host name or address")
+    port: int = setting(1883, ge=1, le=65535)
+    prefix: str = setting("cityops", help="Topic prefix: <prefix>/<agent id>/...")
+    client_id: str | None = setting(None, help="Defaults to edge-<agent id>")
+    username: str | None = setting(None)
+    password: str | None = setting(None)
+    keepalive_s: int = setting(30, ge=5, le=3600)
+    reconnect_min_s: float = setting(1.0, gt=0, help="First reconnect delay; doubles up to reconnect_max_s")
+    reconnect_max_s: float = setting(60.0, gt=0)
+    max_inflight: int = setting(20, ge=1, le=1000, help="Messages published and not yet acknowledged")
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    manifest: Path = setting(help="The model's manifest TOML (file, sha256, input, classes)")
+    threads: int = setting(2, ge=1, le=64, help="onnxruntime intra-op threads")
+    min_score: float = setting(0.3, ge=0, le=1, help="Detections below this are dropped by the decoder")
+    nms_iou: float = setting(0.5, gt=0, le=1, help="Per-class non-maximum suppression IoU")
+
+
+@dataclass(frozen=True)
+class EdgeFile:
+    agent: AgentSection
+    cameras: list[Path] = setting(help="Camera config files, one per camera")
+    models: dict[str, ModelSection] = setting(factory=dict)
+    storage: StorageSection = setting(factory=StorageSection)
+    mqtt: MqttSection | None = setting(None, help="Leave out to store tickets locally only")
+
+
+@dataclass(frozen=True)
+class LocationSection:
+    lat: float = setting(ge=-90, le=90)
+    lon: float = setting(ge=-180, le=180)
+    grid_code: str = setting(help="The city grid (网格) code the camera looks at")
+
+
+@dataclass(frozen=True)
+class ZoneSection:
+    polygon: list[tuple[float, float]] = setting(help="[[x, y], ...] in pixels of the camera picture")
+    rule: dict[str, Any] = setting(help="Table with type = <rule type> and that rule's parameters")
+
+
+@dataclass(frozen=True)
+class CameraFile:
+    id: str
+    url: str = setting(help="rtsp://... or a video file path (relative to the camera file)")
+    location: LocationSection
+    model: str = setting("default", help="Name of a [models.<name>] table of edge.toml")
+    name: str = setting("", help="A human name for the camera")
+    analysis_fps: float = setting(2.0, gt=0, le=30, help="Frames analysed per second")
+    read_timeout_s: float = setting(
+        5.0, gt=0, help="A stream that delivers nothing this long is dropped and reconnected")
+    realtime: bool = setting(
+        True, help="Files only: pace reading to the file's own clock, like a live camera")
+    loop: bool = setting(False, help="Files only: start again at the end")
+    zones: dict[str, ZoneSection] = setting(factory=dict)
+
+    def __post_init__(self):
+        if not self.id or any(c in self.id for c in "/+#"):
+            raise ValueError(f"id: must be non-empty without '/', '+' or '#', got {self.id!r}")
+
+
+@dataclass(frozen=True)
+class ZoneConfig:
+    zone: Zone
+    rule_type: str
+    params: Any  # the rule module's Params
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    id: str
+    name: str
+    url: str
+    source_file: Path
+    model: str
+    analysis_fps: float
+    read_timeout_s: float
+    realtime: bool
+    loop: bool
+    lat: float
+    lon: float
+    grid_code: str
+    zones: tuple[ZoneConfig, ...]
+
+    @property
+    def is_file(self) -> bool:
+        return "://" not in self.url
+
+
+@dataclass(frozen=True)
+class BoxConfig:
+    source_file: Path
+    agent: AgentSection
+    storage: StorageSection
+    mqtt: MqttSection | None
+    models: dict[str, ModelSection]
+    cameras: tuple[CameraConfig, ...]
+
+    def camera(self, camera_id: str) -> CameraConfig:
+        for cam in self.cameras:
+            if cam.id == camera_id:
+                return cam
+        raise ConfigError(self.source_file, "cameras", f"no camera with id {camera_id!r} "
+                          f"(known: {', '.join(c.id for c in self.cameras)})")
+
+
+def load_config(path: str | Path) -> BoxConfig:
+    path = Path(path)
+    base = path.parent
+    edge = load_dataclass(EdgeFile, read_toml(path), path, base_dir=base)
+    for name, model in edge.models.items():
+        if not model.manifest.is_file():
+            raise ConfigError(path, f"models.{name}.manifest", f"file not found: {model.manifest}")
+        manifest = load_manifest(model.manifest)
+        if not manifest.file.is_file():
+            raise ConfigError(model.manifest, "file", f"model file not found: {manifest.file}")
+    cameras = tuple(_load_camera(p, edge, path) for p in edge.cameras)
+    seen: set[str] = set()
+    for cam in cameras:
+        if cam.id in seen:
+            raise ConfigError(cam.source_file, "id", f"camera id {cam.id!r} is used twice")
+        seen.add(cam.id)
+    return BoxConfig(path, edge.agent, edge.storage, edge.mqtt, edge.models, cameras)
+
+
+def _load_camera(path: Path, edge: EdgeFile, edge_path: Path) -> CameraConfig:
+    raw = load_dataclass(CameraFile, read_toml(path), path)
+    if raw.model not in edge.models:
+        raise ConfigError(path, "model", f"no [models.{raw.model}] in {edge_path} "
+                          f"(defined: {', '.join(edge.models) or 'none'})")
+    url = raw.url
+    if "://" not in url and not Path(url).is_absolute():
+        url = os.path.normpath(path.parent / url)
+    zones = tuple(_load_zone(path, zone_id, section) for zone_id, section in raw.zones.items())
+    return CameraConfig(
+        id=raw.id, name=raw.name or raw.id, url=url, source_file=path, model=raw.model,
+        analysis_fps=raw.analysis_fps, read_timeout_s=raw.read_timeout_s, realtime=raw.realtime,
+        loop=raw.loop, lat=raw.location.lat, lon=raw.location.lon,
+        grid_code=raw.location.grid_code, zones=zones,
+    )
+
+
+def _load_zone(path: Path, zone_id: str, section: ZoneSection) -> ZoneConfig:
+    key = f"zones.{zone_id}"
+    if len(section.polygon) < 3:
+        raise ConfigError(path, f"{key}.polygon", f"needs at least 3 points, got {len(section.polygon)}")
+    rule = dict(section.rule)
+    rule_type = rule.pop("type", None)
+    known = rule_types()
+    if rule_type not in known:
+        raise ConfigError(path, f"{key}.rule.type",
+                          f"unknown rule {rule_type!r} (known: {', '.join(sorted(known))})")
+    params = load_dataclass(known[rule_type].params, rule, path, f"{key}.rule")
+    polygon = np.asarray(section.polygon, dtype=np.float32)
+    return ZoneConfig(Zone(zone_id, polygon), rule_type, params)

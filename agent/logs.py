@@ -1,0 +1,51 @@
+"""Structured logging: every line is an event name plus key=value fields (logfmt) or JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+
+def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields) -> None:
+    logger.log(level, event, extra={"fields": fields})
+
+
+class LogfmtFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        parts = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+            **getattr(record, "fields", {}),
+        }
+        line = " ".join(f"{k}={_quote(v)}" for k, v in parts.items())
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {"ts": record.created, "level": record.levelname.lower(), "logger": record.name,
+               "event": record.getMessage(), **getattr(record, "fields", {})}
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False, default=str)
+
+
+def _quote(value) -> str:
+    text = str(value)
+    if text == "" or any(c in text for c in ' ="'):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def setup_logging(level: str = "INFO", fmt: str = "logfmt") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

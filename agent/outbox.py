@@ -1,0 +1,160 @@
+"""The durable outbox: every message is in SQLite before anything is sent.
+
+A message row is written in the same transaction as the ticket state it reports, after its
+evidence files are on disk, so a crash at any moment leaves either the whole ticket message or
+none of it. Rows are sent in ``id`` order and marked delivered only when the broker acknowledged
+them (PUBACK); rows not marked are sent again after a reconnect or a restart (at-least-once:
+consumers dedupe by ticket id and seq).
+
+Large evidence stays in files; a row names the file, and the sender reads it when it sends.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    kind TEXT NOT NULL,              -- ticket, evidence, ...
+    ticket_id TEXT,
+    payload BLOB,                    -- inline payload, or NULL when payload_path names a file
+    payload_path TEXT,
+    content_type TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    delivered_at REAL
+);
+CREATE INDEX IF NOT EXISTS messages_pending ON messages (id) WHERE delivered_at IS NULL;
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class OutMessage:
+    topic: str
+    kind: str
+    content_type: str
+    ticket_id: str | None = None
+    payload: bytes | None = None
+    payload_path: str | None = None
+
+    def __post_init__(self):
+        if (self.payload is None) == (self.payload_path is None):
+            raise ValueError("an OutMessage has exactly one of payload and payload_path")
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    id: int
+    topic: str
+    kind: str
+    ticket_id: str | None
+    content_type: str
+    payload: bytes | None
+    payload_path: str | None
+    created_at: float
+
+    def body(self) -> bytes:
+        if self.payload is not None:
+            return self.payload
+        return Path(self.payload_path).read_bytes()
+
+
+class Transaction:
+    def __init__(self, db: sqlite3.Connection, now: float):
+        self._db, self._now = db, now
+
+    def next_counter(self, name: str) -> int:
+        """The next value of a named monotonic counter (e.g. the agent's ticket seq)."""
+        self._db.execute("INSERT INTO counters(name, value) VALUES (?, 1) "
+                         "ON CONFLICT(name) DO UPDATE SET value = value + 1", (name,))
+        return self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0]
+
+    def add(self, message: OutMessage) -> int:
+        cur = self._db.execute(
+            "INSERT INTO messages(topic, kind, ticket_id, payload, payload_path, content_type, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (message.topic, message.kind, message.ticket_id, message.payload, message.payload_path,
+             message.content_type, self._now),
+        )
+        return cur.lastrowid
+
+
+class Outbox:
+    """Thread-safe: one connection, one lock, one transaction per write (as persist-queue does)."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL loses at most the last transactions on power loss, never consistency; FULL makes
+        # every ticket survive power loss too, at a few ms per commit, which tickets can afford.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+        self._added = threading.Condition(self._lock)
+
+    @contextmanager
+    def transaction(self, now: float) -> Iterator[Transaction]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield Transaction(self._db, now)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            self._added.notify_all()
+
+    def pending(self, after_id: int = 0, limit: int = 100) -> list[StoredMessage]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, topic, kind, ticket_id, content_type, payload, payload_path, created_at "
+                "FROM messages WHERE delivered_at IS NULL AND id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+        return [StoredMessage(*row) for row in rows]
+
+    def wait_for_more(self, after_id: int, timeout: float) -> None:
+        """Block until a message newer than ``after_id`` is stored, or ``timeout`` passes."""
+        with self._added:
+            if self._max_id() <= after_id:
+                self._added.wait(timeout)
+
+    def _max_id(self) -> int:
+        return self._db.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0]
+
+    def mark_delivered(self, ids: list[int], now: float) -> None:
+        if not ids:
+            return
+        with self._lock:
+            self._db.executemany("UPDATE messages SET delivered_at = ? WHERE id = ? AND delivered_at IS NULL",
+                                 [(now, i) for i in ids])
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            total, pending = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(delivered_at IS NULL), 0) FROM messages").fetchone()
+        return {"stored": total, "pending": pending}
+
+    def messages(self, kind: str | None = None) -> list[tuple[StoredMessage, float | None]]:
+        """Every message with its delivery time: for ``edge-agent`` inspection and tests."""
+        query = ("SELECT id, topic, kind, ticket_id, content_type, payload, payload_path, created_at, delivered_at "
+                 "FROM messages" + (" WHERE kind = ?" if kind else "") + " ORDER BY id")
+        with self._lock:
+            rows = self._db.execute(query, (kind,) if kind else ()).fetchall()
+        return [(StoredMessage(*row[:8]), row[8]) for row in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,149 @@
+"""Strict conversion of TOML tables into frozen dataclasses.
+
+Frigate's lesson: forbid unknown keys and carry bounds on the fields, so a misspelt key or a value
+out of range fails when the agent starts, with one line naming the file, the key and the reason.
+Bounds and help text live in ``field(metadata=...)`` via :func:`setting`, where a calibration tool
+can read them too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A config problem, rendered as ``file: key: reason`` on one line."""
+
+    def __init__(self, source: str | Path, key: str, reason: str):
+        self.source, self.key, self.reason = str(source), key, reason
+        where = f"{self.source}: {key}" if key else self.source
+        super().__init__(f"{where}: {reason}")
+
+
+def read_toml(path: Path) -> dict:
+    """Parse a TOML file; a missing file or bad syntax is a ConfigError naming the file."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(path, "", "file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "", f"not valid TOML: {exc}") from None
+
+
+def setting(default: Any = dataclasses.MISSING, *, help: str = "", ge: float | None = None,
+            gt: float | None = None, le: float | None = None, factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with help text and numeric bounds checked at load time."""
+    meta = {"help": help, "ge": ge, "gt": gt, "le": le}
+    if factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def load_dataclass(cls: type, table: Any, source: str | Path, key: str = "", base_dir: Path | None = None):
+    """Build ``cls`` from ``table``; relative ``Path`` fields are resolved against ``base_dir``."""
+    return _Converter(source, base_dir)(cls, table, key)
+
+
+class _Converter:
+    def __init__(self, source: str | Path, base_dir: Path | None):
+        self.source, self.base_dir = source, base_dir
+
+    def fail(self, key: str, reason: str) -> typing.NoReturn:
+        raise ConfigError(self.source, key, reason)
+
+    def __call__(self, tp: Any, value: Any, key: str) -> Any:
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if dataclasses.is_dataclass(tp):
+            return self.dataclass(tp, value, key)
+        if origin in (typing.Union, types.UnionType):
+            if value is None and type(None) in args:
+                return None
+            inner = [a for a in args if a is not type(None)]
+            return self(inner[0], value, key)
+        if origin is list:
+            if not isinstance(value, list):
+                self.fail(key, f"expected a list, got {type(value).__name__}")
+            return [self(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+        if origin is tuple:
+            if not isinstance(value, list):
+                self.fail(key, f"expected a list, got {type(value).__name__}")
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(self(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+            if len(value) != len(args):
+                self.fail(key, f"expected {len(args)} values, got {len(value)}")
+            return tuple(self(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        if origin is dict:
+            if not isinstance(value, dict):
+                self.fail(key, f"expected a table, got {type(value).__name__}")
+            return {k: self(args[1], v, f"{key}.{k}" if key else k) for k, v in value.items()}
+        if origin is frozenset:
+            if not isinstance(value, list):
+                self.fail(key, f"expected a list, got {type(value).__name__}")
+            return frozenset(self(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        return self.scalar(tp, value, key)
+
+    def scalar(self, tp: Any, value: Any, key: str) -> Any:
+        if isinstance(tp, type) and issubclass(tp, Enum):
+            allowed = [m.value for m in tp]
+            if value not in allowed:
+                self.fail(key, f"must be one of {allowed}, got {value!r}")
+            return tp(value)
+        if tp is Path:
+            if not isinstance(value, str) or not value:
+                self.fail(key, f"expected a path string, got {value!r}")
+            path = Path(value)
+            return path if path.is_absolute() or self.base_dir is None else self.base_dir / path
+        if tp is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                self.fail(key, f"expected a number, got {value!r}")
+            return float(value)
+        if tp is Any:
+            return value
+        if tp is bool or tp is int or tp is str:
+            # bool is an int in Python; TOML keeps them apart, and so do we.
+            if type(value) is not tp:
+                self.fail(key, f"expected {tp.__name__}, got {value!r}")
+            return value
+        raise TypeError(f"typedtoml cannot convert to {tp!r}")
+
+    def dataclass(self, cls: type, value: Any, key: str) -> Any:
+        if not isinstance(value, dict):
+            self.fail(key, f"expected a table, got {type(value).__name__}")
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(value) - set(fields))
+        if unknown:
+            where = f"{key}.{unknown[0]}" if key else unknown[0]
+            self.fail(where, f"unknown key (allowed: {', '.join(sorted(fields))})")
+        kwargs = {}
+        for name, f in fields.items():
+            sub = f"{key}.{name}" if key else name
+            if name not in value:
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    self.fail(sub, "missing required key")
+                continue
+            converted = self(hints[name], value[name], sub)
+            self.check_bounds(f, converted, sub)
+            kwargs[name] = converted
+        try:
+            return cls(**kwargs)
+        except ValueError as exc:  # cross-field checks in __post_init__
+            self.fail(key, str(exc))
+
+    def check_bounds(self, f: dataclasses.Field, value: Any, key: str) -> None:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return
+        meta = f.metadata
+        if meta.get("ge") is not None and value < meta["ge"]:
+            self.fail(key, f"must be >= {meta['ge']}, got {value}")
+        if meta.get("gt") is not None and value <= meta["gt"]:
+            self.fail(key, f"must be > {meta['gt']}, got {value}")
+        if meta.get("le") is not None and value > meta["le"]:
+            self.fail(key, f"must be <= {meta['le']}, got {value}")

@@ -1,0 +1,92 @@
+"""Plain records that cross module borders.
+
+Detections follow supervision's shape: one dataclass of parallel numpy arrays, validated on
+construction, indexable by a boolean mask so zone tests and filters compose with ``&``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded picture of one camera.
+
+    ``ts`` is seconds since the Unix epoch on the agent's clock for live streams, and the file's
+    start time plus the frame's presentation time for replayed files, so replays run faster than
+    real time while every dwell timer still sees media time.
+    """
+
+    camera: str
+    ts: float
+    image: np.ndarray  # H x W x 3, uint8, BGR
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Boxes of one frame: ``xyxy`` in pixels of the frame, with score and class per row."""
+
+    xyxy: np.ndarray  # (N, 4) float32
+    score: np.ndarray  # (N,) float32
+    class_id: np.ndarray  # (N,) int32
+    class_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        n = len(self.xyxy)
+        if self.xyxy.ndim != 2 or self.xyxy.shape[1] != 4:
+            raise ValueError(f"xyxy must have shape (N, 4), got {self.xyxy.shape}")
+        if self.score.shape != (n,) or self.class_id.shape != (n,):
+            raise ValueError(
+                f"score and class_id must have shape ({n},), got {self.score.shape} and {self.class_id.shape}"
+            )
+
+    @classmethod
+    def empty(cls, class_names: tuple[str, ...] = ()) -> Detections:
+        return cls(
+            np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int32), class_names
+        )
+
+    def __len__(self) -> int:
+        return len(self.xyxy)
+
+    def __getitem__(self, mask: np.ndarray | slice) -> Detections:
+        return Detections(self.xyxy[mask], self.score[mask], self.class_id[mask], self.class_names)
+
+    def names(self) -> list[str]:
+        return [self.class_names[i] if 0 <= i < len(self.class_names) else str(i) for i in self.class_id]
+
+    def of_classes(self, names: frozenset[str] | set[str]) -> np.ndarray:
+        """Boolean mask of rows whose class name is in ``names``."""
+        wanted = np.array([n in names for n in self.class_names] + [False], dtype=bool)
+        ids = np.where((self.class_id >= 0) & (self.class_id < len(self.class_names)), self.class_id, -1)
+        return wanted[ids]
+
+    def bottom_centres(self) -> np.ndarray:
+        """(N, 2) points where an object touches the ground: Frigate's zone anchor."""
+        return np.stack([(self.xyxy[:, 0] + self.xyxy[:, 2]) / 2, self.xyxy[:, 3]], axis=1)
+
+
+class EventKind(str, Enum):
+    OPENED = "opened"
+    UPDATED = "updated"
+    CLEARED = "cleared"
+
+
+@dataclass(frozen=True)
+class RuleEvent:
+    """What a rule says about its zone; the ticket book turns it into a ticket message."""
+
+    kind: EventKind
+    rule: str
+    zone: str
+    ts: float
+    first_seen: float
+    last_seen: float
+    label: str  # what was seen, e.g. "person"
+    confidence: float
+    boxes: np.ndarray  # (N, 4) the boxes that support the event
+    facts: dict = field(default_factory=dict)  # rule-specific numbers, e.g. {"count": 3}

@@ -1,0 +1,75 @@
+"""Builders for test configs; everything real except what each test changes."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+NANODET_MANIFEST = REPO / "models" / "nanodet-g-416.toml"
+
+CAMERA_TOML = """\
+id = "{camera_id}"
+url = "{url}"
+model = "default"
+analysis_fps = {fps}
+read_timeout_s = 3
+realtime = {realtime}
+
+[location]
+lat = 31.2304
+lon = 121.4737
+grid_code = "310101001001"
+
+[zones.{zone}]
+polygon = {polygon}
+
+[zones.{zone}.rule]
+type = "object_dwell"
+classes = ["person"]
+min_dwell_s = {dwell}
+clear_after_s = 5
+cooldown_s = 600
+"""
+
+EDGE_TOML = """\
+cameras = [{cameras}]
+
+[agent]
+id = "{agent_id}"
+
+[storage]
+dir = "{storage}"
+
+[models.default]
+manifest = "{manifest}"
+threads = 2
+min_score = 0.35
+{mqtt}
+"""
+
+
+def write_camera(folder: Path, camera_id: str, url: str, *, zone: str = "plaza", dwell: float = 2,
+                 fps: float = 2.0, realtime: bool = False,
+                 polygon: str = "[[0, 250], [768, 250], [768, 576], [0, 576]]") -> Path:
+    path = folder / f"{camera_id}.toml"
+    path.write_text(CAMERA_TOML.format(camera_id=camera_id, url=url, zone=zone, dwell=dwell, fps=fps,
+                                       realtime=str(realtime).lower(), polygon=polygon))
+    return path
+
+
+def write_edge(folder: Path, cameras: list[Path], *, agent_id: str = "test-box", mqtt_port: int | None = None,
+               prefix: str = "cityops", manifest: Path = NANODET_MANIFEST) -> Path:
+    mqtt = textwrap.dedent(f"""
+        [mqtt]
+        host = "127.0.0.1"
+        port = {mqtt_port}
+        prefix = "{prefix}"
+        reconnect_min_s = 0.2
+        reconnect_max_s = 2
+    """) if mqtt_port else ""
+    path = folder / "edge.toml"
+    path.write_text(EDGE_TOML.format(
+        cameras=", ".join(f'"{c}"' for c in cameras), agent_id=agent_id, storage=folder / "var",
+        manifest=manifest, mqtt=mqtt))
+    return path

@@ -1,0 +1,119 @@
+"""Config validation: each broken config fails at load with one line naming file, key and reason."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main
+from agent.config import load_config
+from agent.rules.object_dwell import Params
+from tests.helpers import NANODET_MANIFEST, write_camera, write_edge
+
+
+@pytest.fixture
+def box(tmp_path):
+    cam = write_camera(tmp_path, "cam1", "/nonexistent/clip.mp4")
+    return write_edge(tmp_path, [cam]), cam
+
+
+def test_valid_config_loads_into_typed_objects(box):
+    edge, _ = box
+    config = load_config(edge)
+    cam = config.cameras[0]
+    assert cam.id == "cam1" and cam.grid_code == "310101001001" and cam.lat == pytest.approx(31.2304)
+    zone = cam.zones[0]
+    assert zone.zone.id == "plaza" and zone.zone.polygon.shape == (4, 2)
+    assert isinstance(zone.params, Params) and zone.params.classes == frozenset({"person"})
+    assert zone.params.min_dwell_s == 2.0
+
+
+def _replace(path, old, new):
+    text = path.read_text()
+    assert old in text, f"test setup: {old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1))
+
+
+def _wrong_sha_manifest(tmp_path):
+    bad = tmp_path / "bad.toml"
+    text = NANODET_MANIFEST.read_text()
+    text = re.sub(r'sha256 = "[0-9a-f]+"', 'sha256 = "' + "0" * 64 + '"', text)
+    text = text.replace('file = "nanodet-g-416.onnx"', f'file = "{NANODET_MANIFEST.parent / "nanodet-g-416.onnx"}"')
+    bad.write_text(text)
+    return bad
+
+
+def _truncated_model_manifest(tmp_path):
+    onnx = tmp_path / "truncated.onnx"
+    data = (NANODET_MANIFEST.parent / "nanodet-g-416.onnx").read_bytes()
+    onnx.write_bytes(data[: len(data) // 2])
+    import hashlib
+    manifest = tmp_path / "truncated.toml"
+    text = NANODET_MANIFEST.read_text()
+    text = re.sub(r'sha256 = "[0-9a-f]+"', f'sha256 = "{hashlib.sha256(onnx.read_bytes()).hexdigest()}"', text)
+    manifest.write_text(text.replace('file = "nanodet-g-416.onnx"', f'file = "{onnx}"'))
+    return manifest
+
+
+# (case, how to break the box, file the error names, expected text of the one line)
+BROKEN = [
+    ("unknown key in edge.toml", lambda t, e, c: _replace(e, "[agent]\n", "[agent]\nidd = 1\n"),
+     "edge.toml", r"agent\.idd: unknown key \(allowed: id, log_format, log_level\)"),
+    ("misspelt rule parameter", lambda t, e, c: _replace(c, "min_dwell_s", "min_dwel_s"),
+     "cam1.toml", r"zones\.plaza\.rule\.min_dwel_s: unknown key"),
+    ("polygon with two points", lambda t, e, c: _replace(c, "[[0, 250], [768, 250], [768, 576], [0, 576]]",
+                                                        "[[0, 250], [768, 250]]"),
+     "cam1.toml", r"zones\.plaza\.polygon: needs at least 3 points, got 2"),
+    ("unknown rule", lambda t, e, c: _replace(c, 'type = "object_dwell"', 'type = "litter_magic"'),
+     "cam1.toml", r"zones\.plaza\.rule\.type: unknown rule 'litter_magic' \(known: .*object_dwell"),
+    ("missing manifest", lambda t, e, c: _replace(e, str(NANODET_MANIFEST), str(t / "nope.toml")),
+     "edge.toml", r"models\.default\.manifest: file not found: .*nope\.toml"),
+    ("missing model file", lambda t, e, c: (
+        (t / "m.toml").write_text(NANODET_MANIFEST.read_text()), _replace(e, str(NANODET_MANIFEST), str(t / "m.toml"))),
+     "m.toml", r"file: model file not found: .*nanodet-g-416\.onnx"),
+    ("model file with wrong sha256", lambda t, e, c: _replace(e, str(NANODET_MANIFEST), str(_wrong_sha_manifest(t))),
+     "bad.toml", r"sha256: nanodet-g-416\.onnx has sha256 8cd5e3c3.*manifest says 0000.*\(truncated or replaced file\?\)"),
+    ("truncated model file", lambda t, e, c: _replace(e, str(NANODET_MANIFEST), str(_truncated_model_manifest(t))),
+     "truncated.onnx", r"onnxruntime cannot load the model"),
+    ("camera names undefined model", lambda t, e, c: _replace(c, 'model = "default"', 'model = "yolo"'),
+     "cam1.toml", r"model: no \[models\.yolo\] in .*edge\.toml \(defined: default\)"),
+    ("not TOML", lambda t, e, c: _replace(c, "[location]", "[location"),
+     "cam1.toml", r"not valid TOML"),
+    ("latitude out of range", lambda t, e, c: _replace(c, "lat = 31.2304", "lat = 131.2"),
+     "cam1.toml", r"location\.lat: must be <= 90, got 131\.2"),
+    ("wrong type", lambda t, e, c: _replace(c, "analysis_fps = 2.0", 'analysis_fps = "fast"'),
+     "cam1.toml", r"analysis_fps: expected a number, got 'fast'"),
+    ("missing required table", lambda t, e, c: _replace(c, "[location]\n", "[place]\n"),
+     "cam1.toml", r"place: unknown key"),
+    ("empty classes", lambda t, e, c: _replace(c, 'classes = ["person"]', "classes = []"),
+     "cam1.toml", r"zones\.plaza\.rule: classes: must name at least one class"),
+    ("camera file missing", lambda t, e, c: c.unlink(),
+     "cam1.toml", r"file not found"),
+]
+
+
+@pytest.mark.parametrize("case, breaker, names_file, expected", BROKEN, ids=[b[0] for b in BROKEN])
+def test_check_prints_one_line_error(box, tmp_path, capsys, case, breaker, names_file, expected):
+    edge, cam = box
+    breaker(tmp_path, edge, cam)
+    code = main(["-c", str(edge), "check"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert "\n" not in err, f"error spans lines: {err}"
+    assert err.startswith("edge-agent: config error: ")
+    assert names_file in err, err
+    assert re.search(expected, err), err
+
+
+def test_console_script_check_on_bundled_config():
+    """The installed console script validates the repository's own edge.toml and says what would run."""
+    exe = Path(sys.executable).parent / "edge-agent"
+    out = subprocess.run([exe, "check"], capture_output=True, text=True, cwd=NANODET_MANIFEST.parent.parent,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "model default: nanodet-g-416.onnx" in out.stdout
+    assert "zone keep_clear: 4 points, rule object_dwell" in out.stdout
