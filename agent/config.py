@@ -75,10 +75,10 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class EdgeFile:
-    agent: AgentSection
+    agent: AgentSection = setting(help="Who this box is and how it logs")
     cameras: list[Path] = setting(help="Camera config files, one per camera")
-    models: dict[str, ModelSection] = setting(factory=dict)
-    storage: StorageSection = setting(factory=StorageSection)
+    models: dict[str, ModelSection] = setting(factory=dict, help="Detector models by name; cameras pick one")
+    storage: StorageSection = setting(factory=StorageSection, help="Where tickets and evidence are kept")
     mqtt: MqttSection | None = setting(None, help="Leave out to store tickets locally only")
 
 
@@ -97,9 +97,9 @@ class ZoneSection:
 
 @dataclass(frozen=True)
 class CameraFile:
-    id: str
+    id: str = setting(help="Camera id, unique on the box; part of topics and tickets")
     url: str = setting(help="rtsp://... or a video file path (relative to the camera file)")
-    location: LocationSection
+    location: LocationSection = setting(help="Where the camera looks: lat, lon, grid_code")
     model: str = setting("default", help="Name of a [models.<name>] table of edge.toml")
     name: str = setting("", help="A human name for the camera")
     analysis_fps: float = setting(2.0, gt=0, le=30, help="Frames analysed per second")
@@ -108,7 +108,7 @@ class CameraFile:
     realtime: bool = setting(
         True, help="Files only: pace reading to the file's own clock, like a live camera")
     loop: bool = setting(False, help="Files only: start again at the end")
-    zones: dict[str, ZoneSection] = setting(factory=dict)
+    zones: dict[str, ZoneSection] = setting(factory=dict, help="Zones by id, each with its rule")
 
     def __post_init__(self):
         if not self.id or any(c in self.id for c in "/+#"):

@@ -117,3 +117,10 @@ def test_console_script_check_on_bundled_config():
     assert out.returncode == 0, out.stderr
     assert "model default: nanodet-g-416.onnx" in out.stdout
     assert "zone keep_clear: 4 points, rule object_dwell" in out.stdout
+
+
+def test_configuration_reference_page_is_current():
+    """docs/configuration-reference.md is generated from the config dataclasses; it must match them."""
+    out = subprocess.run([sys.executable, "tools/config_reference.py", "--check"], capture_output=True, text=True,
+                         cwd=NANODET_MANIFEST.parent.parent, timeout=60)
+    assert out.returncode == 0, out.stderr

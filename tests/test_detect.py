@@ -1,0 +1,89 @@
+"""Detector decoding: NanoDet (GFL) and Ultralytics YOLO exports, on graphs with known outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent.detect import load_detector
+from agent.detect.manifest import load_manifest
+from agent.detect import nanodet
+from tests.helpers import NANODET_MANIFEST, REPO
+from tests.onnx_fixtures import make_yolo_like_onnx
+from tools.import_model import yolo_manifest_text
+
+YOLO_UNTRAINED = REPO / "tests" / "data" / "yolov8n-untrained-320.onnx"
+
+
+def import_yolo(model, tmp_path):
+    manifest = tmp_path / "model.toml"
+    manifest.write_text(yolo_manifest_text(model, "test-yolo", "test fixture", "AGPL-3.0", tmp_path))
+    return manifest
+
+
+def test_yolo_decoding_maps_letterboxed_boxes_back_and_applies_per_class_nms(tmp_path):
+    # Input 320x320; the frame is 640x480, so letterbox scale 0.5 and 40 px of padding top and bottom.
+    columns = [
+        # cx, cy, w, h (input px), score person, score bicycle
+        (160, 160, 100, 60, 0.90, 0.00),  # person -> frame (220, 180, 420, 300)
+        (162, 161, 100, 60, 0.80, 0.00),  # near-duplicate person: suppressed by NMS
+        (160, 160, 100, 60, 0.00, 0.70),  # same place, other class: kept (per-class NMS)
+        (40, 100, 20, 20, 0.10, 0.05),  # below min_score: dropped
+    ]
+    output = np.array(columns, np.float32).T[None]  # (1, 6, 4)
+    model = make_yolo_like_onnx(tmp_path / "const.onnx", output, {0: "person", 1: "bicycle"})
+    detector = load_detector(import_yolo(model, tmp_path), threads=1, min_score=0.3, nms_iou=0.5)
+    assert detector.class_names == ("person", "bicycle")
+
+    found = detector.detect(np.zeros((480, 640, 3), np.uint8))
+
+    order = np.argsort(-found.score)
+    assert found.names() and [found.names()[i] for i in order] == ["person", "bicycle"]
+    np.testing.assert_allclose(found.xyxy[order], [[220, 180, 420, 300], [220, 180, 420, 300]], atol=0.01)
+    np.testing.assert_allclose(found.score[order], [0.9, 0.7], atol=1e-6)
+
+
+def test_yolo_decoder_reads_a_real_ultralytics_export(tmp_path):
+    """An untrained yolov8n export (tools/export_yolo_fixture.sh): shapes, names and metadata."""
+    manifest = load_manifest(import_yolo(YOLO_UNTRAINED, tmp_path))
+    assert manifest.input_size == (320, 320) and manifest.input_name == "images"
+    # tools/export_yolo_fixture.sh writes COCO's names into the untrained model, as a pretrained one has.
+    assert len(manifest.classes) == 80 and manifest.classes[:2] == ["person", "bicycle"]
+    detector = load_detector(import_yolo(YOLO_UNTRAINED, tmp_path), threads=1, min_score=0.0)
+    out = detector.session.get_outputs()[0]
+    assert out.shape == [1, 84, 2100]
+    found = detector.detect(np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8))
+    assert found.xyxy.shape[1] == 4 and len(found) > 0  # untrained: any boxes, but well-formed
+    assert (found.xyxy[:, [0, 2]] <= 640).all() and (found.xyxy[:, [1, 3]] <= 480).all()
+    assert (found.class_id < 80).all()
+
+
+def test_yolo_output_of_wrong_shape_is_a_clear_error(tmp_path):
+    output = np.zeros((1, 7, 4), np.float32)  # 4 + 3 rows but only two names
+    model = make_yolo_like_onnx(tmp_path / "bad.onnx", output, {0: "person", 1: "bicycle"})
+    detector = load_detector(import_yolo(model, tmp_path), threads=1)
+    with pytest.raises(ValueError, match=r"expected output of shape \(1, 6, N\), got \(1, 7, 4\)"):
+        detector.detect(np.zeros((320, 320, 3), np.uint8))
+
+
+def test_nanodet_gfl_decoding_of_one_known_anchor():
+    manifest = load_manifest(NANODET_MANIFEST)
+    spec = manifest.nanodet
+    outputs = {}
+    for head in spec.heads:
+        cells = (416 // head.stride) ** 2
+        outputs[head.scores] = np.zeros((1, cells, 80), np.float32)
+        outputs[head.boxes] = np.zeros((1, cells, 44), np.float32)
+    stride8 = spec.heads[0]
+    assert stride8.stride == 8
+    cell = 5 * 52 + 10  # row 5, column 10
+    outputs[stride8.scores][0, cell, 1] = 0.8  # bicycle
+    logits = np.full((4, 11), -20.0, np.float32)
+    logits[:, 3] = 20.0  # every side: distance 3 bins = 24 px
+    outputs[stride8.boxes][0, cell] = logits.reshape(-1)
+
+    xyxy, score, class_id = nanodet.decode(outputs, manifest, min_score=0.3)
+
+    cx, cy = (10 + spec.centre_offset) * 8, (5 + spec.centre_offset) * 8
+    np.testing.assert_allclose(xyxy, [[cx - 24, cy - 24, cx + 24, cy + 24]], atol=1e-3)
+    assert score.tolist() == pytest.approx([0.8]) and class_id.tolist() == [1]
