@@ -60,7 +60,9 @@ class TicketBook:
         else:
             return None  # an update or clear for a ticket opened before a restart: nothing to say
 
-        labels = [event.label] * len(event.boxes)
+        # An "after" snapshot marks where the object was last seen, so the reviewer knows where to look.
+        label = f"{event.label} (last seen)" if event.kind is EventKind.CLEARED else event.label
+        labels = [label] * len(event.boxes)
         snapshot = self.evidence.save_jpeg(ticket_id, snapshot_kind, annotate(frame.image, zone, event.boxes, labels))
         evidence_topic = self.topics.evidence(self.camera.id, ticket_id, snapshot_kind)
         height, width = frame.image.shape[:2]

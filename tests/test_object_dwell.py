@@ -88,3 +88,13 @@ def test_event_carries_boxes_label_and_count():
 def test_params_validate():
     with pytest.raises(ValueError, match="classes"):
         Params(classes=frozenset())
+
+
+def test_clear_reports_the_last_sighting_and_a_zero_count():
+    rule = ObjectDwellRule(ZONE, params(min_dwell_s=0, clear_after_s=2))
+    rule.update(0, dets(INSIDE, score=0.8))
+    (cleared,) = rule.update(3, dets())
+    assert cleared.kind is EventKind.CLEARED and cleared.facts == {"count": 0}
+    assert cleared.label == "person" and cleared.confidence == pytest.approx(0.8)
+    np.testing.assert_allclose(cleared.boxes, [INSIDE])
+    assert (cleared.first_seen, cleared.last_seen, cleared.ts) == (0, 0, 3)

@@ -50,6 +50,7 @@ class ObjectDwellRule:
         self._last_seen: float | None = None
         self._open = False
         self._quiet_until = float("-inf")
+        self._last_inside: Detections | None = None  # the last sighting, which a clear reports
 
     def update(self, ts: float, detections: Detections) -> list[RuleEvent]:
         p = self.params
@@ -62,20 +63,22 @@ class ObjectDwellRule:
             if not self._open and (self._first_seen is None or ts - self._last_seen > p.max_gap_s):
                 self._first_seen = ts
             self._last_seen = ts
+            self._last_inside = inside
             if not self._open and ts - self._first_seen >= p.min_dwell_s and ts >= self._quiet_until:
                 self._open = True
                 return [self._event(EventKind.OPENED, ts, inside)]
             return []
 
         if self._open and ts - self._last_seen >= p.clear_after_s:
-            event = self._event(EventKind.CLEARED, ts, inside)
+            event = self._event(EventKind.CLEARED, ts, self._last_inside, count=0)
             self._quiet_until = ts + p.cooldown_s
             self._first_seen = self._last_seen = None
             self._open = False
             return [event]
         return []
 
-    def _event(self, kind: EventKind, ts: float, inside: Detections) -> RuleEvent:
+    def _event(self, kind: EventKind, ts: float, inside: Detections, count: int | None = None) -> RuleEvent:
+        """An event about ``inside``; a clear reports the last sighting's boxes with a count of 0."""
         names = inside.names()
         label = Counter(names).most_common(1)[0][0] if names else ",".join(sorted(self.params.classes))
         return RuleEvent(
@@ -88,5 +91,5 @@ class ObjectDwellRule:
             label=label,
             confidence=float(inside.score.max()) if len(inside) else 0.0,
             boxes=inside.xyxy.copy(),
-            facts={"count": len(inside)},
+            facts={"count": len(inside) if count is None else count},
         )
