@@ -1,0 +1,106 @@
+"""Measure what the agent costs on this box: detector latency, ingest cost per camera, replay speed.
+
+    python tools/bench.py [--footage .cache/footage/vtest.mp4] [--runs 50]
+
+Prints a Markdown table; docs/performance.md holds the last figures and the machine they came from.
+Speed is measured here, never asserted by timed tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import subprocess
+import sys
+import platform
+import resource
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import av
+import onnxruntime
+
+from agent.clock import SystemClock
+from agent.config import load_config
+from agent.detect import load_detector
+from agent.health import CameraHealth
+from agent.ingest import CameraReader, StreamEnded
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def first_frame(path: Path):
+    with av.open(str(path)) as container:
+        return next(container.decode(video=0)).to_ndarray(format="bgr24")
+
+
+def bench_detector(manifest: Path, image, threads: int, runs: int) -> tuple[float, float, float]:
+    detector = load_detector(manifest, threads=threads)
+    for _ in range(5):
+        detector.detect(image)
+    wall, cpu = [], []
+    for _ in range(runs):
+        w0, c0 = time.perf_counter(), time.process_time()
+        detector.detect(image)
+        wall.append((time.perf_counter() - w0) * 1000)
+        cpu.append((time.process_time() - c0) * 1000)
+    return statistics.median(wall), statistics.quantiles(wall, n=10)[-1], statistics.median(cpu)
+
+
+def bench_ingest(camera, fps: float) -> tuple[float, int, float]:
+    """CPU seconds per second of video to decode a file and convert the sampled frames."""
+    cam = dataclasses.replace(camera, analysis_fps=fps, realtime=False, loop=False)
+    health = CameraHealth(cam.id)
+    reader = CameraReader(cam, SystemClock(), health)
+    c0 = time.process_time()
+    sampled = 0
+    try:
+        for _ in reader.frames(threading.Event()):
+            sampled += 1
+    except StreamEnded:
+        pass
+    cpu = time.process_time() - c0
+    duration = health.frames_decoded / 10.0  # vtest.mp4 is 10 fps
+    return cpu / duration, sampled, duration
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--footage", type=Path, default=REPO / ".cache" / "footage" / "vtest.mp4")
+    parser.add_argument("--manifest", type=Path, default=REPO / "models" / "nanodet-g-416.toml")
+    parser.add_argument("--runs", type=int, default=50)
+    args = parser.parse_args()
+
+    image = first_frame(args.footage)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"onnxruntime {onnxruntime.__version__}, PyAV {av.__version__}")
+    print(f"footage: {args.footage.name} {image.shape[1]}x{image.shape[0]}\n")
+    print("| measure | value |\n|---|---|")
+    for threads in (1, 2):
+        median, p90, cpu = bench_detector(args.manifest, image, threads, args.runs)
+        print(f"| NanoDet-g 416, {threads} thread(s): wall median / p90, CPU median | "
+              f"{median:.1f} / {p90:.1f} ms, {cpu:.1f} ms |")
+    config = load_config(REPO / "edge.toml")
+    camera = dataclasses.replace(config.cameras[0], url=str(args.footage))
+    for fps in (2.0, 10.0):
+        share, sampled, duration = bench_ingest(camera, fps)
+        print(f"| ingest {image.shape[1]}x{image.shape[0]} H.264 10 fps, analysis {fps:g} fps: "
+              f"CPU per second of video | {share * 100:.1f}% of a core ({sampled} frames of {duration:.0f} s) |")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"| peak RSS of this benchmark process | {peak:.0f} MiB |")
+
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "agent.cli", "-c", str(REPO / "edge.toml"), "replay", str(args.footage),
+                    "--camera", camera.id], check=True, capture_output=True)
+    wall = time.perf_counter() - started
+    child = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(f"| `edge-agent replay` of the demo camera over {args.footage.name} (2 fps analysis): wall, CPU, "
+          f"peak RSS | {wall:.1f} s, {child.ru_utime + child.ru_stime:.1f} s, {child.ru_maxrss / 1024:.0f} MiB |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
