@@ -95,7 +95,7 @@ def _mosquitto_binary() -> str:
 
 
 class Mosquitto:
-    """A private mosquitto broker on 127.0.0.1:<free port>."""
+    """A private mosquitto broker on 127.0.0.1:<free port>, persistent across stop/start."""
 
     host = "127.0.0.1"
 
@@ -109,7 +109,10 @@ class Mosquitto:
         lines = [
             f"listener {self.port} {self.host}",
             "allow_anonymous true",
-            "persistence false",
+            # Persistent, so a subscriber's session and its queued QoS 1 messages survive a
+            # broker restart, as on a production broker.
+            "persistence true",
+            f"persistence_location {workdir}/",
             "log_dest stderr",
             "log_type error",
             "log_type warning",

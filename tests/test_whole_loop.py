@@ -17,6 +17,8 @@ import cv2
 import jsonschema
 import numpy as np
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from agent.tickets import SCHEMA_VERSION
 from tests.helpers import REPO, write_camera, write_edge
@@ -29,14 +31,22 @@ TICKET_FIELDS = {"ticket_id", "agent_id", "camera_id", "zone_id", "rule", "class
 class Subscriber:
     """A real MQTT client recording everything under a topic filter."""
 
-    def __init__(self, port: int, topic: str):
+    def __init__(self, port: int, topic: str, persistent_session: bool = False):
+        """With ``persistent_session`` the broker keeps the subscription and queues messages for
+        this client while it is away, also across a (persistent) broker's restart."""
         self.messages: list[mqtt.MQTTMessage] = []
         self.lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{port}",
+                                  protocol=mqtt.MQTTv5)
+        self.client.reconnect_delay_set(0.1, 0.5)
         self.client.on_message = lambda c, u, msg: self._add(msg)
         subscribed = threading.Event()
         self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.connect("127.0.0.1", port)
+        props = None
+        if persistent_session:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+        self.client.connect("127.0.0.1", port, clean_start=not persistent_session, properties=props)
         self.client.loop_start()
         self.client.subscribe(topic, qos=1)
         assert subscribed.wait(10), "subscription not acknowledged"
