@@ -34,8 +34,8 @@ class Letterbox:
         out = xyxy.copy()
         out[:, [0, 2]] = (out[:, [0, 2]] - self.pad_x) / self.scale_x
         out[:, [1, 3]] = (out[:, [1, 3]] - self.pad_y) / self.scale_y
-        np.clip(out[:, [0, 2]], 0, frame_w, out=out[:, [0, 2]])
-        np.clip(out[:, [1, 3]], 0, frame_h, out=out[:, [1, 3]])
+        out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, frame_w)
+        out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, frame_h)
         return out
 
 
