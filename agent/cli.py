@@ -10,9 +10,11 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from agent.app import Agent, load_detectors
+from agent.clock import ManualClock
 from agent.config import BoxConfig, load_config
 from agent.logs import setup_logging
 from agent.typedtoml import ConfigError
@@ -31,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("file", type=Path)
     replay.add_argument("--camera", required=True, help="camera id whose zones and rules to use")
     replay.add_argument("--store", type=Path, help="keep outbox and evidence here (default: a temp dir)")
+    replay.add_argument("--start-time", type=_utc, default=None, metavar="ISO8601",
+                        help="wall time of the file's first frame (default: now); fixes ticket times, "
+                             "e.g. for comparing with ground truth")
     args = parser.parse_args(argv)
 
     try:
@@ -74,6 +79,16 @@ def cmd_check(config: BoxConfig, args) -> int:
     return 0
 
 
+def _utc(text: str) -> float:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
 def _show(value) -> str:
     return json.dumps(sorted(value)) if isinstance(value, frozenset) else str(value)
 
@@ -90,7 +105,8 @@ def cmd_replay(config: BoxConfig, args) -> int:
         print_ticket(doc)
 
     with tempfile.TemporaryDirectory(prefix="edge-replay-") as tmp:
-        agent = Agent(config, on_ticket=collect, storage_dir=args.store or Path(tmp))
+        clock = ManualClock(args.start_time) if args.start_time is not None else None
+        agent = Agent(config, clock=clock, on_ticket=collect, storage_dir=args.store or Path(tmp))
         started = time.monotonic()
         agent.run(threading.Event())
         health = agent.health[camera.id].snapshot(time.time())

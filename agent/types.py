@@ -90,3 +90,20 @@ class RuleEvent:
     confidence: float
     boxes: np.ndarray  # (N, 4) the boxes that support the event
     facts: dict = field(default_factory=dict)  # rule-specific numbers, e.g. {"count": 3}
+
+
+@dataclass(frozen=True)
+class StaticBlob:
+    """A class-agnostic new object that has stayed still: found against a learned background.
+
+    ``id`` is stable while the blob persists; ``first_seen`` is when it became foreground.
+    """
+
+    id: int
+    xyxy: np.ndarray  # (4,) float32, frame pixels
+    area_px: float  # foreground pixels inside the box, at frame resolution
+    first_seen: float
+    static_since: float  # when it stopped changing
+
+    def static_for(self, ts: float) -> float:
+        return ts - self.static_since
