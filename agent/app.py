@@ -1,13 +1,16 @@
-"""The agent: wires config into outbox, detectors, camera workers and the MQTT sender."""
+"""The agent: wires config into outbox, detectors, camera workers, commands and MQTT."""
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from agent import __version__
 from agent.clock import Clock, SystemClock
+from agent.commands import CommandHandler
 from agent.config import BoxConfig
 from agent.detect import Detector, load_detector
 from agent.evidence import EvidenceStore
@@ -16,13 +19,14 @@ from agent.ingest import CameraWorker
 from agent.logs import log_event
 from agent.outbox import Outbox
 from agent.pipeline import CameraPipeline
-from agent.tickets import ModelInfo, TicketBook
+from agent.tickets import TICKET_TABLES, ModelInfo, TicketBook, iso_utc
 from agent.topics import Topics
-from agent.transport import MqttSender
+from agent.transport import MqttTransport, Request
 
 log = logging.getLogger("agent.app")
 
 DEFAULT_PREFIX = "cityops"
+DEFAULT_CHUNK_BYTES = 256 * 1024
 
 
 def load_detectors(config: BoxConfig) -> dict[str, Detector]:
@@ -40,23 +44,56 @@ class Agent:
         self.config = config
         self.clock = clock or SystemClock()
         storage = storage_dir or config.storage.dir
-        self.outbox = Outbox(storage / "outbox.sqlite")
+        self.outbox = Outbox(storage / "outbox.sqlite", schemas=(TICKET_TABLES,))
         self.evidence = EvidenceStore(storage / "evidence", config.storage.jpeg_quality)
         self.topics = Topics(config.mqtt.prefix if config.mqtt else DEFAULT_PREFIX, config.agent.id)
+        chunk_bytes = config.mqtt.chunk_bytes if config.mqtt else DEFAULT_CHUNK_BYTES
         self.detectors = load_detectors(config)
         self.health = {cam.id: CameraHealth(cam.id, cam.model) for cam in config.cameras}
-        self.pipelines = {}
+        self.books: dict[str, TicketBook] = {}
+        self.pipelines: dict[str, CameraPipeline] = {}
         for cam in config.cameras:
             detector = self.detectors[cam.model]
-            book = TicketBook(config.agent.id, cam, ModelInfo(detector.name, detector.sha256), self.topics,
-                              self.outbox, self.evidence)
-            self.pipelines[cam.id] = CameraPipeline(cam, detector, book, self.health[cam.id], on_ticket)
-        self.sender = MqttSender(config.mqtt, self.topics, self.outbox, self.clock) if config.mqtt else None
+            self.books[cam.id] = TicketBook(config.agent.id, cam, ModelInfo(detector.name, detector.sha256),
+                                            self.topics, self.outbox, self.evidence, config.tickets, chunk_bytes)
+            self.pipelines[cam.id] = CameraPipeline(cam, detector, self.books[cam.id], self.health[cam.id],
+                                                    on_ticket)
+        self.commands = CommandHandler(config.agent.id, self.topics, self.outbox, self.evidence, self.clock,
+                                       self.books, self.pipelines, chunk_bytes)
+        self._requests: queue.Queue[Request | None] = queue.Queue(maxsize=1000)
+        self.transport = (MqttTransport(config.mqtt, self.topics, self.outbox, self.clock,
+                                        on_command=self._enqueue_command, status=self.status)
+                          if config.mqtt else None)
+
+    def status(self) -> dict:
+        """What the retained status topic says about the box and each camera."""
+        now = self.clock.now()
+        cameras = []
+        for cam in self.config.cameras:
+            entry = self.health[cam.id].snapshot(now)
+            muted = self.books[cam.id].muted_until("*", "*", now)
+            entry["muted_until"] = iso_utc(muted) if muted else None
+            entry["suspended"] = None
+            cameras.append(entry)
+        return {"version": __version__, "outbox": self.outbox.counts(), "cameras": cameras}
+
+    def _enqueue_command(self, request: Request) -> None:
+        # Called on paho's network thread: hand over and return, never block it.
+        try:
+            self._requests.put_nowait(request)
+        except queue.Full:
+            log_event(log, "command_dropped", level=logging.ERROR, topic=request.topic, reason="queue full")
+
+    def _command_loop(self) -> None:
+        while (request := self._requests.get()) is not None:
+            self.commands.handle(request)
 
     def run(self, stop: threading.Event) -> None:
         """Run until ``stop`` is set or every camera has ended (files that do not loop)."""
-        if self.sender:
-            self.sender.start()
+        command_thread = threading.Thread(target=self._command_loop, name="commands", daemon=True)
+        command_thread.start()
+        if self.transport:
+            self.transport.start()
         else:
             log_event(log, "store_only", reason="no [mqtt] in config", outbox=self.outbox.path)
         workers = [CameraWorker(cam, self.clock, self.health[cam.id], self.pipelines[cam.id].on_frame, stop)
@@ -68,7 +105,9 @@ class Agent:
         stop.set()
         for worker in workers:
             worker.join(timeout=10)
-        if self.sender:
-            self.sender.stop()
+        self._requests.put(None)
+        command_thread.join(timeout=10)
+        if self.transport:
+            self.transport.stop()
         log_event(log, "agent_stopped", **self.outbox.counts())
         self.outbox.close()

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from enum import Enum
 import os
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from typing import Any
 
 import numpy as np
 
 from agent.detect.manifest import load_manifest
-from agent.rules import rule_types
+from agent.rules import Category, rule_types
+from agent.schedule import DAYS, Schedule, Window, parse_hhmm
 from agent.typedtoml import ConfigError, load_dataclass, read_toml, setting
 from agent.zones import Zone
 
@@ -37,12 +39,58 @@ class AgentSection:
     id: str = setting(help="This box's id, unique in the city; part of every topic and ticket")
     log_level: str = setting("INFO", help="DEBUG, INFO, WARNING or ERROR")
     log_format: LogFormat = setting(LogFormat.LOGFMT, help="logfmt for people, json for log shippers")
+    timezone: str = setting("Asia/Shanghai", help="IANA time zone of zone schedules (business hours)")
 
     def __post_init__(self):
         if not self.id or "/" in self.id or "+" in self.id or "#" in self.id:
             raise ValueError(f"id: must be non-empty without '/', '+' or '#', got {self.id!r}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError(f"log_level: must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone: unknown time zone {self.timezone!r}") from None
+
+
+@dataclass(frozen=True)
+class TicketsSection:
+    reopen_window_s: float = setting(
+        600.0, ge=0, help="A condition back in the same zone within this long reopens the old ticket")
+    reject_mute_s: float = setting(
+        3600.0, ge=0, help="After the platform rejects a ticket, its zone's rule opens nothing for this long")
+    clip_pre_s: float = setting(5.0, ge=0, le=60, help="Clip seconds before a ticket opens")
+    clip_post_s: float = setting(5.0, ge=0, le=60, help="Clip seconds after a ticket opens")
+    clips: bool = setting(True, help="Attach an H.264 clip to opened tickets")
+
+
+@dataclass(frozen=True)
+class CategorySection:
+    major: str = setting(help="Major class, e.g. 市容环境")
+    minor: str = setting(help="Minor class, e.g. 暴露垃圾")
+    code: str = setting(help="The platform's code for it")
+
+    def category(self) -> Category:
+        return Category(self.major, self.minor, self.code)
+
+
+@dataclass(frozen=True)
+class ScheduleSection:
+    start: str = setting(help="HH:MM local time")
+    end: str = setting(help="HH:MM; earlier than start means the window runs past midnight")
+    days: list[str] = setting(factory=lambda: list(DAYS), help="mon ... sun")
+
+    def __post_init__(self):
+        for key in ("start", "end"):
+            try:
+                parse_hhmm(getattr(self, key))
+            except ValueError as exc:
+                raise ValueError(f"{key}: {exc}") from None
+        unknown = [d for d in self.days if d not in DAYS]
+        if unknown:
+            raise ValueError(f"days: unknown day {unknown[0]!r} (use {', '.join(DAYS)})")
+
+    def window(self) -> Window:
+        return Window(frozenset(DAYS.index(d) for d in self.days), parse_hhmm(self.start), parse_hhmm(self.end))
 
 
 @dataclass(frozen=True)
@@ -60,6 +108,9 @@ class MqttSection:
     username: str | None = setting(None)
     password: str | None = setting(None)
     keepalive_s: int = setting(30, ge=5, le=3600)
+    status_interval_s: float = setting(30.0, ge=1, help="How often the retained status is refreshed")
+    chunk_bytes: int = setting(
+        256 * 1024, ge=1024, help="Evidence larger than this goes out in several messages")
     reconnect_min_s: float = setting(1.0, gt=0, help="First reconnect delay; doubles up to reconnect_max_s")
     reconnect_max_s: float = setting(60.0, gt=0)
     max_inflight: int = setting(20, ge=1, le=1000, help="Messages published and not yet acknowledged")
@@ -80,6 +131,9 @@ class EdgeFile:
     models: dict[str, ModelSection] = setting(factory=dict, help="Detector models by name; cameras pick one")
     storage: StorageSection = setting(factory=StorageSection, help="Where tickets and evidence are kept")
     mqtt: MqttSection | None = setting(None, help="Leave out to store tickets locally only")
+    tickets: TicketsSection = setting(factory=TicketsSection, help="Ticket lifecycle and evidence")
+    categories: dict[str, CategorySection] = setting(
+        factory=dict, help="Per rule type: the platform case class its tickets carry (overrides defaults)")
 
 
 @dataclass(frozen=True)
@@ -93,6 +147,9 @@ class LocationSection:
 class ZoneSection:
     polygon: list[tuple[float, float]] = setting(help="[[x, y], ...] in pixels of the camera picture")
     rule: dict[str, Any] = setting(help="Table with type = <rule type> and that rule's parameters")
+    category: CategorySection | None = setting(None, help="This zone's case class, if not the rule's")
+    schedule: list[ScheduleSection] | None = setting(
+        None, help="Weekly windows when the zone is watched; leave out to watch always")
 
 
 @dataclass(frozen=True)
@@ -120,6 +177,8 @@ class ZoneConfig:
     zone: Zone
     rule_type: str
     params: Any  # the rule module's Params
+    category: Category
+    schedule: Schedule | None  # None: always watched
 
 
 @dataclass(frozen=True)
@@ -151,6 +210,7 @@ class BoxConfig:
     mqtt: MqttSection | None
     models: dict[str, ModelSection]
     cameras: tuple[CameraConfig, ...]
+    tickets: TicketsSection
 
     def camera(self, camera_id: str) -> CameraConfig:
         for cam in self.cameras:
@@ -176,7 +236,7 @@ def load_config(path: str | Path) -> BoxConfig:
         if cam.id in seen:
             raise ConfigError(cam.source_file, "id", f"camera id {cam.id!r} is used twice")
         seen.add(cam.id)
-    return BoxConfig(path, edge.agent, edge.storage, edge.mqtt, edge.models, cameras)
+    return BoxConfig(path, edge.agent, edge.storage, edge.mqtt, edge.models, cameras, edge.tickets)
 
 
 def _load_camera(path: Path, edge: EdgeFile, edge_path: Path) -> CameraConfig:
@@ -187,7 +247,12 @@ def _load_camera(path: Path, edge: EdgeFile, edge_path: Path) -> CameraConfig:
     url = raw.url
     if "://" not in url and not Path(url).is_absolute():
         url = os.path.normpath(path.parent / url)
-    zones = tuple(_load_zone(path, zone_id, section) for zone_id, section in raw.zones.items())
+    known = rule_types()
+    unknown = sorted(set(edge.categories) - set(known))
+    if unknown:
+        raise ConfigError(edge_path, f"categories.{unknown[0]}", f"unknown rule (known: {', '.join(sorted(known))})")
+    tz = ZoneInfo(edge.agent.timezone)
+    zones = tuple(_load_zone(path, zone_id, section, edge, tz) for zone_id, section in raw.zones.items())
     return CameraConfig(
         id=raw.id, name=raw.name or raw.id, url=url, source_file=path, model=raw.model,
         analysis_fps=raw.analysis_fps, read_timeout_s=raw.read_timeout_s, realtime=raw.realtime,
@@ -196,7 +261,7 @@ def _load_camera(path: Path, edge: EdgeFile, edge_path: Path) -> CameraConfig:
     )
 
 
-def _load_zone(path: Path, zone_id: str, section: ZoneSection) -> ZoneConfig:
+def _load_zone(path: Path, zone_id: str, section: ZoneSection, edge: EdgeFile, tz: ZoneInfo) -> ZoneConfig:
     key = f"zones.{zone_id}"
     if len(section.polygon) < 3:
         raise ConfigError(path, f"{key}.polygon", f"needs at least 3 points, got {len(section.polygon)}")
@@ -208,4 +273,11 @@ def _load_zone(path: Path, zone_id: str, section: ZoneSection) -> ZoneConfig:
                           f"unknown rule {rule_type!r} (known: {', '.join(sorted(known))})")
     params = load_dataclass(known[rule_type].params, rule, path, f"{key}.rule")
     polygon = np.asarray(section.polygon, dtype=np.float32)
-    return ZoneConfig(Zone(zone_id, polygon), rule_type, params)
+    if section.category is not None:
+        category = section.category.category()
+    elif rule_type in edge.categories:
+        category = edge.categories[rule_type].category()
+    else:
+        category = known[rule_type].category
+    schedule = Schedule(tuple(w.window() for w in section.schedule), tz) if section.schedule else None
+    return ZoneConfig(Zone(zone_id, polygon), rule_type, params, category, schedule)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from agent.outbox import MessageProps, OutMessage
 from agent.zones import Zone
 
 ZONE_COLOUR = (0, 200, 255)  # BGR amber
@@ -18,21 +20,61 @@ BOX_COLOUR = (0, 0, 255)  # BGR red
 
 @dataclass(frozen=True)
 class Evidence:
-    kind: str  # "snapshot", "snapshot_after", ...
+    kind: str  # "snapshot", "snapshot_after", "clip", ...
     path: Path
     sha256: str
     size: int
     content_type: str
+    duration_s: float | None = None  # clips
 
-    def describe(self, topic: str) -> dict:
-        """How a ticket names this item."""
-        return {"kind": self.kind, "content_type": self.content_type, "sha256": self.sha256,
+    def chunks(self, chunk_bytes: int) -> int:
+        return max(1, math.ceil(self.size / chunk_bytes))
+
+    def describe(self, topic: str, chunk_bytes: int) -> dict:
+        """How a ticket or reply names this item."""
+        item = {"kind": self.kind, "content_type": self.content_type, "sha256": self.sha256,
                 "size": self.size, "topic": topic}
+        if self.chunks(chunk_bytes) > 1:
+            item["chunks"] = self.chunks(chunk_bytes)
+        if self.duration_s is not None:
+            item["duration_s"] = round(self.duration_s, 3)
+        return item
+
+    def messages(self, topic: str, ticket_id: str | None, chunk_bytes: int) -> list[OutMessage]:
+        """Outbox rows that carry this item: one, or one per chunk, each a slice of the file."""
+        count = self.chunks(chunk_bytes)
+        if count == 1:
+            return [OutMessage(topic, "evidence", self.content_type, ticket_id, payload_path=str(self.path))]
+        return [
+            OutMessage(topic, "evidence", self.content_type, ticket_id, payload_path=str(self.path),
+                       payload_offset=i * chunk_bytes, payload_length=chunk_bytes,
+                       props=MessageProps(user=(("chunk", f"{i + 1}/{count}"), ("sha256", self.sha256))))
+            for i in range(count)
+        ]
 
 
 def annotate(image: np.ndarray, zone: Zone, boxes: np.ndarray, labels: list[str]) -> np.ndarray:
     """A copy of ``image`` with the zone outline and the boxes that made the event."""
+    return annotate_zones(image, [zone], boxes, labels)
+
+
+def annotate_detections(image: np.ndarray, zones: list[Zone], detections) -> np.ndarray:
+    """A spot-check picture: the zone outlines and everything the detector sees now."""
+    labels = [f"{name} {score:.2f}" for name, score in zip(detections.names(), detections.score)]
+    return annotate_zones(image, zones, detections.xyxy, labels)
+
+
+def annotate_zones(image: np.ndarray, zones: list[Zone], boxes: np.ndarray, labels: list[str]) -> np.ndarray:
     out = image.copy()
+    for zone in zones:
+        _draw_zone(out, zone)
+    for (x1, y1, x2, y2), label in zip(boxes.astype(int), labels):
+        cv2.rectangle(out, (x1, y1), (x2, y2), BOX_COLOUR, 2)
+        cv2.putText(out, label, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, BOX_COLOUR, 1, cv2.LINE_AA)
+    return out
+
+
+def _draw_zone(out: np.ndarray, zone: Zone) -> None:
     overlay = out.copy()
     polygon = zone.polygon.astype(np.int32).reshape(-1, 1, 2)
     cv2.fillPoly(overlay, [polygon], ZONE_COLOUR)
@@ -40,10 +82,6 @@ def annotate(image: np.ndarray, zone: Zone, boxes: np.ndarray, labels: list[str]
     cv2.polylines(out, [polygon], True, ZONE_COLOUR, 2, cv2.LINE_AA)
     x, y, _, _ = zone.bounds()
     cv2.putText(out, zone.id, (x + 4, y + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.6, ZONE_COLOUR, 2, cv2.LINE_AA)
-    for (x1, y1, x2, y2), label in zip(boxes.astype(int), labels):
-        cv2.rectangle(out, (x1, y1), (x2, y2), BOX_COLOUR, 2)
-        cv2.putText(out, label, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, BOX_COLOUR, 1, cv2.LINE_AA)
-    return out
 
 
 class EvidenceStore:
@@ -58,7 +96,8 @@ class EvidenceStore:
             raise RuntimeError(f"JPEG encoding failed for {ticket_id}/{kind}")
         return self.save(ticket_id, f"{kind}.jpg", kind, buf.tobytes(), "image/jpeg")
 
-    def save(self, ticket_id: str, filename: str, kind: str, data: bytes, content_type: str) -> Evidence:
+    def save(self, ticket_id: str, filename: str, kind: str, data: bytes, content_type: str,
+             duration_s: float | None = None) -> Evidence:
         """Write ``data`` durably: temp file, fsync, rename, so a crash never leaves half a file."""
         folder = self.root / ticket_id
         folder.mkdir(parents=True, exist_ok=True)
@@ -69,4 +108,7 @@ class EvidenceStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        return Evidence(kind, path, hashlib.sha256(data).hexdigest(), len(data), content_type)
+        return Evidence(kind, path, hashlib.sha256(data).hexdigest(), len(data), content_type, duration_s)
+
+    def folder(self, ticket_id: str) -> Path:
+        return self.root / ticket_id

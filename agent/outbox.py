@@ -11,6 +11,7 @@ Large evidence stays in files; a row names the file, and the sender reads it whe
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -26,7 +27,10 @@ CREATE TABLE IF NOT EXISTS messages (
     ticket_id TEXT,
     payload BLOB,                    -- inline payload, or NULL when payload_path names a file
     payload_path TEXT,
+    payload_offset INTEGER NOT NULL DEFAULT 0,   -- a chunk of the file: [offset, offset + length)
+    payload_length INTEGER,                      -- NULL: to the end of the file
     content_type TEXT NOT NULL,
+    properties TEXT NOT NULL DEFAULT '{}',       -- MessageProps as JSON
     created_at REAL NOT NULL,
     delivered_at REAL
 );
@@ -39,6 +43,28 @@ CREATE TABLE IF NOT EXISTS counters (
 
 
 @dataclass(frozen=True)
+class MessageProps:
+    """MQTT 5 properties a message is sent with, beyond content type and kind."""
+
+    user: tuple[tuple[str, str], ...] = ()
+    correlation_data: bytes | None = None  # echoed from a command, for its reply
+    expiry_s: int | None = None  # for telemetry: stale numbers are worthless
+    retain: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps({"user": self.user, "correlation_data": self.correlation_data.hex()
+                           if self.correlation_data is not None else None,
+                           "expiry_s": self.expiry_s, "retain": self.retain})
+
+    @classmethod
+    def from_json(cls, text: str) -> MessageProps:
+        raw = json.loads(text)
+        corr = raw.get("correlation_data")
+        return cls(tuple(tuple(pair) for pair in raw.get("user", ())), bytes.fromhex(corr) if corr else None,
+                   raw.get("expiry_s"), raw.get("retain", False))
+
+
+@dataclass(frozen=True)
 class OutMessage:
     topic: str
     kind: str
@@ -46,6 +72,9 @@ class OutMessage:
     ticket_id: str | None = None
     payload: bytes | None = None
     payload_path: str | None = None
+    payload_offset: int = 0
+    payload_length: int | None = None
+    props: MessageProps = MessageProps()
 
     def __post_init__(self):
         if (self.payload is None) == (self.payload_path is None):
@@ -61,17 +90,36 @@ class StoredMessage:
     content_type: str
     payload: bytes | None
     payload_path: str | None
+    payload_offset: int
+    payload_length: int | None
+    props: MessageProps
     created_at: float
 
     def body(self) -> bytes:
         if self.payload is not None:
             return self.payload
-        return Path(self.payload_path).read_bytes()
+        with open(self.payload_path, "rb") as f:
+            f.seek(self.payload_offset)
+            return f.read(-1 if self.payload_length is None else self.payload_length)
+
+
+_COLUMNS = ("id, topic, kind, ticket_id, content_type, payload, payload_path, payload_offset, payload_length, "
+            "properties, created_at")
+
+
+def _stored(row: tuple) -> StoredMessage:
+    *head, props, created_at = row
+    return StoredMessage(*head, MessageProps.from_json(props), created_at)
 
 
 class Transaction:
     def __init__(self, db: sqlite3.Connection, now: float):
         self._db, self._now = db, now
+
+    def execute(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+        """For the tables other modules keep in the same database (ticket state, mutes), so their
+        state changes commit together with the messages that report them."""
+        return self._db.execute(sql, params)
 
     def next_counter(self, name: str) -> int:
         """The next value of a named monotonic counter (e.g. the agent's ticket seq)."""
@@ -81,10 +129,11 @@ class Transaction:
 
     def add(self, message: OutMessage) -> int:
         cur = self._db.execute(
-            "INSERT INTO messages(topic, kind, ticket_id, payload, payload_path, content_type, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO messages(topic, kind, ticket_id, payload, payload_path, payload_offset, payload_length, "
+            "content_type, properties, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (message.topic, message.kind, message.ticket_id, message.payload, message.payload_path,
-             message.content_type, self._now),
+             message.payload_offset, message.payload_length, message.content_type, message.props.to_json(),
+             self._now),
         )
         return cur.lastrowid
 
@@ -92,7 +141,8 @@ class Transaction:
 class Outbox:
     """Thread-safe: one connection, one lock, one transaction per write (as persist-queue does)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, schemas: tuple[str, ...] = ()):
+        """``schemas``: CREATE statements of other modules' tables kept in this database."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -100,7 +150,7 @@ class Outbox:
         # NORMAL loses at most the last transactions on power loss, never consistency; FULL makes
         # every ticket survive power loss too, at a few ms per commit, which tickets can afford.
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db.executescript(SCHEMA + "".join(schemas))
         self._lock = threading.Lock()
         self._added = threading.Condition(self._lock)
 
@@ -116,14 +166,18 @@ class Outbox:
             self._db.execute("COMMIT")
             self._added.notify_all()
 
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Read other modules' tables in this database."""
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
     def pending(self, after_id: int = 0, limit: int = 100) -> list[StoredMessage]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, topic, kind, ticket_id, content_type, payload, payload_path, created_at "
-                "FROM messages WHERE delivered_at IS NULL AND id > ? ORDER BY id LIMIT ?",
+                f"SELECT {_COLUMNS} FROM messages WHERE delivered_at IS NULL AND id > ? ORDER BY id LIMIT ?",
                 (after_id, limit),
             ).fetchall()
-        return [StoredMessage(*row) for row in rows]
+        return [_stored(row) for row in rows]
 
     def wait_for_more(self, after_id: int, timeout: float) -> None:
         """Block until a message newer than ``after_id`` is stored, or ``timeout`` passes."""
@@ -149,11 +203,11 @@ class Outbox:
 
     def messages(self, kind: str | None = None) -> list[tuple[StoredMessage, float | None]]:
         """Every message with its delivery time: for ``edge-agent`` inspection and tests."""
-        query = ("SELECT id, topic, kind, ticket_id, content_type, payload, payload_path, created_at, delivered_at "
-                 "FROM messages" + (" WHERE kind = ?" if kind else "") + " ORDER BY id")
+        query = (f"SELECT {_COLUMNS}, delivered_at FROM messages" + (" WHERE kind = ?" if kind else "")
+                 + " ORDER BY id")
         with self._lock:
             rows = self._db.execute(query, (kind,) if kind else ()).fetchall()
-        return [(StoredMessage(*row[:8]), row[8]) for row in rows]
+        return [(_stored(row[:-1]), row[-1]) for row in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -1,19 +1,30 @@
-"""One camera's analysis: frame -> detections -> rules -> tickets."""
+"""One camera's analysis: frame -> detections (-> tracks, static blobs) -> zone rules -> tickets."""
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
+import numpy as np
+
+from agent.config import CameraConfig, ZoneConfig
 from agent.detect import Detector
 from agent.health import CameraHealth
 from agent.logs import log_event
-from agent.rules import build_rule
+from agent.rules import Need, Rule, build_rule, rule_types
 from agent.tickets import TicketBook
-from agent.config import CameraConfig
-from agent.types import Frame
+from agent.types import Frame, Observation
 
 log = logging.getLogger("agent.pipeline")
+
+
+@dataclass
+class ZoneRule:
+    config: ZoneConfig
+    rule: Rule
+    active: bool = True
 
 
 class CameraPipeline:
@@ -21,19 +32,54 @@ class CameraPipeline:
                  on_ticket: Callable[[dict], None] | None = None):
         self.camera, self.detector, self.tickets, self.health = camera, detector, tickets, health
         self.on_ticket = on_ticket
-        self.rules = [(zc.zone, build_rule(zc.rule_type, zc.zone, zc.params)) for zc in camera.zones]
+        self.zone_rules = [ZoneRule(zc, build_rule(zc.rule_type, zc.zone, zc.params)) for zc in camera.zones]
+        types = rule_types()
+        self.needs = frozenset().union(*(types[zc.rule_type].needs for zc in camera.zones))
+        self._latest: Observation | None = None
+        self._latest_lock = threading.Lock()
+
+    @property
+    def latest(self) -> Observation | None:
+        """The last analysed observation: what ``verify`` and ``snapshot`` look at."""
+        with self._latest_lock:
+            return self._latest
+
+    def rule_for(self, zone_id: str, rule_type: str) -> Rule | None:
+        for zr in self.zone_rules:
+            if zr.config.zone.id == zone_id and zr.config.rule_type == rule_type:
+                return zr.rule
+        return None
+
+    def observe(self, frame: Frame) -> Observation:
+        detections = self.detector.detect(frame.image)
+        return Observation(frame.camera, frame.ts, frame.image, detections)
 
     def on_frame(self, frame: Frame) -> None:
         try:
-            detections = self.detector.detect(frame.image)
-            for zone, rule in self.rules:
-                for event in rule.update(frame.ts, detections):
-                    doc = self.tickets.handle(event, frame, zone)
-                    if doc is not None and self.on_ticket is not None:
-                        self.on_ticket(doc)
+            obs = self.observe(frame)
+            with self._latest_lock:
+                self._latest = obs
+            for zr in self.zone_rules:
+                self._feed(zr, obs)
         except Exception as exc:
             # One bad frame or a bug in one rule must not stop the camera: count it, say it, go on.
             self.health.analysis_failed(f"{type(exc).__name__}: {exc}")
             log.exception("analysis_failed", extra={"fields": {"camera": self.camera.id}})
             return
         self.health.frame_analysed()
+
+    def _feed(self, zr: ZoneRule, obs: Observation) -> None:
+        schedule = zr.config.schedule
+        active = schedule is None or schedule.active(obs.ts)
+        if active != zr.active:
+            zr.active = active
+            log_event(log, "zone_active" if active else "zone_inactive", camera=self.camera.id,
+                      zone=zr.config.zone.id)
+            if not active:
+                zr.rule.reset()  # dwell must not carry over from yesterday's business hours
+        if not active:
+            return
+        for event in zr.rule.update(obs):
+            doc = self.tickets.on_rule_event(event, obs.image)
+            if doc is not None and self.on_ticket is not None:
+                self.on_ticket(doc)

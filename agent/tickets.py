@@ -1,31 +1,83 @@
-"""The ticket book: turns rule events into versioned ticket documents with evidence.
+"""The ticket book: rule events and platform commands in, versioned ticket messages out.
 
-One ticket id lives from ``opened`` to ``cleared``; every message carries the agent-wide monotonic
-``seq`` and repeats all the fields a consumer needs, so a consumer that missed a message is never
-confused. The document's shape is ``agent/schemas/ticket.schema.json``.
+One ticket id lives from ``opened`` to its end (``closed`` or ``rejected``); every message carries
+the agent-wide monotonic ``seq`` and repeats all fields, so a consumer that missed one is never
+confused. A ticket's state and the message reporting a change of it are committed in one SQLite
+transaction, after the evidence files are on disk: a crash leaves both or neither.
+
+Lifecycle (docs/messages.md)::
+
+    opened -> updated* -> cleared -> reopened -> ... -> closed (verified gone)
+    any state but closed -> rejected (the platform found a false positive)
+
+The document's shape is ``agent/schemas/ticket.schema.json``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from enum import Enum
 
-from agent.config import CameraConfig
-from agent.evidence import EvidenceStore, annotate
+import numpy as np
+
+from agent.config import CameraConfig, TicketsSection, ZoneConfig
+from agent.evidence import Evidence, EvidenceStore, annotate
 from agent.logs import log_event
-from agent.outbox import OutMessage, Outbox
+from agent.outbox import OutMessage, Outbox, Transaction
 from agent.topics import Topics
-from agent.types import EventKind, Frame, RuleEvent
-from agent.zones import Zone
+from agent.types import EventKind, RuleEvent
 
 SCHEMA_ID = "edge-agent/ticket"
 SCHEMA_VERSION = "1.0"
 TICKET_SEQ = "ticket_seq"
+ANY = "*"
+
+TICKET_TABLES = """
+CREATE TABLE IF NOT EXISTS tickets (
+    ticket_id TEXT PRIMARY KEY,
+    camera TEXT NOT NULL,
+    zone TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    status TEXT NOT NULL,
+    changed_at REAL NOT NULL,
+    doc TEXT NOT NULL                -- the last message sent about it
+);
+CREATE INDEX IF NOT EXISTS tickets_by_place ON tickets (camera, zone, rule, changed_at);
+CREATE TABLE IF NOT EXISTS mutes (
+    camera TEXT NOT NULL,
+    zone TEXT NOT NULL,              -- '*' for the whole camera
+    rule TEXT NOT NULL,              -- '*' for every rule
+    until REAL NOT NULL,
+    PRIMARY KEY (camera, zone, rule)
+);
+"""
 
 log = logging.getLogger("agent.tickets")
+
+
+class Status(str, Enum):
+    OPEN = "open"
+    CLEARED = "cleared"
+    CLOSED = "closed"
+    REJECTED = "rejected"
+
+
+ENDED = (Status.CLOSED, Status.REJECTED)
+
+PLATFORM_STEPS = ("new", "acked", "dispatched", "handled")
+
+
+class TicketError(Exception):
+    """A command about a ticket that cannot be carried out; ``code`` goes into the reply."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
 
 
 def iso_utc(ts: float) -> str:
@@ -38,69 +90,255 @@ class ModelInfo:
     sha256: str
 
 
+@dataclass(frozen=True)
+class Ticket:
+    id: str
+    zone: str
+    rule: str
+    status: Status
+    changed_at: float
+    doc: dict
+
+
 class TicketBook:
-    """Tickets of one camera. Called from that camera's worker thread only."""
+    """Tickets of one camera. Rule events come from the camera's thread, commands from the command
+    thread: one lock orders them."""
 
     def __init__(self, agent_id: str, camera: CameraConfig, model: ModelInfo, topics: Topics,
-                 outbox: Outbox, evidence: EvidenceStore):
+                 outbox: Outbox, evidence: EvidenceStore, settings: TicketsSection, chunk_bytes: int):
         self.agent_id, self.camera, self.model = agent_id, camera, model
         self.topics, self.outbox, self.evidence = topics, outbox, evidence
-        self._open: dict[tuple[str, str], str] = {}  # (zone, rule) -> ticket id
+        self.settings, self.chunk_bytes = settings, chunk_bytes
+        self.zones: dict[str, ZoneConfig] = {z.zone.id: z for z in camera.zones}
+        self._lock = threading.RLock()
 
-    def handle(self, event: RuleEvent, frame: Frame, zone: Zone) -> dict | None:
-        key = (event.zone, event.rule)
-        if event.kind is EventKind.OPENED:
-            ticket_id = self._open[key] = uuid.uuid4().hex
-            snapshot_kind = "snapshot"
-        elif key in self._open:
-            ticket_id = self._open[key]
-            snapshot_kind = "snapshot_after" if event.kind is EventKind.CLEARED else "snapshot"
-            if event.kind is EventKind.CLEARED:
-                del self._open[key]
-        else:
-            return None  # an update or clear for a ticket opened before a restart: nothing to say
+    # --- reading ------------------------------------------------------------------------------
+    def get(self, ticket_id: str) -> Ticket:
+        rows = self.outbox.query("SELECT ticket_id, zone, rule, status, changed_at, doc FROM tickets "
+                                 "WHERE ticket_id = ? AND camera = ?", (ticket_id, self.camera.id))
+        if not rows:
+            raise TicketError("unknown_ticket", f"no ticket {ticket_id} on camera {self.camera.id}")
+        return _ticket(rows[0])
 
-        # An "after" snapshot marks where the object was last seen, so the reviewer knows where to look.
-        label = f"{event.label} (last seen)" if event.kind is EventKind.CLEARED else event.label
-        labels = [label] * len(event.boxes)
-        snapshot = self.evidence.save_jpeg(ticket_id, snapshot_kind, annotate(frame.image, zone, event.boxes, labels))
-        evidence_topic = self.topics.evidence(self.camera.id, ticket_id, snapshot_kind)
-        height, width = frame.image.shape[:2]
-        with self.outbox.transaction(frame.ts) as tx:
-            seq = tx.next_counter(TICKET_SEQ)
-            doc = self._document(ticket_id, seq, event, (width, height), [snapshot.describe(evidence_topic)])
-            tx.add(OutMessage(self.topics.tickets(self.camera.id), "ticket", "application/json", ticket_id,
-                              payload=json.dumps(doc, ensure_ascii=False).encode()))
-            tx.add(OutMessage(evidence_topic, "evidence", snapshot.content_type, ticket_id,
-                              payload_path=str(snapshot.path)))
-        log_event(log, f"ticket_{event.kind.value}", camera=self.camera.id, zone=event.zone, rule=event.rule,
-                  ticket=ticket_id, seq=seq, label=event.label, confidence=round(event.confidence, 3),
-                  snapshot=snapshot.path)
-        return doc
+    def latest(self, zone: str, rule: str) -> Ticket | None:
+        """The newest ticket of a zone's rule, whatever its status."""
+        rows = self.outbox.query("SELECT ticket_id, zone, rule, status, changed_at, doc FROM tickets WHERE camera = ? "
+                                 "AND zone = ? AND rule = ? ORDER BY changed_at DESC LIMIT 1",
+                                 (self.camera.id, zone, rule))
+        return _ticket(rows[0]) if rows else None
 
-    def _document(self, ticket_id: str, seq: int, event: RuleEvent, frame_size: tuple[int, int],
-                  evidence: list[dict]) -> dict:
-        cam = self.camera
+    def muted_until(self, zone: str, rule: str, now: float) -> float | None:
+        rows = self.outbox.query(
+            "SELECT MAX(until) FROM mutes WHERE camera = ? AND zone IN (?, ?) AND rule IN (?, ?) AND until > ?",
+            (self.camera.id, zone, ANY, rule, ANY, now))
+        return rows[0][0]
+
+    # --- rule events --------------------------------------------------------------------------
+    def on_rule_event(self, event: RuleEvent, image: np.ndarray) -> dict | None:
+        """Turn a rule's event into a ticket message; None when it says nothing new."""
+        with self._lock:
+            latest = self.latest(event.zone, event.rule)
+            if event.kind is EventKind.OPENED:
+                return self._opened(event, image, latest)
+            if latest is None or latest.status is not Status.OPEN:
+                return None  # closed or rejected meanwhile, or opened before a restart and cleared since
+            if event.kind is EventKind.UPDATED:
+                changed = sorted(k for k, v in event.facts.items() if latest.doc["facts"].get(k) != v)
+                return self._send(latest, "updated", Status.OPEN, event.ts, facts=event,
+                                  reason=",".join(changed) or "update")
+            snapshot = self._snapshot(latest.id, "snapshot_after", image, event, "(last seen)")
+            return self._send(latest, "cleared", Status.CLEARED, event.ts, facts=event, evidence=[snapshot])
+
+    def _opened(self, event: RuleEvent, image: np.ndarray, latest: Ticket | None) -> dict | None:
+        if latest is not None and latest.status is Status.OPEN:
+            return None  # opened before a restart: the same condition, still the same ticket
+        muted = self.muted_until(event.zone, event.rule, event.ts)
+        if muted is not None:
+            log_event(log, "ticket_suppressed", camera=self.camera.id, zone=event.zone, rule=event.rule,
+                      reason="muted", until=iso_utc(muted))
+            return None
+        if (latest is not None and latest.status is Status.CLEARED
+                and event.ts - latest.changed_at <= self.settings.reopen_window_s):
+            snapshot = self._snapshot(latest.id, "snapshot", image, event)
+            return self._send(latest, "reopened", Status.OPEN, event.ts, facts=event, evidence=[snapshot],
+                              reason="returned")
+        ticket_id = uuid.uuid4().hex
+        # The raw frame stays on the box (never published): if the platform rejects the ticket it
+        # becomes a hard negative for training.
+        self.evidence.save_jpeg(ticket_id, "frame", image)
+        snapshot = self._snapshot(ticket_id, "snapshot", image, event)
+        doc = self._first_document(ticket_id, event, image.shape)
+        return self._send(Ticket(ticket_id, event.zone, event.rule, Status.OPEN, event.ts, doc), "opened",
+                          Status.OPEN, event.ts, evidence=[snapshot])
+
+    def _snapshot(self, ticket_id: str, kind: str, image: np.ndarray, event: RuleEvent, note: str = "") -> Evidence:
+        label = f"{event.label} {note}".strip()
+        picture = annotate(image, self.zones[event.zone].zone, event.boxes, [label] * len(event.boxes))
+        return self.evidence.save_jpeg(ticket_id, kind, picture)
+
+    # --- evidence that comes later ------------------------------------------------------------
+    def attach(self, ticket_id: str, item: Evidence, ts: float) -> dict | None:
+        """Add evidence to a ticket (e.g. the clip once its post-roll is recorded): ``updated``."""
+        with self._lock:
+            ticket = self.get(ticket_id)
+            if ticket.status in ENDED:
+                return None
+            return self._send(ticket, "updated", ticket.status, ts, evidence=[item], reason="evidence")
+
+    # --- platform commands --------------------------------------------------------------------
+    def record_step(self, ticket_id: str, step: str, ts: float, case_id: str | None = None) -> Ticket:
+        """ack / dispatched / handled: remembered on the ticket; no message (the platform knows)."""
+        with self._lock:
+            ticket = self.get(ticket_id)
+            if ticket.status in ENDED:
+                raise TicketError("not_allowed", f"ticket {ticket_id} is {ticket.status.value}")
+            doc = dict(ticket.doc)
+            if PLATFORM_STEPS.index(step) > PLATFORM_STEPS.index(doc["platform_state"]):
+                doc["platform_state"] = step
+            if case_id:
+                doc.setdefault("facts", {})["case_id"] = case_id
+            with self.outbox.transaction(ts) as tx:
+                self._store(tx, ticket, ticket.status, ts, doc)
+            return self.get(ticket_id)
+
+    def verify(self, ticket_id: str, ts: float, image: np.ndarray, boxes: np.ndarray | None) -> tuple[str, dict]:
+        """The platform's 核查: ``boxes`` is what the zone's rule sees now (None: nothing)."""
+        with self._lock:
+            ticket = self.get(ticket_id)
+            if ticket.status in ENDED:
+                raise TicketError("not_allowed", f"ticket {ticket_id} is {ticket.status.value}")
+            result = "verified_cleared" if boxes is None else "still_present"
+            shown = np.zeros((0, 4), np.float32) if boxes is None else boxes
+            picture = annotate(image, self.zones[ticket.zone].zone, shown, [ticket.doc["class"]] * len(shown))
+            snapshot = self.evidence.save_jpeg(ticket_id, "snapshot_verify", picture)
+            verification = {"result": result, "time": iso_utc(ts)}
+            if result == "verified_cleared":
+                doc = self._send(ticket, "closed", Status.CLOSED, ts, evidence=[snapshot], reason="verify",
+                                 verification=verification)
+            else:
+                doc = self._send(ticket, "updated", ticket.status, ts, evidence=[snapshot], reason="verify",
+                                 verification=verification)
+            return result, doc
+
+    def reject(self, ticket_id: str, ts: float, mute_s: float | None) -> dict:
+        """二次甄别 said false positive: close as rejected, mute similar tickets, keep a hard negative."""
+        with self._lock:
+            ticket = self.get(ticket_id)
+            if ticket.status in ENDED:
+                raise TicketError("not_allowed", f"ticket {ticket_id} is {ticket.status.value}")
+            duration = self.settings.reject_mute_s if mute_s is None else mute_s
+            doc = self._send(ticket, "rejected", Status.REJECTED, ts, reason="platform_rejected",
+                             mute=(ticket.zone, ticket.rule, ts + duration))
+            self._keep_hard_negative(ticket)
+            return doc
+
+    def mute(self, zone: str | None, until: float, ts: float) -> None:
+        if zone is not None and zone not in self.zones:
+            raise TicketError("unknown_zone", f"camera {self.camera.id} has no zone {zone!r}")
+        with self.outbox.transaction(ts) as tx:
+            _set_mute(tx, self.camera.id, zone or ANY, ANY, until)
+
+    def unmute(self, zone: str | None, ts: float) -> None:
+        if zone is not None and zone not in self.zones:
+            raise TicketError("unknown_zone", f"camera {self.camera.id} has no zone {zone!r}")
+        with self.outbox.transaction(ts) as tx:
+            if zone is None:
+                tx.execute("DELETE FROM mutes WHERE camera = ?", (self.camera.id,))
+            else:
+                tx.execute("DELETE FROM mutes WHERE camera = ? AND zone = ?", (self.camera.id, zone))
+
+    def _keep_hard_negative(self, ticket: Ticket) -> None:
+        folder = self.evidence.root.parent / "hard_negatives" / ticket.id
+        folder.mkdir(parents=True, exist_ok=True)
+        frame = self.evidence.folder(ticket.id) / "frame.jpg"
+        if frame.is_file():
+            (folder / "frame.jpg").write_bytes(frame.read_bytes())
+        (folder / "boxes.json").write_text(json.dumps(
+            {"camera": self.camera.id, "zone": ticket.zone, "rule": ticket.rule, "class": ticket.doc["class"],
+             "boxes": ticket.doc["boxes"], "frame_size": ticket.doc["frame_size"]}, ensure_ascii=False))
+        log_event(log, "hard_negative_saved", camera=self.camera.id, ticket=ticket.id, folder=folder)
+
+    # --- messages -----------------------------------------------------------------------------
+    def _first_document(self, ticket_id: str, event: RuleEvent, shape: tuple) -> dict:
+        cam, zone = self.camera, self.zones[event.zone]
         return {
             "schema": SCHEMA_ID,
             "schema_version": SCHEMA_VERSION,
             "ticket_id": ticket_id,
-            "seq": seq,
-            "event": event.kind.value,
+            "seq": 0,
+            "event": "opened",
+            "status": Status.OPEN.value,
+            "platform_state": "new",
             "event_time": iso_utc(event.ts),
             "agent_id": self.agent_id,
             "camera_id": cam.id,
             "camera_name": cam.name,
             "zone_id": event.zone,
             "rule": event.rule,
+            "category": zone.category.as_dict(),
             "class": event.label,
             "confidence": round(event.confidence, 4),
             "first_seen": iso_utc(event.first_seen),
             "last_seen": iso_utc(event.last_seen),
-            "frame_size": list(frame_size),
-            "boxes": [[round(float(v), 1) for v in box] for box in event.boxes],
-            "facts": event.facts,
+            "frame_size": [int(shape[1]), int(shape[0])],
+            "boxes": _boxes(event.boxes),
+            "facts": dict(event.facts),
             "location": {"lat": cam.lat, "lon": cam.lon, "grid_code": cam.grid_code},
             "model": {"name": self.model.name, "sha256": self.model.sha256},
-            "evidence": evidence,
+            "evidence": [],
         }
+
+    def _send(self, ticket: Ticket, event: str, status: Status, ts: float, *, facts: RuleEvent | None = None,
+              evidence: list[Evidence] = (), reason: str | None = None, verification: dict | None = None,
+              mute: tuple[str, str, float] | None = None) -> dict:
+        """Store the next message about ``ticket`` (state change, message, evidence rows) atomically."""
+        doc = dict(ticket.doc)
+        doc.update(event=event, status=status.value, event_time=iso_utc(ts))
+        doc.pop("reason", None)
+        if reason:
+            doc["reason"] = reason
+        if facts is not None:
+            doc.update(last_seen=iso_utc(facts.last_seen), facts={**doc["facts"], **facts.facts})
+            if len(facts.boxes):
+                doc.update(boxes=_boxes(facts.boxes), confidence=round(facts.confidence, 4), **{"class": facts.label})
+        if verification:
+            doc["verification"] = verification
+        topics = {item.kind: self.topics.evidence(self.camera.id, ticket.id, item.kind) for item in evidence}
+        named = {e["kind"]: e for e in doc["evidence"]}
+        named.update({item.kind: item.describe(topics[item.kind], self.chunk_bytes) for item in evidence})
+        doc["evidence"] = list(named.values())
+        with self.outbox.transaction(ts) as tx:
+            doc["seq"] = tx.next_counter(TICKET_SEQ)
+            self._store(tx, ticket, status, ts, doc)
+            tx.add(OutMessage(self.topics.tickets(self.camera.id), "ticket", "application/json", ticket.id,
+                              payload=json.dumps(doc, ensure_ascii=False).encode()))
+            for item in evidence:
+                for message in item.messages(topics[item.kind], ticket.id, self.chunk_bytes):
+                    tx.add(message)
+            if mute is not None:
+                _set_mute(tx, self.camera.id, *mute)
+        log_event(log, f"ticket_{event}", camera=self.camera.id, zone=ticket.zone, rule=ticket.rule,
+                  ticket=ticket.id, seq=doc["seq"], status=status.value, label=doc["class"],
+                  confidence=doc["confidence"], evidence=",".join(str(item.path) for item in evidence) or "-")
+        return doc
+
+    def _store(self, tx: Transaction, ticket: Ticket, status: Status, ts: float, doc: dict) -> None:
+        tx.execute("INSERT INTO tickets(ticket_id, camera, zone, rule, status, changed_at, doc) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(ticket_id) DO UPDATE SET "
+                   "status = excluded.status, changed_at = excluded.changed_at, doc = excluded.doc",
+                   (ticket.id, self.camera.id, ticket.zone, ticket.rule, status.value, ts,
+                    json.dumps(doc, ensure_ascii=False)))
+
+
+def _set_mute(tx: Transaction, camera: str, zone: str, rule: str, until: float) -> None:
+    tx.execute("INSERT INTO mutes(camera, zone, rule, until) VALUES (?, ?, ?, ?) "
+               "ON CONFLICT(camera, zone, rule) DO UPDATE SET until = excluded.until", (camera, zone, rule, until))
+
+
+def _ticket(row: tuple) -> Ticket:
+    ticket_id, zone, rule, status, changed_at, doc = row
+    return Ticket(ticket_id, zone, rule, Status(status), changed_at, json.loads(doc))
+
+
+def _boxes(boxes: np.ndarray) -> list[list[float]]:
+    return [[round(float(v), 1) for v in box] for box in boxes]

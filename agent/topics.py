@@ -2,7 +2,11 @@
 
     <prefix>/<agent>/status                          retained; "offline" as the last will
     <prefix>/<agent>/<camera>/tickets                ticket JSON documents
-    <prefix>/<agent>/<camera>/evidence/<ticket>/<kind>   binary evidence (snapshot JPEG, ...)
+    <prefix>/<agent>/<camera>/evidence/<ticket>/<kind>   binary evidence (snapshot JPEG, clip, ...)
+    <prefix>/<agent>/<camera>/snapshots/<command id>     spot-check snapshots
+    <prefix>/<agent>/<camera>/telemetry/<kind>           periodic numbers (crowd counts)
+    <prefix>/<agent>/cmd/<verb>                          commands to the agent
+    <prefix>/<agent>/replies                             replies to commands without a response topic
 """
 
 from __future__ import annotations
@@ -27,3 +31,19 @@ class Topics:
 
     def evidence(self, camera: str, ticket_id: str, kind: str) -> str:
         return f"{self.root}/{camera}/evidence/{ticket_id}/{kind}"
+
+    def snapshot(self, camera: str, command_id: str) -> str:
+        return f"{self.root}/{camera}/snapshots/{command_id}"
+
+    def telemetry(self, camera: str, kind: str) -> str:
+        return f"{self.root}/{camera}/telemetry/{kind}"
+
+    def commands(self) -> str:
+        """The filter the agent subscribes to."""
+        return f"{self.root}/cmd/+"
+
+    def command(self, verb: str) -> str:
+        return f"{self.root}/cmd/{verb}"
+
+    def replies(self) -> str:
+        return f"{self.root}/replies"

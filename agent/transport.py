@@ -1,4 +1,4 @@
-"""MQTT delivery from the outbox (paho-mqtt 2, callback API v2, MQTT 5, QoS 1).
+"""MQTT (paho-mqtt 2, callback API v2, MQTT 5, QoS 1): outbox delivery, commands in, status.
 
 paho keeps messages published while disconnected in memory only: they die with the process. So
 the outbox is the truth. The sender publishes stored rows in order, a bounded window at a time, and
@@ -15,6 +15,8 @@ import logging
 import queue
 import random
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -24,15 +26,30 @@ from agent.clock import Clock
 from agent.config import MqttSection
 from agent.logs import log_event
 from agent.outbox import Outbox, StoredMessage
-from agent.tickets import SCHEMA_VERSION
+from agent.tickets import SCHEMA_VERSION, iso_utc
 from agent.topics import Topics
 
 log = logging.getLogger("agent.transport")
 
 
-class MqttSender:
-    def __init__(self, cfg: MqttSection, topics: Topics, outbox: Outbox, clock: Clock):
+@dataclass(frozen=True)
+class Request:
+    """A message received on the command topics, with the MQTT 5 properties a reply needs."""
+
+    topic: str
+    payload: bytes
+    response_topic: str | None
+    correlation_data: bytes | None
+
+
+class MqttTransport:
+    """The box's one MQTT client: delivers the outbox, receives commands, keeps the status fresh."""
+
+    def __init__(self, cfg: MqttSection, topics: Topics, outbox: Outbox, clock: Clock,
+                 on_command: Callable[[Request], None] | None = None,
+                 status: Callable[[], dict] | None = None):
         self.cfg, self.topics, self.outbox, self.clock = cfg, topics, outbox, clock
+        self.on_command, self.status = on_command, status
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=cfg.client_id or f"edge-{topics.agent}",
@@ -40,16 +57,18 @@ class MqttSender:
         )
         if cfg.username:
             self.client.username_pw_set(cfg.username, cfg.password)
-        self.client.will_set(topics.status(), json.dumps({"state": "offline"}), qos=1, retain=True)
+        self.client.will_set(topics.status(), json.dumps(self._status_doc("offline")), qos=1, retain=True)
         self.client.reconnect_delay_set(min_delay=cfg.reconnect_min_s, max_delay=cfg.reconnect_max_s)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
+        self.client.on_message = self._on_message
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._connected = threading.Event()
         self._generation = 0  # bumped on each connect: tells the sender to restart from the outbox
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
+        self._status_thread = threading.Thread(target=self._status_loop, name="mqtt-status", daemon=True)
         self.delivered = 0
 
     # paho's network thread ------------------------------------------------------------------
@@ -58,7 +77,9 @@ class MqttSender:
             log_event(log, "broker_refused", level=logging.ERROR, reason=str(reason_code))
             return
         log_event(log, "broker_connected", host=self.cfg.host, port=self.cfg.port)
-        client.publish(self.topics.status(), json.dumps({"state": "online"}), qos=1, retain=True)
+        # Subscribing here, not once at start, brings the subscription back after every reconnect.
+        client.subscribe(self.topics.commands(), qos=1)
+        self.publish_status("online")
         self._generation += 1
         self._connected.set()
 
@@ -74,6 +95,27 @@ class MqttSender:
             return
         self._acks.put(mid)
 
+    def _on_message(self, client, userdata, message):
+        if self.on_command is None:
+            return
+        props = message.properties
+        self.on_command(Request(
+            topic=message.topic, payload=bytes(message.payload),
+            response_topic=getattr(props, "ResponseTopic", None) if props else None,
+            correlation_data=getattr(props, "CorrelationData", None) if props else None,
+        ))
+
+    def _status_doc(self, state: str) -> dict:
+        doc = self.status() if self.status else {}
+        return {"schema": "edge-agent/status", "schema_version": SCHEMA_VERSION, "agent_id": self.topics.agent,
+                **doc, "state": state, "time": iso_utc(self.clock.now())}
+
+    def publish_status(self, state: str = "online") -> None:
+        """Retained status. Not through the outbox: only the latest matters, and the last will
+        covers a silent death."""
+        self.client.publish(self.topics.status(), json.dumps(self._status_doc(state), ensure_ascii=False),
+                            qos=1, retain=True, properties=self._plain_properties("status"))
+
     # lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
         # Jitter the first connect so boxes powered on together do not arrive together.
@@ -81,6 +123,7 @@ class MqttSender:
         self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
         self.client.loop_start()
         self._thread.start()
+        self._status_thread.start()
 
     def stop(self, flush_timeout_s: float = 5.0) -> None:
         """Try to deliver what is pending for up to ``flush_timeout_s``, then say offline and go."""
@@ -88,7 +131,8 @@ class MqttSender:
         self._stop.set()
         self._thread.join(timeout=5)
         if self._connected.is_set():
-            info = self.client.publish(self.topics.status(), json.dumps({"state": "offline"}), qos=1, retain=True)
+            info = self.client.publish(self.topics.status(), json.dumps(self._status_doc("offline")), qos=1,
+                                       retain=True, properties=self._plain_properties("status"))
             try:
                 info.wait_for_publish(timeout=2)
             except RuntimeError:
@@ -104,6 +148,11 @@ class MqttSender:
                 return False
             self._stop.wait(0.05)
         return True
+
+    def _status_loop(self) -> None:
+        while not self._stop.wait(self.cfg.status_interval_s):
+            if self._connected.is_set():
+                self.publish_status("online")
 
     # sender thread --------------------------------------------------------------------------
     def _send_loop(self) -> None:
@@ -136,7 +185,8 @@ class MqttSender:
                     log_event(log, "evidence_unreadable", level=logging.ERROR, id=message.id, reason=str(exc))
                     self.outbox.mark_delivered([message.id], self.clock.now())  # nothing left to send
                     continue
-                info = self.client.publish(message.topic, body, qos=1, properties=self._properties(message))
+                info = self.client.publish(message.topic, body, qos=1, retain=message.props.retain,
+                                           properties=self._properties(message))
                 if info.rc != mqtt.MQTT_ERR_SUCCESS:
                     break  # disconnected: the next connect restarts from the outbox
                 inflight[info.mid] = message.id
@@ -155,10 +205,20 @@ class MqttSender:
         self.delivered += len(ids)
 
     @staticmethod
-    def _properties(message: StoredMessage) -> Properties:
+    def _plain_properties(kind: str, content_type: str = "application/json") -> Properties:
         props = Properties(PacketTypes.PUBLISH)
-        props.ContentType = message.content_type
-        props.UserProperty = [("schema_version", SCHEMA_VERSION), ("kind", message.kind)]
+        props.ContentType = content_type
+        props.UserProperty = [("schema_version", SCHEMA_VERSION), ("kind", kind)]
+        return props
+
+    @classmethod
+    def _properties(cls, message: StoredMessage) -> Properties:
+        props = cls._plain_properties(message.kind, message.content_type)
         if message.ticket_id:
             props.UserProperty.append(("ticket_id", message.ticket_id))
+        props.UserProperty.extend(pair for pair in message.props.user if pair[0] != "kind")
+        if message.props.correlation_data is not None:
+            props.CorrelationData = message.props.correlation_data
+        if message.props.expiry_s is not None:
+            props.MessageExpiryInterval = message.props.expiry_s
         return props

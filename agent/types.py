@@ -71,8 +71,10 @@ class Detections:
 
 
 class EventKind(str, Enum):
+    """What a rule says about its zone. Reopening, closing and rejecting are the ticket book's."""
+
     OPENED = "opened"
-    UPDATED = "updated"
+    UPDATED = "updated"  # a material change while open (count, level): never a per-frame echo
     CLEARED = "cleared"
 
 
@@ -107,3 +109,18 @@ class StaticBlob:
 
     def static_for(self, ts: float) -> float:
         return ts - self.static_since
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything the agent knows about one analysed frame; what rules are fed.
+
+    ``tracks`` and ``static_blobs`` are filled only for cameras whose rules need them.
+    """
+
+    camera: str
+    ts: float
+    image: np.ndarray
+    detections: Detections
+    tracks: object | None = None  # agent.track.Tracks
+    static_blobs: tuple[StaticBlob, ...] = ()

@@ -65,7 +65,7 @@ def _truncated_model_manifest(tmp_path):
 # (case, how to break the box, file the error names, expected text of the one line)
 BROKEN = [
     ("unknown key in edge.toml", lambda t, e, c: _replace(e, "[agent]\n", "[agent]\nidd = 1\n"),
-     "edge.toml", r"agent\.idd: unknown key \(allowed: id, log_format, log_level\)"),
+     "edge.toml", r"agent\.idd: unknown key \(allowed: id, log_format, log_level, timezone\)"),
     ("misspelt rule parameter", lambda t, e, c: _replace(c, "min_dwell_s", "min_dwel_s"),
      "cam1.toml", r"zones\.plaza\.rule\.min_dwel_s: unknown key"),
     ("polygon with two points", lambda t, e, c: _replace(c, "[[0, 250], [768, 250], [768, 576], [0, 576]]",
@@ -96,6 +96,14 @@ BROKEN = [
      "cam1.toml", r"zones\.plaza\.rule: classes: must name at least one class"),
     ("camera file missing", lambda t, e, c: c.unlink(),
      "cam1.toml", r"file not found"),
+    ("schedule time not HH:MM", lambda t, e, c: _replace(c, "[zones.plaza.rule]", 'schedule = [{start = "8am", end = "20:00"}]\n\n[zones.plaza.rule]'),
+     "cam1.toml", r"zones\.plaza\.schedule\[0\]: start: expected HH:MM, got '8am'"),
+    ("schedule with an unknown day", lambda t, e, c: _replace(c, "[zones.plaza.rule]", 'schedule = [{start = "08:00", end = "20:00", days = ["monday"]}]\n\n[zones.plaza.rule]'),
+     "cam1.toml", r"days: unknown day 'monday'"),
+    ("category for an unknown rule", lambda t, e, c: _replace(e, "[agent]", '[categories.litterr]\nmajor = "a"\nminor = "b"\ncode = "c"\n\n[agent]'),
+     "edge.toml", r"categories\.litterr: unknown rule"),
+    ("unknown time zone", lambda t, e, c: _replace(e, "[agent]\n", '[agent]\ntimezone = "Mars/Olympus"\n'),
+     "edge.toml", r"agent: timezone: unknown time zone 'Mars/Olympus'"),
 ]
 
 

@@ -12,7 +12,7 @@ from agent.clock import SystemClock
 from agent.config import MqttSection
 from agent.outbox import Outbox
 from agent.topics import Topics
-from agent.transport import MqttSender
+from agent.transport import MqttTransport
 from tests.helpers import REPO, write_camera, write_edge
 from tests.test_whole_loop import Subscriber, wait_for
 
@@ -41,7 +41,7 @@ def test_no_broker_then_broker_down_then_up_delivers_everything_in_order(tmp_pat
     sub = Subscriber(mosquitto.port, "cityops/#", persistent_session=True)
     mosquitto.stop()
     cfg = MqttSection(host="127.0.0.1", port=mosquitto.port, reconnect_min_s=0.2, reconnect_max_s=1.0)
-    sender = MqttSender(cfg, Topics("cityops", "test-box"), outbox, SystemClock())
+    sender = MqttTransport(cfg, Topics("cityops", "test-box"), outbox, SystemClock())
     sender.start()
     try:
         time.sleep(2)  # the sender retries against a dead port meanwhile

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from agent.rules.object_dwell import ObjectDwellRule, Params
-from agent.types import Detections, EventKind
+from agent.types import Detections, EventKind, Observation
 from agent.zones import Zone
 
 NAMES = ("person", "bicycle")
@@ -24,11 +24,15 @@ INSIDE = (50, 60, 80, 150)  # bottom centre (65, 150): inside
 HEAD_INSIDE = (50, 120, 80, 250)  # head inside, feet (65, 250) outside
 
 
+def obs(ts, detections):
+    return Observation("cam", ts, np.zeros((1, 1, 3), np.uint8), detections)
+
+
 def run(rule, frames):
     """frames: [(ts, detections)] -> [(ts, kind)]"""
     out = []
     for ts, d in frames:
-        out += [(ts, e.kind) for e in rule.update(ts, d)]
+        out += [(ts, e.kind) for e in rule.update(obs(ts, d))]
     return out
 
 
@@ -79,7 +83,7 @@ def test_cooldown_suppresses_a_new_ticket_right_after_a_clear():
 
 def test_event_carries_boxes_label_and_count():
     rule = ObjectDwellRule(ZONE, params(min_dwell_s=0))
-    (event,) = rule.update(100.0, dets(INSIDE, (100, 100, 120, 180)))
+    (event,) = rule.update(obs(100.0, dets(INSIDE, (100, 100, 120, 180))))
     assert event.label == "person" and event.facts == {"count": 2}
     assert event.first_seen == 100.0 and event.confidence == pytest.approx(0.9)
     assert event.boxes.shape == (2, 4)
@@ -92,9 +96,16 @@ def test_params_validate():
 
 def test_clear_reports_the_last_sighting_and_a_zero_count():
     rule = ObjectDwellRule(ZONE, params(min_dwell_s=0, clear_after_s=2))
-    rule.update(0, dets(INSIDE, score=0.8))
-    (cleared,) = rule.update(3, dets())
+    rule.update(obs(0, dets(INSIDE, score=0.8)))
+    (cleared,) = rule.update(obs(3, dets()))
     assert cleared.kind is EventKind.CLEARED and cleared.facts == {"count": 0}
     assert cleared.label == "person" and cleared.confidence == pytest.approx(0.8)
     np.testing.assert_allclose(cleared.boxes, [INSIDE])
     assert (cleared.first_seen, cleared.last_seen, cleared.ts) == (0, 0, 3)
+
+
+def test_present_looks_at_the_current_picture_only():
+    rule = ObjectDwellRule(ZONE, params(min_dwell_s=30))
+    assert rule.present(obs(0, dets(INSIDE))) is not None  # no dwell needed for a look
+    assert rule.present(obs(0, dets(HEAD_INSIDE))) is None
+    assert rule.present(obs(0, dets())) is None

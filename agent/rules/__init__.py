@@ -1,8 +1,9 @@
 """Scenario rules: one module per rule type, found by name in config.
 
 A rule module defines a frozen ``Params`` dataclass (its config keys, validated at load) and a rule
-class decorated with :func:`register`. Adding a scenario is adding a module here; nothing else in
-the tree changes.
+class decorated with :func:`register`, naming what the rule needs computed for it (tracks, static
+blobs) and the platform case category its tickets default to. Adding a scenario is adding a module
+here plus config; nothing else in the tree changes.
 """
 
 from __future__ import annotations
@@ -10,17 +11,48 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass
+from enum import Enum
 from typing import Protocol
 
-from agent.types import Detections, RuleEvent
+import numpy as np
+
+from agent.types import Observation, RuleEvent
 from agent.zones import Zone
+
+
+class Need(str, Enum):
+    """Work the pipeline does for a camera only when one of its rules needs it."""
+
+    TRACKS = "tracks"
+    STATIC_BLOBS = "static_blobs"
+
+
+@dataclass(frozen=True)
+class Category:
+    """A case class of the city platform (digital city management event classes)."""
+
+    major: str
+    minor: str
+    code: str
+
+    def as_dict(self) -> dict:
+        return {"major": self.major, "minor": self.minor, "code": self.code}
 
 
 class Rule(Protocol):
     zone: Zone
 
-    def update(self, ts: float, detections: Detections) -> list[RuleEvent]:
-        """Feed one analysed frame's detections; return the events this frame causes."""
+    def update(self, obs: Observation) -> list[RuleEvent]:
+        """Feed one analysed frame; return the events it causes (usually none)."""
+
+    def present(self, obs: Observation) -> np.ndarray | None:
+        """Boxes showing the condition in ``obs`` right now, or None if it is not visible.
+
+        A look at the current picture without the dwell timers, for the platform's ``verify``.
+        """
+
+    def reset(self) -> None:
+        """Forget all state, e.g. when the zone's schedule makes it inactive."""
 
 
 @dataclass(frozen=True)
@@ -28,14 +60,16 @@ class RuleType:
     name: str
     params: type
     rule: type
+    category: Category
+    needs: frozenset[Need]
 
 
 _RULES: dict[str, RuleType] = {}
 
 
-def register(name: str, params: type):
+def register(name: str, params: type, category: Category, needs: frozenset[Need] = frozenset()):
     def wrap(rule_cls: type) -> type:
-        _RULES[name] = RuleType(name, params, rule_cls)
+        _RULES[name] = RuleType(name, params, rule_cls, category, needs)
         return rule_cls
 
     return wrap

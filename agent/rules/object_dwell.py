@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.rules import register
+from agent.rules import Category, register
 from agent.typedtoml import setting
-from agent.types import Detections, EventKind, RuleEvent
+from agent.types import Detections, EventKind, Observation, RuleEvent
 from agent.zones import Zone
 
 
@@ -37,7 +37,9 @@ class Params:
             raise ValueError("classes: must name at least one class")
 
 
-@register("object_dwell", Params)
+# A generic rule: its tickets say "something stayed in a zone where it should not". Operators map it
+# to their own class per zone (category = {...}); the default is a catch-all of 街面秩序.
+@register("object_dwell", Params, Category("街面秩序", "其他", "05-99"))
 class ObjectDwellRule:
     name = "object_dwell"
 
@@ -52,10 +54,18 @@ class ObjectDwellRule:
         self._quiet_until = float("-inf")
         self._last_inside: Detections | None = None  # the last sighting, which a clear reports
 
-    def update(self, ts: float, detections: Detections) -> list[RuleEvent]:
+    def _inside(self, detections: Detections) -> Detections:
         p = self.params
         candidates = detections[detections.of_classes(p.classes) & (detections.score >= p.min_score)]
-        inside = candidates[self.zone.contains(candidates.bottom_centres())]
+        return candidates[self.zone.contains(candidates.bottom_centres())]
+
+    def present(self, obs: Observation) -> np.ndarray | None:
+        inside = self._inside(obs.detections)
+        return inside.xyxy if len(inside) else None
+
+    def update(self, obs: Observation) -> list[RuleEvent]:
+        p, ts = self.params, obs.ts
+        inside = self._inside(obs.detections)
 
         if len(inside):
             # Before a ticket opens, a gap longer than max_gap_s restarts the dwell clock; once it

@@ -1,0 +1,33 @@
+"""The JSON Schemas of every message the agent sends or accepts, shipped inside the package.
+
+Platform engineers validate against the same files (``agent/schemas/*.schema.json``). The ``$id``s
+live under the reserved ``.invalid`` domain: they name the schemas, nothing is ever fetched.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+
+NAMES = ("ticket", "command", "reply", "status", "telemetry")
+
+
+@cache
+def load(name: str) -> dict:
+    return json.loads(resources.files(__name__).joinpath(f"{name}.schema.json").read_text(encoding="utf-8"))
+
+
+@cache
+def _registry() -> Registry:
+    available = [n for n in NAMES if resources.files(__name__).joinpath(f"{n}.schema.json").is_file()]
+    return Registry().with_resources((load(n)["$id"], Resource.from_contents(load(n))) for n in available)
+
+
+@cache
+def validator(name: str) -> Draft202012Validator:
+    """A validator for one message kind, resolving references between the shipped schemas."""
+    return Draft202012Validator(load(name), registry=_registry())
