@@ -48,7 +48,8 @@ class CommandHandler:
         now = self.clock.now()
         command: dict = {}
         try:
-            command = self._parse(request)
+            command = self._parse_json(request)
+            self._validate(request, command)
             reply = self._dispatch(command, now)
         except (CommandError, TicketError) as exc:
             reply = {"ok": False, "error": {"code": exc.code, "message": str(exc)}}
@@ -57,14 +58,16 @@ class CommandHandler:
         except Exception as exc:  # a bug must cost one reply, not the command thread
             log.exception("command_failed", extra={"fields": {"topic": request.topic}})
             reply = {"ok": False, "error": {"code": "internal", "message": f"{type(exc).__name__}: {exc}"}}
+        # Echo the id and verb when the request carried them, even if it failed validation.
+        echo = {key: value if isinstance(value, str) else None
+                for key, value in (("command_id", command.get("command_id")), ("verb", command.get("verb")))}
         doc = {"schema": "edge-agent/reply", "schema_version": SCHEMA_VERSION, "agent_id": self.agent_id,
-               "command_id": command.get("command_id"), "verb": command.get("verb"), "time": iso_utc(now),
-               **reply}
+               **echo, "time": iso_utc(now), **reply}
         self._store_reply(request, doc, now)
         return doc
 
     # --- validation -------------------------------------------------------------------------
-    def _parse(self, request: Request) -> dict:
+    def _parse_json(self, request: Request) -> dict:
         if len(request.payload) > MAX_PAYLOAD:
             raise CommandError("bad_json", f"payload of {len(request.payload)} bytes exceeds {MAX_PAYLOAD}")
         try:
@@ -73,6 +76,9 @@ class CommandHandler:
             raise CommandError("bad_json", f"payload on {request.topic} is not JSON: {exc}") from None
         if not isinstance(command, dict):
             raise CommandError("bad_schema", f"payload on {request.topic} must be a JSON object")
+        return command
+
+    def _validate(self, request: Request, command: dict) -> None:
         errors = sorted(schemas.validator("command").iter_errors(command), key=lambda e: list(e.path))
         if errors:
             first = errors[0]
@@ -83,7 +89,6 @@ class CommandHandler:
         verb_in_topic = request.topic.rsplit("/", 1)[-1]
         if verb_in_topic != command["verb"]:
             raise CommandError("bad_topic", f"topic verb {verb_in_topic!r} differs from body verb {command['verb']!r}")
-        return command
 
     # --- the verbs --------------------------------------------------------------------------
     def _dispatch(self, command: dict, now: float) -> dict:

@@ -24,7 +24,7 @@ log = logging.getLogger("agent.pipeline")
 class ZoneRule:
     config: ZoneConfig
     rule: Rule
-    active: bool = True
+    inactive: str | None = None  # why the zone is not watched now: outside_schedule, muted
 
 
 class CameraPipeline:
@@ -69,15 +69,22 @@ class CameraPipeline:
         self.health.frame_analysed()
 
     def _feed(self, zr: ZoneRule, obs: Observation) -> None:
-        schedule = zr.config.schedule
-        active = schedule is None or schedule.active(obs.ts)
-        if active != zr.active:
-            zr.active = active
-            log_event(log, "zone_active" if active else "zone_inactive", camera=self.camera.id,
-                      zone=zr.config.zone.id)
-            if not active:
-                zr.rule.reset()  # dwell must not carry over from yesterday's business hours
-        if not active:
+        zone_id, schedule = zr.config.zone.id, zr.config.schedule
+        if schedule is not None and not schedule.active(obs.ts):
+            inactive = "outside_schedule"
+        elif self.tickets.muted_until(zone_id, zr.config.rule_type, obs.ts) is not None:
+            inactive = "muted"
+        else:
+            inactive = None
+        if inactive != zr.inactive:
+            log_event(log, "zone_active" if inactive is None else "zone_inactive", camera=self.camera.id,
+                      zone=zone_id, reason=inactive or zr.inactive)
+            zr.inactive = inactive
+            if inactive is not None:
+                # Dwell must not carry over from yesterday's business hours or from before a mute:
+                # the rule starts afresh when the zone is watched again.
+                zr.rule.reset()
+        if inactive is not None:
             return
         for event in zr.rule.update(obs):
             doc = self.tickets.on_rule_event(event, obs.image)

@@ -152,11 +152,6 @@ class TicketBook:
     def _opened(self, event: RuleEvent, image: np.ndarray, latest: Ticket | None) -> dict | None:
         if latest is not None and latest.status is Status.OPEN:
             return None  # opened before a restart: the same condition, still the same ticket
-        muted = self.muted_until(event.zone, event.rule, event.ts)
-        if muted is not None:
-            log_event(log, "ticket_suppressed", camera=self.camera.id, zone=event.zone, rule=event.rule,
-                      reason="muted", until=iso_utc(muted))
-            return None
         if (latest is not None and latest.status is Status.CLEARED
                 and event.ts - latest.changed_at <= self.settings.reopen_window_s):
             snapshot = self._snapshot(latest.id, "snapshot", image, event)
