@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent import __version__
+from agent.clipper import Clipper
+from agent.clips import PacketRing
 from agent.clock import Clock, SystemClock
 from agent.commands import CommandHandler
 from agent.config import BoxConfig
@@ -50,14 +52,26 @@ class Agent:
         chunk_bytes = config.mqtt.chunk_bytes if config.mqtt else DEFAULT_CHUNK_BYTES
         self.detectors = load_detectors(config)
         self.health = {cam.id: CameraHealth(cam.id, cam.model) for cam in config.cameras}
+        settings = config.tickets
+        # The ring keeps the pre-roll plus two GOPs of margin, so a clip can start at a keyframe.
+        self.rings = ({cam.id: PacketRing(keep_s=settings.clip_pre_s + settings.clip_post_s + 10.0)
+                       for cam in config.cameras} if settings.clips else {})
         self.books: dict[str, TicketBook] = {}
         self.pipelines: dict[str, CameraPipeline] = {}
+        self.clipper = Clipper(self.rings, self.books, self.clock, settings.clip_pre_s, settings.clip_post_s)
+        hooks = [h for h in (self.clipper.on_ticket if settings.clips else None, on_ticket) if h is not None]
+
+        def ticket_hook(doc: dict) -> None:
+            for hook in hooks:
+                hook(doc)
+
         for cam in config.cameras:
             detector = self.detectors[cam.model]
             self.books[cam.id] = TicketBook(config.agent.id, cam, ModelInfo(detector.name, detector.sha256),
-                                            self.topics, self.outbox, self.evidence, config.tickets, chunk_bytes)
+                                            self.topics, self.outbox, self.evidence, config.tickets, chunk_bytes,
+                                            config.fault_categories)
             self.pipelines[cam.id] = CameraPipeline(cam, detector, self.books[cam.id], self.health[cam.id],
-                                                    on_ticket)
+                                                    storage / "reference", ticket_hook)
         self.commands = CommandHandler(config.agent.id, self.topics, self.outbox, self.evidence, self.clock,
                                        self.books, self.pipelines, chunk_bytes)
         self._requests: queue.Queue[Request | None] = queue.Queue(maxsize=1000)
@@ -73,7 +87,7 @@ class Agent:
             entry = self.health[cam.id].snapshot(now)
             muted = self.books[cam.id].muted_until("*", "*", now)
             entry["muted_until"] = iso_utc(muted) if muted else None
-            entry["suspended"] = None
+            entry["suspended"] = self.pipelines[cam.id].suspended
             cameras.append(entry)
         return {"version": __version__, "outbox": self.outbox.counts(), "cameras": cameras}
 
@@ -92,12 +106,15 @@ class Agent:
         """Run until ``stop`` is set or every camera has ended (files that do not loop)."""
         command_thread = threading.Thread(target=self._command_loop, name="commands", daemon=True)
         command_thread.start()
+        clipper_stop = threading.Event()
+        clipper_thread = threading.Thread(target=self.clipper.run, args=(clipper_stop,), name="clipper", daemon=True)
+        clipper_thread.start()
         if self.transport:
             self.transport.start()
         else:
             log_event(log, "store_only", reason="no [mqtt] in config", outbox=self.outbox.path)
-        workers = [CameraWorker(cam, self.clock, self.health[cam.id], self.pipelines[cam.id].on_frame, stop)
-                   for cam in self.config.cameras]
+        workers = [CameraWorker(cam, self.clock, self.health[cam.id], self.pipelines[cam.id].on_frame, stop,
+                                self.rings.get(cam.id)) for cam in self.config.cameras]
         for worker in workers:
             worker.start()
         while not stop.is_set() and any(w.is_alive() for w in workers):
@@ -107,6 +124,8 @@ class Agent:
             worker.join(timeout=10)
         self._requests.put(None)
         command_thread.join(timeout=10)
+        clipper_stop.set()
+        clipper_thread.join(timeout=30)
         if self.transport:
             self.transport.stop()
         log_event(log, "agent_stopped", **self.outbox.counts())

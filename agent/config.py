@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 
 from agent.detect.manifest import load_manifest
+from agent.faults import DEFAULT_CATEGORIES, Fault
 from agent.rules import Category, rule_types
+from agent.tamper import TamperParams
 from agent.schedule import DAYS, Schedule, Window, parse_hhmm
 from agent.typedtoml import ConfigError, load_dataclass, read_toml, setting
 from agent.zones import Zone
@@ -61,6 +63,8 @@ class TicketsSection:
     clip_pre_s: float = setting(5.0, ge=0, le=60, help="Clip seconds before a ticket opens")
     clip_post_s: float = setting(5.0, ge=0, le=60, help="Clip seconds after a ticket opens")
     clips: bool = setting(True, help="Attach an H.264 clip to opened tickets")
+    offline_grace_s: float = setting(
+        60.0, ge=0, help="A camera without frames this long opens a camera_offline ticket")
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,7 @@ class EdgeFile:
     mqtt: MqttSection | None = setting(None, help="Leave out to store tickets locally only")
     tickets: TicketsSection = setting(factory=TicketsSection, help="Ticket lifecycle and evidence")
     categories: dict[str, CategorySection] = setting(
-        factory=dict, help="Per rule type: the platform case class its tickets carry (overrides defaults)")
+        factory=dict, help="Per rule type or camera fault: the platform case class its tickets carry")
 
 
 @dataclass(frozen=True)
@@ -166,6 +170,10 @@ class CameraFile:
         True, help="Files only: pace reading to the file's own clock, like a live camera")
     loop: bool = setting(False, help="Files only: start again at the end")
     zones: dict[str, ZoneSection] = setting(factory=dict, help="Zones by id, each with its rule")
+    view_check: bool = setting(True, help="Compare the view with the calibration reference (moved, covered)")
+    reference_image: Path | None = setting(
+        None, help="Calibration reference frame; default: the first frame seen, saved in storage")
+    tamper: TamperParams = setting(factory=TamperParams, help="Thresholds of the view check")
 
     def __post_init__(self):
         if not self.id or any(c in self.id for c in "/+#"):
@@ -196,6 +204,9 @@ class CameraConfig:
     lon: float
     grid_code: str
     zones: tuple[ZoneConfig, ...]
+    view_check: bool = True
+    reference_image: Path | None = None
+    tamper: TamperParams = TamperParams()
 
     @property
     def is_file(self) -> bool:
@@ -211,6 +222,7 @@ class BoxConfig:
     models: dict[str, ModelSection]
     cameras: tuple[CameraConfig, ...]
     tickets: TicketsSection
+    fault_categories: dict[Fault, Category]
 
     def camera(self, camera_id: str) -> CameraConfig:
         for cam in self.cameras:
@@ -236,11 +248,14 @@ def load_config(path: str | Path) -> BoxConfig:
         if cam.id in seen:
             raise ConfigError(cam.source_file, "id", f"camera id {cam.id!r} is used twice")
         seen.add(cam.id)
-    return BoxConfig(path, edge.agent, edge.storage, edge.mqtt, edge.models, cameras, edge.tickets)
+    fault_categories = {f: edge.categories[f.value].category() if f.value in edge.categories else c
+                        for f, c in DEFAULT_CATEGORIES.items()}
+    return BoxConfig(path, edge.agent, edge.storage, edge.mqtt, edge.models, cameras, edge.tickets,
+                     fault_categories)
 
 
 def _load_camera(path: Path, edge: EdgeFile, edge_path: Path) -> CameraConfig:
-    raw = load_dataclass(CameraFile, read_toml(path), path)
+    raw = load_dataclass(CameraFile, read_toml(path), path, base_dir=path.parent)
     if raw.model not in edge.models:
         raise ConfigError(path, "model", f"no [models.{raw.model}] in {edge_path} "
                           f"(defined: {', '.join(edge.models) or 'none'})")
@@ -248,16 +263,18 @@ def _load_camera(path: Path, edge: EdgeFile, edge_path: Path) -> CameraConfig:
     if "://" not in url and not Path(url).is_absolute():
         url = os.path.normpath(path.parent / url)
     known = rule_types()
-    unknown = sorted(set(edge.categories) - set(known))
+    unknown = sorted(set(edge.categories) - set(known) - {f.value for f in Fault})
     if unknown:
-        raise ConfigError(edge_path, f"categories.{unknown[0]}", f"unknown rule (known: {', '.join(sorted(known))})")
+        names = sorted(known) + [f.value for f in Fault]
+        raise ConfigError(edge_path, f"categories.{unknown[0]}", f"unknown rule or fault (known: {', '.join(names)})")
     tz = ZoneInfo(edge.agent.timezone)
     zones = tuple(_load_zone(path, zone_id, section, edge, tz) for zone_id, section in raw.zones.items())
     return CameraConfig(
         id=raw.id, name=raw.name or raw.id, url=url, source_file=path, model=raw.model,
         analysis_fps=raw.analysis_fps, read_timeout_s=raw.read_timeout_s, realtime=raw.realtime,
         loop=raw.loop, lat=raw.location.lat, lon=raw.location.lon,
-        grid_code=raw.location.grid_code, zones=zones,
+        grid_code=raw.location.grid_code, zones=zones, view_check=raw.view_check,
+        reference_image=raw.reference_image, tamper=raw.tamper,
     )
 
 

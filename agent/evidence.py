@@ -101,7 +101,7 @@ class EvidenceStore:
         """Write ``data`` durably: temp file, fsync, rename, so a crash never leaves half a file."""
         folder = self.root / ticket_id
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / filename
+        path = _unused(folder / filename)
         tmp = path.with_suffix(path.suffix + ".tmp")
         with open(tmp, "wb") as f:
             f.write(data)
@@ -112,3 +112,13 @@ class EvidenceStore:
 
     def folder(self, ticket_id: str) -> Path:
         return self.root / ticket_id
+
+
+def _unused(path: Path) -> Path:
+    """Evidence files are never overwritten: a stored message may still name the first one (a
+    reopened ticket's second snapshot becomes snapshot-2.jpg)."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate

@@ -16,6 +16,7 @@ class CameraHealth:
     frames_decoded: int = 0
     frames_analysed: int = 0
     analysis_errors: int = 0
+    decode_errors: int = 0
     disconnects: int = 0
     last_frame_at: float | None = None
     last_error: str = ""
@@ -35,6 +36,11 @@ class CameraHealth:
         with self._lock:
             self.frames_decoded += 1
             self.last_frame_at = now
+
+    def decode_failed(self, reason: str) -> None:
+        with self._lock:
+            self.decode_errors += 1
+            self.last_error = reason
 
     def frame_analysed(self) -> None:
         with self._lock:
@@ -56,6 +62,7 @@ class CameraHealth:
                 "frames_decoded": self.frames_decoded,
                 "frames_analysed": self.frames_analysed,
                 "analysis_errors": self.analysis_errors,
+                "decode_errors": self.decode_errors,
                 "disconnects": self.disconnects,
                 "last_frame_age_s": None if self.last_frame_at is None else round(now - self.last_frame_at, 3),
                 "last_error": self.last_error,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import av
 
+from agent.clips import PacketRing, packet_ts
 from agent.clock import Clock
 from agent.config import CameraConfig
 from agent.health import CameraHealth
@@ -53,8 +54,9 @@ class Sampler:
 class CameraReader:
     """Opens one camera and yields its sampled frames until the stream fails or ends."""
 
-    def __init__(self, camera: CameraConfig, clock: Clock, health: CameraHealth, realtime: bool | None = None):
-        self.camera, self.clock, self.health = camera, clock, health
+    def __init__(self, camera: CameraConfig, clock: Clock, health: CameraHealth, ring: PacketRing | None = None,
+                 realtime: bool | None = None):
+        self.camera, self.clock, self.health, self.ring = camera, clock, health, ring
         self.realtime = camera.realtime if realtime is None else realtime
 
     def _open(self) -> av.container.InputContainer:
@@ -65,7 +67,13 @@ class CameraReader:
         return av.open(self.camera.url, options=options, timeout=(max(timeout, 5.0), timeout))
 
     def frames(self, stop: threading.Event):
-        """Yield sampled :class:`Frame` objects; raise on stream failure or :class:`StreamEnded`."""
+        """Yield sampled :class:`Frame` objects; raise on stream failure or :class:`StreamEnded`.
+
+        Every compressed packet also goes into the camera's packet ring (clips), stamped on the
+        same timeline as the frames: for files the start time plus media time; for live streams
+        the wall time of the connection's first packet plus the stream's own clock, so that a burst
+        of buffered packets does not shift clips against the frames rules saw.
+        """
         sampler = Sampler(self.camera.analysis_fps)
         live = not self.camera.is_file
         with self._open() as container:
@@ -73,25 +81,35 @@ class CameraReader:
             self.health.connected(stream.codec_context.name, stream.width, stream.height)
             log_event(log, "camera_connected", camera=self.camera.id, url=_redact(self.camera.url),
                       codec=stream.codec_context.name, size=f"{stream.width}x{stream.height}")
+            if self.ring is not None:
+                self.ring.start_source(stream)
             started = self.clock.now()
             loop_offset = 0.0
+            live_offset: float | None = None
             while not stop.is_set():
                 last_time = 0.0
-                for frame in container.decode(stream):
+                for packet in container.demux(stream):
                     if stop.is_set():
                         return
-                    self.health.frame_decoded(self.clock.now())
-                    media_time = loop_offset + (frame.time or 0.0)
-                    last_time = media_time
-                    if not sampler.take(media_time):
-                        continue
-                    if live:
-                        ts = self.clock.now()
-                    else:
-                        ts = started + media_time
-                        if self.realtime:
-                            self.clock.sleep_until(ts, stop)
-                    yield Frame(self.camera.id, ts, frame.to_ndarray(format="bgr24"))
+                    if live and live_offset is None and packet.pts is not None:
+                        live_offset = self.clock.now() - packet_ts(packet.pts, packet.time_base, 0.0)
+                    offset = live_offset if live else started + loop_offset
+                    if self.ring is not None and offset is not None:
+                        self.ring.append(packet, offset)
+                    for frame in self._decode(packet):
+                        self.health.frame_decoded(self.clock.now())
+                        media_time = loop_offset + (frame.time or 0.0)
+                        last_time = media_time
+                        if not sampler.take(media_time):
+                            continue
+                        if live:
+                            ts = (packet_ts(frame.pts, frame.time_base, live_offset)
+                                  if live_offset is not None and frame.pts is not None else self.clock.now())
+                        else:
+                            ts = started + media_time
+                            if self.realtime:
+                                self.clock.sleep_until(ts, stop)
+                        yield Frame(self.camera.id, ts, frame.to_ndarray(format="bgr24"))
                 if live:
                     raise ConnectionError("stream ended")
                 if not self.camera.loop:
@@ -99,16 +117,25 @@ class CameraReader:
                 container.seek(0)
                 loop_offset = last_time + 1.0 / max(float(stream.average_rate or 25), 1.0)
 
+    def _decode(self, packet: av.Packet) -> list[av.VideoFrame]:
+        """A corrupt packet costs its frames, not the connection: count it and go on."""
+        try:
+            return packet.decode()
+        except av.error.InvalidDataError as exc:
+            self.health.decode_failed(str(exc))
+            return []
+
 
 class CameraWorker(threading.Thread):
     """Reads one camera forever: reconnects with capped exponential backoff, never gives up."""
 
     def __init__(self, camera: CameraConfig, clock: Clock, health: CameraHealth,
-                 on_frame: Callable[[Frame], None], stop: threading.Event):
+                 on_frame: Callable[[Frame], None], stop: threading.Event, ring: PacketRing | None = None):
         super().__init__(name=f"camera-{camera.id}", daemon=True)
         self.camera, self.clock, self.health = camera, clock, health
         self.on_frame, self.stop = on_frame, stop
-        self.reader = CameraReader(camera, clock, health)
+        # The ring belongs to the worker, not a connection: clips can span a reconnect.
+        self.reader = CameraReader(camera, clock, health, ring)
 
     def run(self) -> None:
         delay = RECONNECT_MIN_S

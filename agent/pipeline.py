@@ -6,14 +6,14 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import numpy as np
+from pathlib import Path
 
 from agent.config import CameraConfig, ZoneConfig
 from agent.detect import Detector
+from agent.faults import ViewGuard
 from agent.health import CameraHealth
 from agent.logs import log_event
-from agent.rules import Need, Rule, build_rule, rule_types
+from agent.rules import Rule, build_rule, rule_types
 from agent.tickets import TicketBook
 from agent.types import Frame, Observation
 
@@ -29,9 +29,11 @@ class ZoneRule:
 
 class CameraPipeline:
     def __init__(self, camera: CameraConfig, detector: Detector, tickets: TicketBook, health: CameraHealth,
-                 on_ticket: Callable[[dict], None] | None = None):
+                 reference_dir: Path, on_ticket: Callable[[dict], None] | None = None):
         self.camera, self.detector, self.tickets, self.health = camera, detector, tickets, health
         self.on_ticket = on_ticket
+        self.view = (ViewGuard(camera.id, camera.tamper, camera.reference_image, reference_dir / f"{camera.id}.jpg")
+                     if camera.view_check else None)
         self.zone_rules = [ZoneRule(zc, build_rule(zc.rule_type, zc.zone, zc.params)) for zc in camera.zones]
         types = rule_types()
         self.needs = frozenset().union(*(types[zc.rule_type].needs for zc in camera.zones))
@@ -59,6 +61,8 @@ class CameraPipeline:
             obs = self.observe(frame)
             with self._latest_lock:
                 self._latest = obs
+            if self.view is not None:
+                self._guard_view(obs)
             for zr in self.zone_rules:
                 self._feed(zr, obs)
         except Exception as exc:
@@ -68,9 +72,25 @@ class CameraPipeline:
             return
         self.health.frame_analysed()
 
+    @property
+    def suspended(self) -> str | None:
+        """Why the camera's zones are not watched at all (the view moved or was covered)."""
+        return self.view.suspended if self.view is not None else None
+
+    def _guard_view(self, obs: Observation) -> None:
+        for event in self.view.update(obs.ts, obs.image):
+            self._ticket(event, obs)
+
+    def _ticket(self, event, obs: Observation) -> None:
+        doc = self.tickets.on_rule_event(event, obs.image)
+        if doc is not None and self.on_ticket is not None:
+            self.on_ticket(doc)
+
     def _feed(self, zr: ZoneRule, obs: Observation) -> None:
         zone_id, schedule = zr.config.zone.id, zr.config.schedule
-        if schedule is not None and not schedule.active(obs.ts):
+        if self.suspended is not None:
+            inactive = self.suspended  # its tickets would be about the wrong pixels
+        elif schedule is not None and not schedule.active(obs.ts):
             inactive = "outside_schedule"
         elif self.tickets.muted_until(zone_id, zr.config.rule_type, obs.ts) is not None:
             inactive = "muted"
@@ -87,6 +107,4 @@ class CameraPipeline:
         if inactive is not None:
             return
         for event in zr.rule.update(obs):
-            doc = self.tickets.on_rule_event(event, obs.image)
-            if doc is not None and self.on_ticket is not None:
-                self.on_ticket(doc)
+            self._ticket(event, obs)

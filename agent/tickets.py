@@ -25,10 +25,12 @@ from enum import Enum
 
 import numpy as np
 
-from agent.config import CameraConfig, TicketsSection, ZoneConfig
+from agent.config import CameraConfig, TicketsSection
 from agent.evidence import Evidence, EvidenceStore, annotate
+from agent.faults import CAMERA_ZONE, WHOLE_PICTURE, Fault
 from agent.logs import log_event
 from agent.outbox import OutMessage, Outbox, Transaction
+from agent.rules import Category
 from agent.topics import Topics
 from agent.types import EventKind, RuleEvent
 
@@ -105,11 +107,14 @@ class TicketBook:
     thread: one lock orders them."""
 
     def __init__(self, agent_id: str, camera: CameraConfig, model: ModelInfo, topics: Topics,
-                 outbox: Outbox, evidence: EvidenceStore, settings: TicketsSection, chunk_bytes: int):
+                 outbox: Outbox, evidence: EvidenceStore, settings: TicketsSection, chunk_bytes: int,
+                 fault_categories: dict[Fault, Category]):
         self.agent_id, self.camera, self.model = agent_id, camera, model
         self.topics, self.outbox, self.evidence = topics, outbox, evidence
         self.settings, self.chunk_bytes = settings, chunk_bytes
-        self.zones: dict[str, ZoneConfig] = {z.zone.id: z for z in camera.zones}
+        self.zones = {z.zone.id: z.zone for z in camera.zones} | {CAMERA_ZONE: WHOLE_PICTURE}
+        self.categories = ({(z.zone.id, z.rule_type): z.category for z in camera.zones}
+                           | {(CAMERA_ZONE, f.value): c for f, c in fault_categories.items()})
         self._lock = threading.RLock()
 
     # --- reading ------------------------------------------------------------------------------
@@ -168,7 +173,7 @@ class TicketBook:
 
     def _snapshot(self, ticket_id: str, kind: str, image: np.ndarray, event: RuleEvent, note: str = "") -> Evidence:
         label = f"{event.label} {note}".strip()
-        picture = annotate(image, self.zones[event.zone].zone, event.boxes, [label] * len(event.boxes))
+        picture = annotate(image, self.zones[event.zone], event.boxes, [label] * len(event.boxes))
         return self.evidence.save_jpeg(ticket_id, kind, picture)
 
     # --- evidence that comes later ------------------------------------------------------------
@@ -204,7 +209,7 @@ class TicketBook:
                 raise TicketError("not_allowed", f"ticket {ticket_id} is {ticket.status.value}")
             result = "verified_cleared" if boxes is None else "still_present"
             shown = np.zeros((0, 4), np.float32) if boxes is None else boxes
-            picture = annotate(image, self.zones[ticket.zone].zone, shown, [ticket.doc["class"]] * len(shown))
+            picture = annotate(image, self.zones[ticket.zone], shown, [ticket.doc["class"]] * len(shown))
             snapshot = self.evidence.save_jpeg(ticket_id, "snapshot_verify", picture)
             verification = {"result": result, "time": iso_utc(ts)}
             if result == "verified_cleared":
@@ -228,19 +233,21 @@ class TicketBook:
             return doc
 
     def mute(self, zone: str | None, until: float, ts: float) -> None:
-        if zone is not None and zone not in self.zones:
-            raise TicketError("unknown_zone", f"camera {self.camera.id} has no zone {zone!r}")
+        self._check_zone(zone)
         with self.outbox.transaction(ts) as tx:
             _set_mute(tx, self.camera.id, zone or ANY, ANY, until)
 
     def unmute(self, zone: str | None, ts: float) -> None:
-        if zone is not None and zone not in self.zones:
-            raise TicketError("unknown_zone", f"camera {self.camera.id} has no zone {zone!r}")
+        self._check_zone(zone)
         with self.outbox.transaction(ts) as tx:
             if zone is None:
                 tx.execute("DELETE FROM mutes WHERE camera = ?", (self.camera.id,))
             else:
                 tx.execute("DELETE FROM mutes WHERE camera = ? AND zone = ?", (self.camera.id, zone))
+
+    def _check_zone(self, zone: str | None) -> None:
+        if zone is not None and (zone not in self.zones or zone == CAMERA_ZONE):
+            raise TicketError("unknown_zone", f"camera {self.camera.id} has no zone {zone!r}")
 
     def _keep_hard_negative(self, ticket: Ticket) -> None:
         folder = self.evidence.root.parent / "hard_negatives" / ticket.id
@@ -255,7 +262,7 @@ class TicketBook:
 
     # --- messages -----------------------------------------------------------------------------
     def _first_document(self, ticket_id: str, event: RuleEvent, shape: tuple) -> dict:
-        cam, zone = self.camera, self.zones[event.zone]
+        cam = self.camera
         return {
             "schema": SCHEMA_ID,
             "schema_version": SCHEMA_VERSION,
@@ -270,7 +277,7 @@ class TicketBook:
             "camera_name": cam.name,
             "zone_id": event.zone,
             "rule": event.rule,
-            "category": zone.category.as_dict(),
+            "category": self.categories[(event.zone, event.rule)].as_dict(),
             "class": event.label,
             "confidence": round(event.confidence, 4),
             "first_seen": iso_utc(event.first_seen),
