@@ -8,6 +8,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from agent import __version__
 from agent.clipper import Clipper
 from agent.clips import PacketRing
@@ -16,6 +18,7 @@ from agent.commands import CommandHandler
 from agent.config import BoxConfig
 from agent.detect import Detector, load_detector
 from agent.evidence import EvidenceStore
+from agent.faults import OfflineWatch
 from agent.health import CameraHealth
 from agent.ingest import CameraWorker
 from agent.logs import log_event
@@ -102,6 +105,16 @@ class Agent:
         while (request := self._requests.get()) is not None:
             self.commands.handle(request)
 
+    def _watch_offline(self, watches: dict[str, OfflineWatch]) -> None:
+        now = self.clock.now()
+        for camera, watch in watches.items():
+            health = self.health[camera]
+            for event in watch.update(now, health.last_frame_at, health.last_error):
+                latest = self.pipelines[camera].latest
+                # The last picture the camera gave, so the platform sees what went dark.
+                image = latest.image if latest is not None else np.zeros((576, 768, 3), np.uint8)
+                self.pipelines[camera].ticket(event, image)
+
     def run(self, stop: threading.Event) -> None:
         """Run until ``stop`` is set or every camera has ended (files that do not loop)."""
         command_thread = threading.Thread(target=self._command_loop, name="commands", daemon=True)
@@ -117,8 +130,11 @@ class Agent:
                                 self.rings.get(cam.id)) for cam in self.config.cameras]
         for worker in workers:
             worker.start()
+        watches = {cam.id: OfflineWatch(self.config.tickets.offline_grace_s, self.clock.now())
+                   for cam in self.config.cameras if not cam.is_file}
         while not stop.is_set() and any(w.is_alive() for w in workers):
             stop.wait(0.5)
+            self._watch_offline(watches)
         stop.set()
         for worker in workers:
             worker.join(timeout=10)

@@ -113,3 +113,25 @@ class ViewGuard:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(float(value), 3)
+
+
+class OfflineWatch:
+    """Opens ``camera_offline`` when a live camera has delivered no frame for ``grace_s`` and clears
+    it when frames flow again. The reconnecting itself is the camera worker's job."""
+
+    def __init__(self, grace_s: float, started: float):
+        self.grace_s, self.started = grace_s, started
+        self.offline_since: float | None = None
+
+    def update(self, now: float, last_frame_at: float | None, last_error: str) -> list[RuleEvent]:
+        seen = last_frame_at if last_frame_at is not None else self.started
+        silent = now - seen
+        if self.offline_since is None and silent >= self.grace_s:
+            self.offline_since = seen
+            return [fault_event(Fault.OFFLINE, EventKind.OPENED, now, seen,
+                                {"silent_s": round(silent, 1), "last_error": last_error})]
+        if self.offline_since is not None and silent < self.grace_s:
+            since, self.offline_since = self.offline_since, None
+            return [fault_event(Fault.OFFLINE, EventKind.CLEARED, now, since,
+                                {"offline_s": round(now - since, 1)})]
+        return []

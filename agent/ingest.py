@@ -61,9 +61,12 @@ class CameraReader:
 
     def _open(self) -> av.container.InputContainer:
         options = {}
+        timeout = self.camera.read_timeout_s
         if self.camera.url.startswith("rtsp"):
             options["rtsp_transport"] = "tcp"  # UDP loses packets on busy links; TCP survives NAT
-        timeout = self.camera.read_timeout_s
+            # FFmpeg's own socket timeout (microseconds) ends a blocked read from inside the demuxer,
+            # sooner than PyAV's interrupt callback alone.
+            options["timeout"] = str(int(timeout * 1_000_000))
         return av.open(self.camera.url, options=options, timeout=(max(timeout, 5.0), timeout))
 
     def frames(self, stop: threading.Event):

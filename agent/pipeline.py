@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from agent.config import CameraConfig, ZoneConfig
 from agent.detect import Detector
 from agent.faults import ViewGuard
@@ -15,7 +17,7 @@ from agent.health import CameraHealth
 from agent.logs import log_event
 from agent.rules import Rule, build_rule, rule_types
 from agent.tickets import TicketBook
-from agent.types import Frame, Observation
+from agent.types import Frame, Observation, RuleEvent
 
 log = logging.getLogger("agent.pipeline")
 
@@ -79,10 +81,11 @@ class CameraPipeline:
 
     def _guard_view(self, obs: Observation) -> None:
         for event in self.view.update(obs.ts, obs.image):
-            self._ticket(event, obs)
+            self.ticket(event, obs.image)
 
-    def _ticket(self, event, obs: Observation) -> None:
-        doc = self.tickets.on_rule_event(event, obs.image)
+    def ticket(self, event: RuleEvent, image: np.ndarray) -> None:
+        """Hand an event (a rule's or a camera fault's) to the ticket book and the ticket hook."""
+        doc = self.tickets.on_rule_event(event, image)
         if doc is not None and self.on_ticket is not None:
             self.on_ticket(doc)
 
@@ -107,4 +110,4 @@ class CameraPipeline:
         if inactive is not None:
             return
         for event in zr.rule.update(obs):
-            self._ticket(event, obs)
+            self.ticket(event, obs.image)
