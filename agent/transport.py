@@ -87,6 +87,10 @@ class MqttTransport:
         self._connected.clear()
         if not self._stop.is_set():
             log_event(log, "broker_disconnected", level=logging.WARNING, reason=str(reason_code))
+        # paho doubles its delay from min_delay; a random min_delay per outage spreads a fleet of
+        # boxes over time, so a restarted broker is not hit by all of them at the same instant.
+        client.reconnect_delay_set(min_delay=self.cfg.reconnect_min_s * random.uniform(0.5, 1.5),
+                                   max_delay=self.cfg.reconnect_max_s)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties):
         # Called with paho's message lock held: only hand the mid over, never block here.
