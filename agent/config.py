@@ -23,7 +23,9 @@ import numpy as np
 from agent.detect.manifest import load_manifest
 from agent.faults import DEFAULT_CATEGORIES, Fault
 from agent.rules import Category, rule_types
+from agent.scene import SceneParams
 from agent.tamper import TamperParams
+from agent.track import TrackerParams
 from agent.schedule import DAYS, Schedule, Window, parse_hhmm
 from agent.typedtoml import ConfigError, load_dataclass, read_toml, setting
 from agent.zones import Zone
@@ -174,6 +176,8 @@ class CameraFile:
     reference_image: Path | None = setting(
         None, help="Calibration reference frame; default: the first frame seen, saved in storage")
     tamper: TamperParams = setting(factory=TamperParams, help="Thresholds of the view check")
+    tracker: TrackerParams = setting(factory=TrackerParams, help="Tracking, for rules that need it")
+    scene: SceneParams = setting(factory=SceneParams, help="Static new-object model, for rules that need it")
 
     def __post_init__(self):
         if not self.id or any(c in self.id for c in "/+#"):
@@ -207,6 +211,8 @@ class CameraConfig:
     view_check: bool = True
     reference_image: Path | None = None
     tamper: TamperParams = TamperParams()
+    tracker: TrackerParams = TrackerParams()
+    scene: SceneParams = SceneParams()
 
     @property
     def is_file(self) -> bool:
@@ -274,7 +280,7 @@ def _load_camera(path: Path, edge: EdgeFile, edge_path: Path) -> CameraConfig:
         analysis_fps=raw.analysis_fps, read_timeout_s=raw.read_timeout_s, realtime=raw.realtime,
         loop=raw.loop, lat=raw.location.lat, lon=raw.location.lon,
         grid_code=raw.location.grid_code, zones=zones, view_check=raw.view_check,
-        reference_image=raw.reference_image, tamper=raw.tamper,
+        reference_image=raw.reference_image, tamper=raw.tamper, tracker=raw.tracker, scene=raw.scene,
     )
 
 

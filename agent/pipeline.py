@@ -15,11 +15,16 @@ from agent.detect import Detector
 from agent.faults import ViewGuard
 from agent.health import CameraHealth
 from agent.logs import log_event
-from agent.rules import Rule, build_rule, rule_types
+from agent.rules import Need, Rule, build_rule, rule_types
+from agent.scene import SceneModel
+from agent.track import Tracker
 from agent.tickets import TicketBook
 from agent.types import Frame, Observation, RuleEvent
 
 log = logging.getLogger("agent.pipeline")
+
+# COCO classes that move by themselves or are moved through a scene: masked out of the scene model.
+MOVERS = frozenset({"person", "bicycle", "car", "motorcycle", "bus", "truck", "dog"})
 
 
 @dataclass
@@ -38,7 +43,9 @@ class CameraPipeline:
                      if camera.view_check else None)
         self.zone_rules = [ZoneRule(zc, build_rule(zc.rule_type, zc.zone, zc.params)) for zc in camera.zones]
         types = rule_types()
-        self.needs = frozenset().union(*(types[zc.rule_type].needs for zc in camera.zones))
+        needs = frozenset().union(*(types[zc.rule_type].needs for zc in camera.zones))
+        self.tracker = Tracker(camera.tracker) if Need.TRACKS in needs else None
+        self.scene = SceneModel(camera.scene) if Need.STATIC_BLOBS in needs else None
         self._latest: Observation | None = None
         self._latest_lock = threading.Lock()
 
@@ -56,7 +63,14 @@ class CameraPipeline:
 
     def observe(self, frame: Frame) -> Observation:
         detections = self.detector.detect(frame.image)
-        return Observation(frame.camera, frame.ts, frame.image, detections)
+        tracks = self.tracker.update(frame.ts, detections) if self.tracker is not None else None
+        blobs: tuple = ()
+        if self.scene is not None:
+            # People and vehicles are the detector's and tracker's business: the scene model must
+            # neither report them nor learn them into its background.
+            movers = detections[detections.of_classes(MOVERS)].xyxy
+            blobs = tuple(self.scene.update(frame.ts, frame.image, movers))
+        return Observation(frame.camera, frame.ts, frame.image, detections, tracks, blobs)
 
     def on_frame(self, frame: Frame) -> None:
         try:

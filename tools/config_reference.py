@@ -10,8 +10,11 @@ drift from what the agent accepts.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import inspect
 import sys
+import textwrap
 import typing
 from enum import Enum
 from pathlib import Path
@@ -19,6 +22,9 @@ from pathlib import Path
 from agent.config import AgentSection, CameraFile, EdgeFile, LocationSection, ModelSection, MqttSection, \
     StorageSection, ZoneSection
 from agent.rules import rule_types
+from agent.scene import SceneParams
+from agent.tamper import TamperParams
+from agent.track import TrackerParams
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "configuration-reference.md"
 
@@ -31,6 +37,9 @@ SECTIONS = [
     ("camera file (top level)", CameraFile),
     ("camera file [location]", LocationSection),
     ("camera file [zones.<id>]", ZoneSection),
+    ("camera file [tamper] (the view check)", TamperParams),
+    ("camera file [tracker]", TrackerParams),
+    ("camera file [scene] (static new objects)", SceneParams),
 ]
 
 
@@ -66,12 +75,25 @@ def bounds_text(f: dataclasses.Field) -> str:
     return ", ".join(parts)
 
 
+def attribute_docstrings(cls) -> dict[str, str]:
+    """Docstrings written under dataclass fields (the style of agent/track.py and agent/scene.py)."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {}
+    for node, following in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str)):
+            docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
 def table(cls) -> list[str]:
     hints = typing.get_type_hints(cls)
+    docs = attribute_docstrings(cls)
     rows = ["| key | type | default | bounds | meaning |", "|---|---|---|---|---|"]
     for f in dataclasses.fields(cls):
+        meaning = f.metadata.get("help") or docs.get(f.name, "")
         rows.append(f"| `{f.name}` | {type_name(hints[f.name])} | {default_text(f)} | {bounds_text(f)} "
-                    f"| {f.metadata.get('help', '')} |")
+                    f"| {meaning.replace('|', '/')} |")
     return rows
 
 
