@@ -25,6 +25,7 @@ from agent.faults import DEFAULT_CATEGORIES, Fault
 from agent.rules import Category, rule_types
 from agent.scene import SceneParams
 from agent.tamper import TamperParams
+from agent.tiling import TilingParams
 from agent.track import TrackerParams
 from agent.schedule import DAYS, Schedule, Window, parse_hhmm
 from agent.typedtoml import ConfigError, load_dataclass, read_toml, setting
@@ -178,6 +179,7 @@ class CameraFile:
     tamper: TamperParams = setting(factory=TamperParams, help="Thresholds of the view check")
     tracker: TrackerParams = setting(factory=TrackerParams, help="Tracking, for rules that need it")
     scene: SceneParams = setting(factory=SceneParams, help="Static new-object model, for rules that need it")
+    tiling: TilingParams | None = setting(None, help="Detect on overlapping tiles now and then (small objects)")
 
     def __post_init__(self):
         if not self.id or any(c in self.id for c in "/+#"):
@@ -213,6 +215,7 @@ class CameraConfig:
     tamper: TamperParams = TamperParams()
     tracker: TrackerParams = TrackerParams()
     scene: SceneParams = SceneParams()
+    tiling: TilingParams | None = None
 
     @property
     def is_file(self) -> bool:
@@ -281,6 +284,7 @@ def _load_camera(path: Path, edge: EdgeFile, edge_path: Path) -> CameraConfig:
         loop=raw.loop, lat=raw.location.lat, lon=raw.location.lon,
         grid_code=raw.location.grid_code, zones=zones, view_check=raw.view_check,
         reference_image=raw.reference_image, tamper=raw.tamper, tracker=raw.tracker, scene=raw.scene,
+        tiling=raw.tiling,
     )
 
 

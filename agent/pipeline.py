@@ -17,6 +17,7 @@ from agent.health import CameraHealth
 from agent.logs import log_event
 from agent.rules import Need, Rule, build_rule, rule_types
 from agent.scene import SceneModel
+from agent.tiling import detect_tiled
 from agent.track import Tracker
 from agent.tickets import TicketBook
 from agent.types import Frame, Observation, RuleEvent
@@ -47,6 +48,7 @@ class CameraPipeline:
         self.tracker = Tracker(camera.tracker) if Need.TRACKS in needs else None
         self.scene = SceneModel(camera.scene) if Need.STATIC_BLOBS in needs else None
         self._latest: Observation | None = None
+        self._tiled_at = float("-inf")
         self._latest_lock = threading.Lock()
 
     @property
@@ -61,8 +63,15 @@ class CameraPipeline:
                 return zr.rule
         return None
 
+    def _detect(self, frame: Frame):
+        tiling = self.camera.tiling
+        if tiling is not None and frame.ts - self._tiled_at >= tiling.every_s:
+            self._tiled_at = frame.ts
+            return detect_tiled(self.detector, frame.image, tiling)
+        return self.detector.detect(frame.image)
+
     def observe(self, frame: Frame) -> Observation:
-        detections = self.detector.detect(frame.image)
+        detections = self._detect(frame)
         tracks = self.tracker.update(frame.ts, detections) if self.tracker is not None else None
         blobs: tuple = ()
         if self.scene is not None:
