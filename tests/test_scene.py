@@ -1,0 +1,234 @@
+"""The static new-object model on real footage: vtest (PETS 2009, a fixed elevated camera) at
+2 fps, with real objects pasted into its real frames.
+
+The composites are built here from real pixels: the yellow plastic item that lies on vtest's grass
+(x 65-165, y 493-531 of every frame) is cut out with an alpha mask from its colour difference to
+the grass and pasted elsewhere on the grass, where nobody walks in the 80 s of the clip (measured
+from the detector's person boxes and a MOG2 motion map over the whole clip: the left edge at x
+15-115, y 400-438); a man cut out of darknet's person.jpg (GrabCut) stands on the lawn at the lower right.
+The real people of the clip are masked with the bundled detector's boxes, as the agent does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from agent.detect import load_detector
+from agent.scene import SceneModel, SceneParams
+from agent.track import box_iou
+from tests.helpers import NANODET_MANIFEST
+
+STEP = 0.5  # seconds between analysed frames: vtest's 10 fps sampled at 2 fps
+MASKED_CLASSES = {"person", "bicycle", "car", "motorcycle", "bus", "truck"}
+ITEM_SOURCE = (65, 493, 165, 531)  # x0, y0, x1, y1 of the plastic item in every vtest frame
+ITEM_AT = (15, 400)  # where its copy is pasted
+PERSON_BOX = (600, 430, 640, 550)  # where the pasted person stands: feet on the lawn
+
+
+@dataclass(frozen=True)
+class Clip:
+    frames: list[np.ndarray]  # full-resolution BGR, one per STEP
+    boxes: list[np.ndarray]  # (N, 4) people and vehicles the detector sees in each frame
+    item: np.ndarray  # the plastic item, float32 BGR
+    item_alpha: np.ndarray  # (h, w, 1) float32 in 0..1
+    person: np.ndarray  # a person scaled to PERSON_BOX, float32 BGR
+    person_alpha: np.ndarray  # (h, w, 1) float32 in 0..1
+
+
+@pytest.fixture(scope="module")
+def clip(footage) -> Clip:
+    detector = load_detector(NANODET_MANIFEST, threads=2, min_score=0.35)
+    frames, boxes = [], []
+    with av.open(str(footage["vtest.avi"])) as container:
+        for index, picture in enumerate(container.decode(video=0)):
+            if index % 5:
+                continue
+            image = picture.to_ndarray(format="bgr24")
+            found = detector.detect(image)
+            frames.append(image)
+            boxes.append(found[found.of_classes(MASKED_CLASSES)].xyxy)
+
+    x0, y0, x1, y1 = ITEM_SOURCE
+    item = frames[0][y0:y1, x0:x1].astype(np.float32)
+    grass = np.median(frames[0][y0 - 23:y0 - 3, x0:x1].reshape(-1, 3), axis=0)
+    alpha = (np.abs(item - grass).max(axis=2) > 45).astype(np.float32)
+    # A pixel of margin, then a soft edge, as a real object's outline blends into the grass.
+    alpha = cv2.GaussianBlur(cv2.dilate(alpha, np.ones((3, 3), np.uint8)), (5, 5), 0)[..., None]
+
+    # The man of person.jpg (detector box x 187-279, y 100-376), cut out by GrabCut from that box.
+    photo = cv2.imread(str(footage["person.jpg"]))[80:400, 160:310]
+    cut = np.zeros(photo.shape[:2], np.uint8)
+    cv2.grabCut(photo, cut, (27, 18, 94, 282), np.zeros((1, 65)), np.zeros((1, 65)), 5,
+                cv2.GC_INIT_WITH_RECT)
+    size = (PERSON_BOX[2] - PERSON_BOX[0], PERSON_BOX[3] - PERSON_BOX[1])
+    person = cv2.resize(photo[18:300, 27:121], size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    person_alpha = np.isin(cut[18:300, 27:121], [cv2.GC_FGD, cv2.GC_PR_FGD]).astype(np.float32)
+    person_alpha = cv2.resize(person_alpha, size, interpolation=cv2.INTER_AREA)[..., None]
+    return Clip(frames, boxes, item, alpha, person, person_alpha)
+
+
+def pasted(image: np.ndarray, patch: np.ndarray, alpha: np.ndarray, x0: int, y0: int) -> np.ndarray:
+    """A copy of ``image`` with ``patch`` blended in at (x0, y0)."""
+    out = image.copy()
+    h, w = patch.shape[:2]
+    region = out[y0:y0 + h, x0:x0 + w].astype(np.float32)
+    out[y0:y0 + h, x0:x0 + w] = np.round(alpha * patch + (1 - alpha) * region).astype(np.uint8)
+    return out
+
+
+def with_item(clip: Clip, image: np.ndarray) -> np.ndarray:
+    return pasted(image, clip.item, clip.item_alpha, *ITEM_AT)
+
+
+def with_person(clip: Clip, image: np.ndarray, x0: int, y0: int) -> np.ndarray:
+    return pasted(image, clip.person, clip.person_alpha, x0, y0)
+
+
+def item_box() -> np.ndarray:
+    w, h = ITEM_SOURCE[2] - ITEM_SOURCE[0], ITEM_SOURCE[3] - ITEM_SOURCE[1]
+    return np.array([ITEM_AT[0], ITEM_AT[1], ITEM_AT[0] + w, ITEM_AT[1] + h], np.float64)
+
+
+def run(clip: Clip, edit=None, params: SceneParams = SceneParams(), model: SceneModel | None = None):
+    """Feed the clip; ``edit(ts, image) -> (image, extra mask boxes)`` builds the composite.
+    Returns [(ts, blobs)] for every frame."""
+    model = model or SceneModel(params)
+    out = []
+    for k, (image, boxes) in enumerate(zip(clip.frames, clip.boxes)):
+        ts = k * STEP
+        if edit is not None:
+            image, extra = edit(ts, image)
+            boxes = np.concatenate([boxes, np.array(extra, np.float32).reshape(-1, 4)])
+        out.append((ts, model.update(ts, image, boxes)))
+    return out
+
+
+def overlapping(results, box) -> list[tuple[float, object]]:
+    """(ts, blob) for every blob that overlaps ``box``."""
+    box = np.asarray(box, np.float64)[None]
+    return [(ts, b) for ts, blobs in results for b in blobs
+            if box_iou(box, b.xyxy[None].astype(np.float64))[0, 0] > 0]
+
+
+T0, T1 = 20.0, 60.0  # the pasted object arrives and is taken away
+
+
+def test_a_pasted_object_appears_after_min_static_s_and_clears_when_taken_away(clip):
+    params = SceneParams()
+    results = run(clip, lambda ts, img: (with_item(clip, img) if T0 <= ts < T1 else img, []), params)
+    seen = overlapping(results, item_box())
+    appeared, last = seen[0][0], seen[-1][0]
+    # Measured: appears at 31.5 s = T0 + 11.5 (1.5 s for the fast model to take the item in, then
+    # min_static_s); gone at the first frame without it (last seen 59.5 s).
+    assert T0 + params.min_static_s <= appeared <= T0 + params.min_static_s + 3, appeared
+    assert T1 - STEP <= last < T1 + 10, last
+    assert [ts for ts, _ in seen] == [ts for ts, _ in results if appeared <= ts <= last], "no gaps"
+    assert {b.id for _, b in seen} == {1}, "one object, one id"
+    blob = seen[-1][1]
+    assert box_iou(item_box()[None], blob.xyxy[None].astype(np.float64))[0, 0] > 0.6, blob.xyxy
+    # Measured: first_seen 20.0, static_since 20.5; area 1619 px for an item of 1790 px (alpha
+    # sum, soft edge included): the faint edge stays under the foreground level.
+    assert blob.first_seen == T0 and T0 <= blob.static_since <= T0 + 3
+    assert 0.8 < blob.area_px / clip.item_alpha.sum() < 1.5
+    assert all(len(blobs) == len([b for t, b in seen if t == ts]) for ts, blobs in results), \
+        "nothing else in the scene became a blob"
+
+
+def test_without_a_pasted_object_there_is_no_blob(clip):
+    # The two plastic items lying on the grass from the first frame are background; the people
+    # walking and standing are masked by their boxes or moving. Measured: no blob in 80 s.
+    # Without the detector's boxes, a man standing on the path at x 375-412 from 3 to 15 s is
+    # copied into the background during the warm-up and leaves a ghost blob from 52.5 s on.
+    results = run(clip)
+    assert [(ts, b.xyxy.tolist()) for ts, blobs in results for b in blobs] == []
+
+
+@pytest.mark.parametrize("change", [0.2, -0.2])
+def test_a_brightness_ramp_over_a_minute_gives_no_blob(clip, change):
+    def ramp(ts, img):
+        return cv2.convertScaleAbs(img, alpha=1 + change * np.clip((ts - 10) / 60, 0, 1)), []
+
+    # The ramp is far beyond the foreground level: at its end most pixels differ by more than it.
+    # Measured without the gain normalisation: blobs from 37 s (-20%) and 46.5 s (+20%).
+    end, _ = ramp(70.0, clip.frames[140])
+    moved = cv2.absdiff(end, clip.frames[140]).max(axis=2) > SceneParams().foreground_level
+    assert moved.mean() > 0.3
+    assert [(ts, b.xyxy.tolist()) for ts, blobs in run(clip, ramp) for b in blobs] == []
+
+
+def test_a_person_standing_still_is_not_a_blob_and_leaves_no_ghost(clip):
+    """Masked by its box, a person standing for 40 s is neither counted nor learned into the slow
+    background: when it leaves, the lawn is still the background and nothing appears there."""
+    x0, y0 = PERSON_BOX[:2]
+
+    def standing(masked):
+        def edit(ts, img):
+            if T0 <= ts < T1:
+                return with_person(clip, img, x0, y0), [PERSON_BOX] if masked else []
+            return img, []
+        return edit
+
+    # Run with a slow model of 30 s: the default 300 s would learn too little of the person in
+    # 40 s to leave a visible ghost even if it learned under the box; this one would, from
+    # 71.5 s (checked by patching the model to learn under boxes).
+    assert overlapping(run(clip, standing(masked=True), SceneParams(slow_tau_s=30.0)), PERSON_BOX) == []
+    # The same composite without the box: the person is a static blob (the mask does the work).
+    unmasked = overlapping(run(clip, standing(masked=False)), PERSON_BOX)
+    assert unmasked and unmasked[0][0] <= T0 + SceneParams().min_static_s + 3
+
+
+def test_a_passer_by_over_the_object_keeps_its_blob_and_id(clip):
+    """An undetected person (no mask) walks across the object: each pixel changes for the second
+    the person covers it, which costs it a second of its count but leaves the blob whole. Were a
+    change to restart the count, the covered stripe would drop out for min_static_s and split
+    or shrink the blob (checked: then this test fails)."""
+    def edit(ts, img):
+        if T0 <= ts < T1:
+            img = with_item(clip, img)
+        if 40 <= ts < 44:  # left to right at 20 px a frame, the body over the whole item
+            img = with_person(clip, img, int(ITEM_AT[0] + (ts - 40) * 40), ITEM_AT[1] - 60)
+        return img, []
+
+    seen = overlapping(run(clip, edit), item_box())
+    during = [(ts, b) for ts, b in seen if 32 <= ts < T1]
+    assert [ts for ts, _ in during] == list(np.arange(32.0, T1, STEP)), "one blob, every frame"
+    assert {b.id for _, b in seen} == {1}
+    worst = min(box_iou(item_box()[None], b.xyxy[None].astype(np.float64))[0, 0] for _, b in during)
+    assert worst > 0.6, worst
+
+
+def test_absorb_after_s_and_absorb_learn_the_object_into_the_background(clip):
+    params = SceneParams(absorb_after_s=20.0)
+    scene = lambda ts, img: (with_item(clip, img) if ts >= T0 else img, [])  # noqa: E731
+    seen = overlapping(run(clip, scene, params), item_box())
+    # Static since 20.5 s: reported from 31.5 s until it has been static for 20 s, then never.
+    assert seen[0][0] == 31.5 and seen[-1][0] == 40.0, (seen[0][0], seen[-1][0])
+
+    # An operator absorbs it the first time it is reported: it never comes back.
+    model, first = SceneModel(), None
+    for k, (image, boxes) in enumerate(zip(clip.frames, clip.boxes)):
+        blobs = model.update(k * STEP, scene(k * STEP, image)[0], boxes)
+        if blobs and first is None:
+            first = k * STEP
+            model.absorb(blobs[0].id)
+        elif first is not None:
+            assert blobs == [], f"absorbed at {first}, reported again at {k * STEP}"
+    assert first == 31.5
+
+
+def test_ids_are_per_instance_and_reset_forgets_everything(clip):
+    def summary(results):
+        return [(ts, [(b.id, b.static_since) for b in blobs]) for ts, blobs in results]
+
+    model = SceneModel(first_id=50)
+    edit = lambda ts, img: (with_item(clip, img) if ts >= T0 else img, [])  # noqa: E731
+    first = summary(run(clip, edit, model=model))
+    assert first[-1][1] == [(50, T0 + STEP)]
+    model.reset()
+    # Without the reset the second run's blob would be 51 (checked).
+    assert summary(run(clip, edit, model=model)) == first
