@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from agent.ingest import CameraWorker
 from agent.logs import log_event
 from agent.outbox import Outbox
 from agent.pipeline import CameraPipeline
+from agent.storage import StorageJanitor
 from agent.tickets import TICKET_TABLES, ModelInfo, TicketBook, iso_utc
 from agent.topics import Topics
 from agent.transport import MqttTransport, Request
@@ -32,6 +35,7 @@ log = logging.getLogger("agent.app")
 
 DEFAULT_PREFIX = "cityops"
 DEFAULT_CHUNK_BYTES = 256 * 1024
+JANITOR_INTERVAL_S = 30.0
 
 
 def load_detectors(config: BoxConfig) -> dict[str, Detector]:
@@ -51,6 +55,7 @@ class Agent:
         storage = storage_dir or config.storage.dir
         self.outbox = Outbox(storage / "outbox.sqlite", schemas=(TICKET_TABLES,))
         self.evidence = EvidenceStore(storage / "evidence", config.storage.jpeg_quality)
+        self.janitor = StorageJanitor(self.outbox, self.evidence.root, config.storage.limits)
         self.topics = Topics(config.mqtt.prefix if config.mqtt else DEFAULT_PREFIX, config.agent.id)
         chunk_bytes = config.mqtt.chunk_bytes if config.mqtt else DEFAULT_CHUNK_BYTES
         self.detectors = load_detectors(config)
@@ -92,7 +97,8 @@ class Agent:
             entry["muted_until"] = iso_utc(muted) if muted else None
             entry["suspended"] = self.pipelines[cam.id].suspended
             cameras.append(entry)
-        return {"version": __version__, "outbox": self.outbox.counts(), "cameras": cameras}
+        storage = self.janitor.last.as_dict() if self.janitor.last is not None else None
+        return {"version": __version__, "outbox": self.outbox.counts(), "storage": storage, "cameras": cameras}
 
     def _enqueue_command(self, request: Request) -> None:
         # Called on paho's network thread: hand over and return, never block it.
@@ -115,6 +121,12 @@ class Agent:
                 image = latest.image if latest is not None else np.zeros((576, 768, 3), np.uint8)
                 self.pipelines[camera].ticket(event, image)
 
+    def _tidy_storage(self) -> None:
+        try:
+            self.janitor.run(self.clock.now())
+        except (OSError, sqlite3.Error) as exc:  # a full disk must not stop the agent
+            log_event(log, "storage_tidy_failed", level=logging.ERROR, reason=str(exc))
+
     def run(self, stop: threading.Event) -> None:
         """Run until ``stop`` is set or every camera has ended (files that do not loop)."""
         command_thread = threading.Thread(target=self._command_loop, name="commands", daemon=True)
@@ -132,9 +144,13 @@ class Agent:
             worker.start()
         watches = {cam.id: OfflineWatch(self.config.tickets.offline_grace_s, self.clock.now())
                    for cam in self.config.cameras if not cam.is_file}
+        next_janitor = 0.0
         while not stop.is_set() and any(w.is_alive() for w in workers):
             stop.wait(0.5)
             self._watch_offline(watches)
+            if time.monotonic() >= next_janitor:
+                self._tidy_storage()
+                next_janitor = time.monotonic() + JANITOR_INTERVAL_S
         stop.set()
         for worker in workers:
             worker.join(timeout=10)

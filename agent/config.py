@@ -24,6 +24,7 @@ from agent.detect.manifest import load_manifest
 from agent.faults import DEFAULT_CATEGORIES, Fault
 from agent.rules import Category, rule_types
 from agent.scene import SceneParams
+from agent.storage import StorageLimits
 from agent.tamper import TamperParams
 from agent.tiling import TilingParams
 from agent.track import TrackerParams
@@ -104,6 +105,7 @@ class ScheduleSection:
 class StorageSection:
     dir: Path = setting(Path("var"), help="Outbox database and evidence folder live here")
     jpeg_quality: int = setting(85, ge=30, le=100, help="Quality of evidence snapshots")
+    limits: StorageLimits = setting(factory=StorageLimits, help="Evidence quota, free-disk floor, retention")
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from agent.config import AgentSection, CameraFile, EdgeFile, LocationSection, Mo
     StorageSection, ZoneSection
 from agent.rules import rule_types
 from agent.scene import SceneParams
+from agent.storage import StorageLimits
 from agent.tamper import TamperParams
 from agent.track import TrackerParams
 
@@ -32,6 +33,7 @@ SECTIONS = [
     ("edge.toml (top level)", EdgeFile),
     ("edge.toml [agent]", AgentSection),
     ("edge.toml [storage]", StorageSection),
+    ("edge.toml [storage.limits]", StorageLimits),
     ("edge.toml [models.<name>]", ModelSection),
     ("edge.toml [mqtt]", MqttSection),
     ("camera file (top level)", CameraFile),
