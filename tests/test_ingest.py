@@ -58,3 +58,24 @@ def test_worker_reports_drop_and_reconnects_when_the_rtsp_server_restarts(tmp_pa
     events = [r.getMessage() for r in caplog.records if r.name == "agent.ingest"]
     assert events.count("camera_connected") >= 2
     assert "camera_dropped" in events and "camera_reconnecting" in events
+
+
+def test_a_url_that_is_not_video_is_reported_and_retried_without_crashing(tmp_path, caplog):
+    not_video = tmp_path / "notes.mp4"
+    not_video.write_text("this is a text file, not a video\n" * 100)
+    cam_file = write_camera(tmp_path, "cam-bad", str(not_video))
+    camera = load_config(write_edge(tmp_path, [cam_file])).cameras[0]
+    health = CameraHealth(camera.id)
+    stop = threading.Event()
+    caplog.set_level(logging.INFO, logger="agent.ingest")
+    worker = CameraWorker(camera, SystemClock(), health, lambda f: None, stop)
+    worker.start()
+    try:
+        wait_for(lambda: health.disconnects >= 2, 15, "two failed attempts")
+    finally:
+        stop.set()
+        worker.join(timeout=10)
+    assert not worker.is_alive() and health.frames_decoded == 0
+    assert "InvalidDataError" in health.last_error
+    dropped = [r for r in caplog.records if r.getMessage() == "camera_dropped"]
+    assert dropped and dropped[0].fields["camera"] == "cam-bad" and "Invalid data" in dropped[0].fields["reason"]
