@@ -44,7 +44,10 @@ class Evidence:
         """Outbox rows that carry this item: one, or one per chunk, each a slice of the file."""
         count = self.chunks(chunk_bytes)
         if count == 1:
-            return [OutMessage(topic, "evidence", self.content_type, ticket_id, payload_path=str(self.path))]
+            # The hash rides along as a user property on every item, chunked or not, so a consumer
+            # can dedupe and match evidence before parsing anything.
+            return [OutMessage(topic, "evidence", self.content_type, ticket_id, payload_path=str(self.path),
+                               props=MessageProps(user=(("sha256", self.sha256),)))]
         return [
             OutMessage(topic, "evidence", self.content_type, ticket_id, payload_path=str(self.path),
                        payload_offset=i * chunk_bytes, payload_length=chunk_bytes,

@@ -54,7 +54,7 @@ class CameraHealth:
     def snapshot(self, now: float) -> dict:
         with self._lock:
             return {
-                "camera": self.camera,
+                "camera_id": self.camera,
                 "model": self.model,
                 "connected": self.connected_now,
                 "codec": self.codec,

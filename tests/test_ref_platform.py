@@ -281,7 +281,7 @@ def test_evidence_whose_bytes_do_not_match_the_ticket_is_unverified(platform, ag
 
 def test_status_is_stored_and_a_broken_one_recorded(platform, agent):
     status = {"schema": "edge-agent/status", "schema_version": "1.0", "agent_id": AGENT, "state": "online",
-              "time": utc(), "cameras": [{"camera": CAMERA, "connected": True, "model": "nanodet-g-416"}]}
+              "time": utc(), "cameras": [{"camera_id": CAMERA, "connected": True, "model": "nanodet-g-416"}]}
     agent.publish(f"{PREFIX}/{AGENT}/status", json.dumps(status), retain=True)
     eventually(lambda: rows(platform, "SELECT state FROM agents WHERE agent = ?", AGENT), "the status stored")
 
