@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass, field
 
 
@@ -20,6 +22,7 @@ class CameraHealth:
     disconnects: int = 0
     last_frame_at: float | None = None
     last_error: str = ""
+    _analysed_at: deque = field(default_factory=lambda: deque(maxlen=20), repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def connected(self, codec: str, width: int, height: int) -> None:
@@ -42,16 +45,26 @@ class CameraHealth:
             self.decode_errors += 1
             self.last_error = reason
 
-    def frame_analysed(self) -> None:
+    def frame_analysed(self, now: float) -> None:
         with self._lock:
             self.frames_analysed += 1
+            self._analysed_at.append(now)
+
+    def _analysis_fps(self, now: float) -> float:
+        """Analysed frames per second over the last 20, 0 when the last one is older than that span."""
+        times = self._analysed_at
+        if len(times) < 2 or now - times[-1] > times[-1] - times[0]:
+            return 0.0
+        return (len(times) - 1) / (times[-1] - times[0])
 
     def analysis_failed(self, reason: str) -> None:
         with self._lock:
             self.analysis_errors += 1
             self.last_error = reason
 
-    def snapshot(self, now: float) -> dict:
+    def snapshot(self, now: float, monotonic_now: float | None = None) -> dict:
+        """``now`` on the agent's clock (frame ages); ``monotonic_now`` for the analysis rate."""
+        monotonic_now = time.monotonic() if monotonic_now is None else monotonic_now
         with self._lock:
             return {
                 "camera_id": self.camera,
@@ -61,6 +74,7 @@ class CameraHealth:
                 "size": self.size,
                 "frames_decoded": self.frames_decoded,
                 "frames_analysed": self.frames_analysed,
+                "analysis_fps": round(self._analysis_fps(monotonic_now), 2),
                 "analysis_errors": self.analysis_errors,
                 "decode_errors": self.decode_errors,
                 "disconnects": self.disconnects,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +96,7 @@ class CameraPipeline:
             self.health.analysis_failed(f"{type(exc).__name__}: {exc}")
             log.exception("analysis_failed", extra={"fields": {"camera": self.camera.id}})
             return
-        self.health.frame_analysed()
+        self.health.frame_analysed(time.monotonic())
 
     @property
     def suspended(self) -> str | None:
