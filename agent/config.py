@@ -174,6 +174,7 @@ class CameraFile:
     realtime: bool = setting(
         True, help="Files only: pace reading to the file's own clock, like a live camera")
     loop: bool = setting(False, help="Files only: start again at the end")
+    telemetry_interval_s: float = setting(10.0, ge=1, help="How often rules with telemetry (crowd) publish it")
     zones: dict[str, ZoneSection] = setting(factory=dict, help="Zones by id, each with its rule")
     view_check: bool = setting(True, help="Compare the view with the calibration reference (moved, covered)")
     reference_image: Path | None = setting(
@@ -212,6 +213,7 @@ class CameraConfig:
     lon: float
     grid_code: str
     zones: tuple[ZoneConfig, ...]
+    telemetry_interval_s: float = 10.0
     view_check: bool = True
     reference_image: Path | None = None
     tamper: TamperParams = TamperParams()
@@ -285,6 +287,7 @@ def _load_camera(path: Path, edge: EdgeFile, edge_path: Path) -> CameraConfig:
         analysis_fps=raw.analysis_fps, read_timeout_s=raw.read_timeout_s, realtime=raw.realtime,
         loop=raw.loop, lat=raw.location.lat, lon=raw.location.lon,
         grid_code=raw.location.grid_code, zones=zones, view_check=raw.view_check,
+        telemetry_interval_s=raw.telemetry_interval_s,
         reference_image=raw.reference_image, tamper=raw.tamper, tracker=raw.tracker, scene=raw.scene,
         tiling=raw.tiling,
     )

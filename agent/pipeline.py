@@ -21,7 +21,7 @@ from agent.scene import SceneModel
 from agent.tiling import detect_tiled
 from agent.track import Tracker
 from agent.tickets import TicketBook
-from agent.types import Frame, Observation, RuleEvent
+from agent.types import EventKind, Frame, Observation, RuleEvent
 
 log = logging.getLogger("agent.pipeline")
 
@@ -34,6 +34,7 @@ class ZoneRule:
     config: ZoneConfig
     rule: Rule
     inactive: str | None = None  # why the zone is not watched now: outside_schedule, muted
+    telemetry_at: float = float("-inf")
 
 
 class CameraPipeline:
@@ -107,10 +108,14 @@ class CameraPipeline:
         for event in self.view.update(obs.ts, obs.image):
             self.ticket(event, obs.image)
 
-    def ticket(self, event: RuleEvent, image: np.ndarray) -> None:
+    def ticket(self, event: RuleEvent, image: np.ndarray, pictures: dict | None = None) -> None:
         """Hand an event (a rule's or a camera fault's) to the ticket book and the ticket hook."""
-        doc = self.tickets.on_rule_event(event, image)
-        if doc is not None and self.on_ticket is not None:
+        doc = self.tickets.on_rule_event(event, image, pictures)
+        if doc is None:
+            return
+        if doc["event"] in ("opened", "reopened") and event.facts.get("alarm"):
+            self.tickets.send_alarm(doc, event.ts)
+        if self.on_ticket is not None:
             self.on_ticket(doc)
 
     def _feed(self, zr: ZoneRule, obs: Observation) -> None:
@@ -134,4 +139,13 @@ class CameraPipeline:
         if inactive is not None:
             return
         for event in zr.rule.update(obs):
-            self.ticket(event, obs.image)
+            # Rules may render extra evidence for their tickets (the crowd rule's heat map).
+            pictures = (zr.rule.pictures(obs) if hasattr(zr.rule, "pictures")
+                        and event.kind is not EventKind.CLEARED else None)
+            self.ticket(event, obs.image, pictures)
+        if hasattr(zr.rule, "telemetry") and obs.ts - zr.telemetry_at >= self.camera.telemetry_interval_s:
+            zr.telemetry_at = obs.ts
+            values = zr.rule.telemetry()
+            if values:
+                self.tickets.send_telemetry(zone_id, zr.config.rule_type, obs.ts, values,
+                                            expiry_s=int(3 * self.camera.telemetry_interval_s))

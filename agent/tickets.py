@@ -29,7 +29,7 @@ from agent.config import CameraConfig, TicketsSection
 from agent.evidence import Evidence, EvidenceStore, annotate
 from agent.faults import CAMERA_ZONE, WHOLE_PICTURE, Fault
 from agent.logs import log_event
-from agent.outbox import OutMessage, Outbox, Transaction
+from agent.outbox import MessageProps, OutMessage, Outbox, Transaction
 from agent.rules import Category
 from agent.topics import Topics
 from agent.types import EventKind, RuleEvent
@@ -139,29 +139,39 @@ class TicketBook:
         return rows[0][0]
 
     # --- rule events --------------------------------------------------------------------------
-    def on_rule_event(self, event: RuleEvent, image: np.ndarray) -> dict | None:
-        """Turn a rule's event into a ticket message; None when it says nothing new."""
+    def on_rule_event(self, event: RuleEvent, image: np.ndarray,
+                      pictures: dict[str, np.ndarray] | None = None) -> dict | None:
+        """Turn a rule's event into a ticket message; None when it says nothing new.
+
+        ``pictures``: extra evidence a rule renders for its opened/updated messages, by kind
+        (the crowd rule's heat map).
+        """
         with self._lock:
             latest = self.latest(event.zone, event.rule)
             if event.kind is EventKind.OPENED:
-                return self._opened(event, image, latest)
+                return self._opened(event, image, latest, pictures or {})
             if latest is None or latest.status is not Status.OPEN:
                 return None  # closed or rejected meanwhile, or opened before a restart and cleared since
             if event.kind is EventKind.UPDATED:
                 changed = sorted(k for k, v in event.facts.items() if latest.doc["facts"].get(k) != v)
                 return self._send(latest, "updated", Status.OPEN, event.ts, facts=event,
+                                  evidence=self._pictures(latest.id, pictures or {}),
                                   reason=",".join(changed) or "update")
             snapshot = self._snapshot(latest.id, "snapshot_after", image, event, "(last seen)")
             return self._send(latest, "cleared", Status.CLEARED, event.ts, facts=event, evidence=[snapshot])
 
-    def _opened(self, event: RuleEvent, image: np.ndarray, latest: Ticket | None) -> dict | None:
+    def _pictures(self, ticket_id: str, pictures: dict[str, np.ndarray]) -> list[Evidence]:
+        return [self.evidence.save_jpeg(ticket_id, kind, picture) for kind, picture in pictures.items()]
+
+    def _opened(self, event: RuleEvent, image: np.ndarray, latest: Ticket | None,
+                pictures: dict[str, np.ndarray]) -> dict | None:
         if latest is not None and latest.status is Status.OPEN:
             return None  # opened before a restart: the same condition, still the same ticket
         if (latest is not None and latest.status is Status.CLEARED
                 and event.ts - latest.changed_at <= self.settings.reopen_window_s):
             snapshot = self._snapshot(latest.id, "snapshot", image, event)
-            return self._send(latest, "reopened", Status.OPEN, event.ts, facts=event, evidence=[snapshot],
-                              reason="returned")
+            return self._send(latest, "reopened", Status.OPEN, event.ts, facts=event,
+                              evidence=[snapshot, *self._pictures(latest.id, pictures)], reason="returned")
         ticket_id = uuid.uuid4().hex
         # The raw frame stays on the box (never published): if the platform rejects the ticket it
         # becomes a hard negative for training.
@@ -169,7 +179,7 @@ class TicketBook:
         snapshot = self._snapshot(ticket_id, "snapshot", image, event)
         doc = self._first_document(ticket_id, event, image.shape)
         return self._send(Ticket(ticket_id, event.zone, event.rule, Status.OPEN, event.ts, doc), "opened",
-                          Status.OPEN, event.ts, evidence=[snapshot])
+                          Status.OPEN, event.ts, evidence=[snapshot, *self._pictures(ticket_id, pictures)])
 
     def _snapshot(self, ticket_id: str, kind: str, image: np.ndarray, event: RuleEvent, note: str = "") -> Evidence:
         label = f"{event.label} {note}".strip()
@@ -259,6 +269,27 @@ class TicketBook:
             {"camera": self.camera.id, "zone": ticket.zone, "rule": ticket.rule, "class": ticket.doc["class"],
              "boxes": ticket.doc["boxes"], "frame_size": ticket.doc["frame_size"]}, ensure_ascii=False))
         log_event(log, "hard_negative_saved", camera=self.camera.id, ticket=ticket.id, folder=folder)
+
+    # --- messages that are not tickets -------------------------------------------------------
+    def send_telemetry(self, zone: str, rule: str, ts: float, values: dict, expiry_s: int) -> None:
+        """Periodic numbers (crowd counts): stored like everything else, but dropped unsent once
+        older than ``expiry_s`` (the sender checks), so an outage does not end in a flood of stale
+        counts."""
+        doc = {"schema": "edge-agent/telemetry", "schema_version": SCHEMA_VERSION, "agent_id": self.agent_id,
+               "camera_id": self.camera.id, "zone_id": zone, "rule": rule, "time": iso_utc(ts), **values}
+        with self.outbox.transaction(ts) as tx:
+            tx.add(OutMessage(self.topics.telemetry(self.camera.id, rule), "telemetry", "application/json",
+                              payload=json.dumps(doc, ensure_ascii=False).encode(),
+                              props=MessageProps(expiry_s=expiry_s)))
+
+    def send_alarm(self, ticket: dict, ts: float) -> None:
+        """A local alarm for devices on site (a lift's speaker, a barrier): the ticket, on its own topic."""
+        alarm = {"schema": "edge-agent/alarm", "schema_version": SCHEMA_VERSION, "ticket_id": ticket["ticket_id"],
+                 "camera_id": self.camera.id, "zone_id": ticket["zone_id"], "rule": ticket["rule"],
+                 "time": ticket["event_time"], "class": ticket["class"]}
+        with self.outbox.transaction(ts) as tx:
+            tx.add(OutMessage(self.topics.alarm(self.camera.id), "alarm", "application/json", ticket["ticket_id"],
+                              payload=json.dumps(alarm, ensure_ascii=False).encode()))
 
     # --- messages -----------------------------------------------------------------------------
     def _first_document(self, ticket_id: str, event: RuleEvent, shape: tuple) -> dict:

@@ -5,6 +5,7 @@
     <prefix>/<agent>/<camera>/evidence/<ticket>/<kind>   binary evidence (snapshot JPEG, clip, ...)
     <prefix>/<agent>/<camera>/snapshots/<command id>     spot-check snapshots
     <prefix>/<agent>/<camera>/telemetry/<kind>           periodic numbers (crowd counts)
+    <prefix>/<agent>/<camera>/alarms                     local alarms (e-bike in a lift)
     <prefix>/<agent>/cmd/<verb>                          commands to the agent
     <prefix>/<agent>/replies                             replies to commands without a response topic
 """
@@ -47,3 +48,6 @@ class Topics:
 
     def replies(self) -> str:
         return f"{self.root}/replies"
+
+    def alarm(self, camera: str) -> str:
+        return f"{self.root}/{camera}/alarms"

@@ -183,6 +183,11 @@ class MqttTransport:
                     self._stop.wait(0.01)
                 continue
             for message in batch:
+                if message.props.expiry_s is not None and self.clock.now() - message.created_at > message.props.expiry_s:
+                    # Stale telemetry: nobody wants yesterday's counts after an outage.
+                    self.outbox.mark_delivered([message.id], self.clock.now())
+                    last_sent = message.id
+                    continue
                 try:
                     body = message.body()
                 except OSError as exc:
