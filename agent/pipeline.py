@@ -21,12 +21,10 @@ from agent.scene import SceneModel
 from agent.tiling import detect_tiled
 from agent.track import Tracker
 from agent.tickets import TicketBook
-from agent.types import EventKind, Frame, Observation, RuleEvent
+from agent.types import MOVER_CLASSES, EventKind, Frame, Observation, RuleEvent
 
 log = logging.getLogger("agent.pipeline")
 
-# COCO classes that move by themselves or are moved through a scene: masked out of the scene model.
-MOVERS = frozenset({"person", "bicycle", "car", "motorcycle", "bus", "truck", "dog"})
 
 
 @dataclass
@@ -79,7 +77,7 @@ class CameraPipeline:
         if self.scene is not None:
             # People and vehicles are the detector's and tracker's business: the scene model must
             # neither report them nor learn them into its background.
-            movers = detections[detections.of_classes(MOVERS)].xyxy
+            movers = detections[detections.of_classes(frozenset(MOVER_CLASSES))].xyxy
             blobs = tuple(self.scene.update(frame.ts, frame.image, movers))
         return Observation(frame.camera, frame.ts, frame.image, detections, tracks, blobs)
 

@@ -70,6 +70,12 @@ class Detections:
         return np.stack([(self.xyxy[:, 0] + self.xyxy[:, 2]) / 2, self.xyxy[:, 3]], axis=1)
 
 
+# COCO classes that move by themselves or are moved through a scene: the scene model masks them out
+# (it must neither report them nor learn them into its background) and the class-agnostic rules
+# ignore static blobs under them.
+MOVER_CLASSES = ("bicycle", "bus", "car", "dog", "motorcycle", "person", "truck")
+
+
 class EventKind(str, Enum):
     """What a rule says about its zone. Reopening, closing and rejecting are the ticket book's."""
 

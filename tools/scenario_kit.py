@@ -373,6 +373,8 @@ def _camera_toml(table: dict, prefix: str = "") -> str:
             return "true" if v else "false"
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):  # inside a list, e.g. a zone's schedule windows: inline tables
+            return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
         return json.dumps(v, ensure_ascii=False)  # a JSON string or number is a TOML one too
 
     text = "".join(f"{k} = {value(v)}\n" for k, v in table.items() if not isinstance(v, dict))
