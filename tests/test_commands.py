@@ -197,12 +197,12 @@ commands = st.fixed_dictionaries(
               "zone_id": st.text(max_size=8), "duration_s": json_values, "note": json_values})
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(payload=st.one_of(st.binary(max_size=200), commands.map(lambda d: json.dumps(d).encode()),
                          json_values.map(lambda v: json.dumps(v).encode())),
        verb=st.sampled_from(VERBS))
 def test_fuzzed_commands_never_crash_and_never_touch_tickets(agent, payload, verb):
-    """Thousands of random and mutated payloads: each answered, none changes a ticket or mute."""
+    """3000 random and mutated payloads: each answered, none changes a ticket."""
     core, _ = agent
     tickets_before = core.outbox.query("SELECT ticket_id, status, doc FROM tickets")
     reply = core.commands.handle(Request(f"cityops/test-box/cmd/{verb}", payload, None, None))
