@@ -1,0 +1,328 @@
+"""An e-bike taken into a lift car (电动车进电梯): a local warning at once, and a ticket.
+
+E-bike batteries catch fire in lifts and homes; buildings warn in the car the moment one is pushed
+in, so this rule acts locally instead of waiting for the platform. The zone is the car's floor as
+the car camera sees it. Something counts as an e-bike in the car when either path sees it:
+
+- **classes**: detections of ``classes`` (e.g. ``["ebike"]`` of an operator's own model) with
+  their box bottom centre in the zone. With the bundled COCO model ``["bicycle", "motorcycle"]``
+  can stand in, but COCO was taken from the street at eye level: from a lift's ceiling corner an
+  e-bike is mostly seat and handlebars from above, which COCO models rarely call anything.
+- **fallback** (``fallback = true``): a large non-person object against the empty car. The rule
+  keeps a picture of the empty car (``empty_reference``, a frame of this camera, or learned: the
+  zone's picture once it has stayed still for ``learn_after_s`` with no person and nothing found
+  in it); foreground is where the current picture differs from it by more than ``diff_level``
+  inside the zone, minus every person box grown by ``person_margin``; present when foreground
+  covers ``min_fraction`` of the zone. Class-agnostic on purpose (any e-bike model, any colour),
+  and therefore also fires on prams, trolleys, wheelchairs, removal boxes and on a person the
+  detector missed: it suits a warning voice, not a fine. It sees a change of picture, not an
+  object: a different light, a poster or a scuff looks like foreground until the zone has stayed
+  still, person-free, for ``relearn_after_s`` and the rule takes that as the empty car. A global
+  brightness change (auto exposure when someone in dark clothes walks in) is compensated by a
+  per-channel gain (the median ratio of empty car to picture over the floor not covered by
+  people), which assumes the object covers well under half of the visible floor.
+
+Present for ``min_dwell_s`` (a gap of up to ``max_gap_s`` allowed) opens the ticket and, once per
+ticket, does the local action: the event's facts carry ``"alarm": true`` when ``alarm_topic`` is
+set (``false`` on the clear), for the wiring that publishes to that MQTT topic; and ``command``
+(an argv list, e.g. ``["espeak-ng", "请勿将电动车推入电梯"]``) is started with
+``subprocess.Popen``: no shell, not waited for, its failure logged and never raised. A command
+still running from the previous ticket is not started again, so a hanging one cannot pile up.
+The ticket clears after ``clear_after_s`` with nothing present.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from agent.logs import log_event
+from agent.rules import Category, register
+from agent.typedtoml import setting
+from agent.types import Detections, EventKind, Observation, RuleEvent
+from agent.zones import Zone
+
+log = logging.getLogger("agent.rules.lift_ebike")
+
+WORK_WIDTH = 320  # the zone is compared at most this wide: enough for an object of 12% of a car
+STILL_FRACTION = 0.01  # zone pixels allowed to change between frames for the picture to be still
+PERSON_CLASS = "person"
+EXPOSED = (16, 240)  # grey levels between which a value tells the exposure (not noise, not clipped)
+MIN_EXPOSED = 100  # working pixels needed to estimate a channel's gain
+
+
+@dataclass(frozen=True)
+class Params:
+    classes: tuple[str, ...] = setting(
+        (), help="Detector classes that are e-bikes, e.g. [\"ebike\"] of an operator's own model")
+    fallback: bool = setting(
+        False, help="Also count a large non-person object against the empty car (class-agnostic)")
+    min_score: float = setting(
+        0.4, ge=0, le=1, help="Detections (e-bikes, and the people masked out) below this are ignored")
+    min_dwell_s: float = setting(1.0, ge=0, help="Seconds present before the ticket opens and the action runs")
+    max_gap_s: float = setting(
+        1.0, ge=0, help="Before opening, a gap longer than this in the sightings restarts min_dwell_s")
+    clear_after_s: float = setting(3.0, gt=0, help="Seconds with nothing present before the ticket clears")
+    alarm_topic: str | None = setting(
+        None, help="MQTT topic for the local alarm; the rule's facts then carry alarm = true / false")
+    command: tuple[str, ...] = setting(
+        (), help="Program and arguments started once per ticket, without a shell, e.g. "
+                 "[\"espeak-ng\", \"请勿将电动车推入电梯\"]")
+    empty_reference: Path | None = setting(
+        None, help="fallback: a frame of this camera with the car empty; default: learned")
+    min_fraction: float = setting(
+        0.12, gt=0, le=1, help="fallback: share of the zone the object must cover")
+    diff_level: float = setting(
+        30.0, gt=0, help="fallback: difference from the empty car (grey levels, largest of B, G, R) "
+                         "that makes a pixel foreground")
+    person_margin: float = setting(
+        0.2, ge=0, help="fallback: person boxes are grown by this fraction of their size on every side "
+                        "before they are masked out (arms, bags, shadows)")
+    learn_after_s: float = setting(
+        5.0, ge=0, help="fallback: seconds the zone must be still, person-free and clear before its "
+                        "picture is (re)learned as the empty car")
+    relearn_after_s: float = setting(
+        300.0, ge=0, help="fallback: seconds still and person-free after which even a picture with "
+                          "foreground becomes the empty car (light changed, something stays)")
+
+    def __post_init__(self):
+        if not self.classes and not self.fallback:
+            raise ValueError("give classes, or set fallback = true, or both")
+        if self.empty_reference is not None:
+            if not self.fallback:
+                raise ValueError("empty_reference: only with fallback = true")
+            if not self.empty_reference.is_file():
+                raise ValueError(f"empty_reference: file not found: {self.empty_reference}")
+        if self.relearn_after_s < self.learn_after_s:
+            raise ValueError("relearn_after_s: must not be shorter than learn_after_s")
+
+
+@dataclass(frozen=True)
+class Foreground:
+    """What the fallback sees in one frame."""
+
+    fraction: float  # of the zone's pixels
+    box: np.ndarray | None  # (4,) frame pixels around the foreground, None when there is none
+
+
+class EmptyCar:
+    """The fallback's picture of the empty car, at working size, and the foreground against it."""
+
+    def __init__(self, zone: Zone, params: Params, frame_shape: tuple, reference: np.ndarray | None):
+        self.params = params
+        self.frame_shape = frame_shape[:2]
+        h, w = self.frame_shape
+        x, y, bw, bh = zone.bounds()
+        self.x0, self.y0 = max(x, 0), max(y, 0)
+        x1, y1 = min(x + bw, w), min(y + bh, h)
+        self.scale = min(1.0, WORK_WIDTH / max(x1 - self.x0, 1))
+        self.size = (max(1, round((x1 - self.x0) * self.scale)), max(1, round((y1 - self.y0) * self.scale)))
+        self.crop_box = (self.x0, self.y0, x1, y1)
+        self.mask = np.zeros(self.size[::-1], np.uint8)
+        corners = (zone.polygon - [self.x0, self.y0]) * self.scale
+        cv2.fillPoly(self.mask, [np.round(corners).astype(np.int32)], 1)
+        self.mask = self.mask.astype(bool)
+        self.zone_pixels = max(int(self.mask.sum()), 1)
+        self.reference = None if reference is None else self.picture(cv2.resize(reference, (w, h)))
+        self.previous: np.ndarray | None = None
+        self.quiet_since: float | None = None
+
+    def picture(self, image: np.ndarray) -> np.ndarray:
+        """The zone's bounding rectangle of ``image`` at working size, float32 BGR."""
+        x0, y0, x1, y1 = self.crop_box
+        return cv2.resize(image[y0:y1, x0:x1], self.size, interpolation=cv2.INTER_AREA).astype(np.float32)
+
+    def people(self, boxes: np.ndarray) -> np.ndarray:
+        """Working-size mask of the person boxes, grown by ``person_margin``."""
+        covered = np.zeros(self.mask.shape, np.uint8)
+        for x1, y1, x2, y2 in np.asarray(boxes, np.float64).reshape(-1, 4):
+            gx, gy = self.params.person_margin * (x2 - x1), self.params.person_margin * (y2 - y1)
+            top_left = np.floor((np.array([x1 - gx, y1 - gy]) - [self.x0, self.y0]) * self.scale).astype(int)
+            bottom_right = np.ceil((np.array([x2 + gx, y2 + gy]) - [self.x0, self.y0]) * self.scale).astype(int)
+            cv2.rectangle(covered, tuple(top_left.tolist()), tuple(bottom_right.tolist()), 1, -1)
+        return covered.astype(bool)
+
+    def foreground(self, picture: np.ndarray, people: np.ndarray) -> Foreground:
+        if self.reference is None:
+            return Foreground(0.0, None)
+        usable = self.mask & ~people
+        if not usable.any():
+            return Foreground(0.0, None)
+        gain = _exposure_gain(self.reference[usable], picture[usable])
+        found = ((_difference(picture * gain, self.reference) > self.params.diff_level)
+                 & usable).astype(np.uint8)
+        found = cv2.morphologyEx(found, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))  # sensor noise specks
+        count = int(found.sum())
+        if not count:
+            return Foreground(0.0, None)
+        x, y, w, h = cv2.boundingRect(found)
+        box = np.array([x, y, x + w, y + h], np.float32) / self.scale + [self.x0, self.y0, self.x0, self.y0]
+        return Foreground(count / self.zone_pixels, box.astype(np.float32))
+
+    def learn(self, ts: float, picture: np.ndarray, people: np.ndarray, seen: bool, fraction: float) -> None:
+        """Take ``picture`` as the empty car when the zone has been quiet long enough.
+
+        Quiet: no person in the zone, nothing found by the classes path (``seen``), and a still
+        picture. Clear of foreground, ``learn_after_s`` of quiet is enough (first learning, and
+        following slow light changes); with foreground, ``relearn_after_s`` is needed.
+        """
+        still = self.previous is not None and (
+            ((_difference(picture, self.previous) > self.params.diff_level) & self.mask).sum()
+            < STILL_FRACTION * self.zone_pixels)
+        self.previous = picture
+        if not still or seen or (people & self.mask).any():
+            self.quiet_since = None
+            return
+        self.quiet_since = ts if self.quiet_since is None else self.quiet_since
+        needed = (self.params.learn_after_s if self.reference is None or fraction < self.params.min_fraction
+                  else self.params.relearn_after_s)
+        if ts - self.quiet_since >= needed:
+            self.reference = picture
+
+
+def _exposure_gain(reference: np.ndarray, picture: np.ndarray) -> np.ndarray:
+    """Per channel, the factor that brings ``picture`` (N, 3) to the exposure of ``reference``.
+
+    Auto exposure scales every pixel alike, so the median of the per-pixel ratios is the floor's
+    ratio while the floor is most of the zone: over an object the ratios scatter either way (the
+    ratio of the two medians is not robust like that: an object covering a third of the zone
+    shifts it enough to light up the rest). Only well-exposed values take part; near 0 a ratio is
+    noise, near 255 clipped. A channel with too few of them (vtest's lawn has little blue) keeps 1.
+    """
+    gain = np.ones(3, np.float32)
+    for c in range(3):
+        exposed = ((reference[:, c] > EXPOSED[0]) & (reference[:, c] < EXPOSED[1])
+                   & (picture[:, c] > EXPOSED[0]) & (picture[:, c] < EXPOSED[1]))
+        if exposed.sum() >= MIN_EXPOSED:
+            gain[c] = np.median(reference[exposed, c] / picture[exposed, c])
+    return gain
+
+
+def _difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per pixel, the largest absolute difference over the three channels."""
+    d = cv2.absdiff(a, b)
+    return np.maximum(np.maximum(d[..., 0], d[..., 1]), d[..., 2])
+
+
+# 04-99 (突发事件, other) is a placeholder: cities file this under their own code, which operators
+# must set (edge.toml [categories.lift_ebike]).
+@register("lift_ebike", Params, Category("突发事件", "电动车进电梯", "04-99"))
+class LiftEbikeRule:
+    name = "lift_ebike"
+
+    def __init__(self, zone: Zone, params: Params):
+        self.zone, self.params = zone, params
+        self.classes = frozenset(params.classes)
+        self._reference_image = None
+        if params.empty_reference is not None:
+            self._reference_image = cv2.imread(str(params.empty_reference), cv2.IMREAD_COLOR)
+            if self._reference_image is None:
+                raise ValueError(f"empty_reference: cannot read image {params.empty_reference}")
+        self._process: subprocess.Popen | None = None  # the command's last run, kept to reap it
+        self.reset()
+
+    def reset(self) -> None:
+        self._car: EmptyCar | None = None  # made at the first frame, whose size it needs
+        self._first_seen: float | None = None
+        self._last_seen: float | None = None
+        self._open = False
+        self._sighting: RuleEvent | None = None  # the latest frame something was present, as an opening
+
+    def _ebikes(self, detections: Detections) -> Detections:
+        found = detections[detections.of_classes(self.classes) & (detections.score >= self.params.min_score)]
+        return found[self.zone.contains(found.bottom_centres())]
+
+    def _people(self, detections: Detections) -> np.ndarray:
+        return detections[detections.of_classes({PERSON_CLASS}) & (detections.score >= self.params.min_score)].xyxy
+
+    def _look(self, obs: Observation, car: EmptyCar | None) -> tuple[Detections, Foreground, np.ndarray | None,
+                                                                     np.ndarray | None]:
+        """This frame's e-bike detections, fallback foreground, zone picture and person mask."""
+        ebikes = self._ebikes(obs.detections) if self.classes else Detections.empty(obs.detections.class_names)
+        if car is None:
+            return ebikes, Foreground(0.0, None), None, None
+        picture, people = car.picture(obs.image), car.people(self._people(obs.detections))
+        return ebikes, car.foreground(picture, people), picture, people
+
+    def present(self, obs: Observation) -> np.ndarray | None:
+        ebikes, foreground, _, _ = self._look(obs, self._car)
+        if len(ebikes):
+            return ebikes.xyxy
+        if foreground.fraction >= self.params.min_fraction:
+            return foreground.box[None]
+        return None
+
+    def update(self, obs: Observation) -> list[RuleEvent]:
+        p, ts = self.params, obs.ts
+        self._reap()
+        if p.fallback and (self._car is None or self._car.frame_shape != obs.image.shape[:2]):
+            # The first frame, or the camera's picture size changed: what was learned is void.
+            self._car = EmptyCar(self.zone, p, obs.image.shape, self._reference_image)
+        ebikes, foreground, picture, people = self._look(obs, self._car)
+        if self._car is not None:
+            self._car.learn(ts, picture, people, len(ebikes) > 0, foreground.fraction)
+
+        if len(ebikes) or foreground.fraction >= p.min_fraction:
+            # Before the ticket opens a gap restarts the dwell; once open, only clear_after_s ends it.
+            if not self._open and (self._first_seen is None or ts - self._last_seen > p.max_gap_s):
+                self._first_seen = ts
+            self._last_seen = ts
+            self._sighting = self._event(ts, ebikes, foreground)
+            if not self._open and ts - self._first_seen >= p.min_dwell_s:
+                self._open = True
+                self._run_command()
+                return [self._sighting]
+            return []
+
+        if self._open and ts - self._last_seen >= p.clear_after_s:
+            self._open = False
+            self._first_seen = None
+            # The clear shows the last sighting; the alarm, if any, goes off.
+            return [replace(self._sighting, kind=EventKind.CLEARED, ts=ts,
+                            facts={"alarm": False} if p.alarm_topic else {})]
+        return []
+
+    def _event(self, ts: float, ebikes: Detections, foreground: Foreground) -> RuleEvent:
+        p = self.params
+        if len(ebikes):
+            best = int(np.argmax(ebikes.score))
+            label, confidence, boxes = ebikes.names()[best], float(ebikes.score[best]), ebikes.xyxy.copy()
+            facts = {"detected_by": "model"}
+        else:
+            label, confidence, boxes = "large_object", 0.0, foreground.box[None].copy()
+            facts = {"detected_by": "foreground"}
+        if p.fallback:
+            facts["foreground_fraction"] = round(foreground.fraction, 3)
+        if p.alarm_topic:
+            facts["alarm"] = True
+        return RuleEvent(EventKind.OPENED, self.name, self.zone.id, ts, self._first_seen, ts, label, confidence,
+                         boxes, facts)
+
+    def _run_command(self) -> None:
+        """Start ``command`` without waiting; never raises (a warning must not stop the camera)."""
+        if not self.params.command:
+            return
+        if self._process is not None:
+            log_event(log, "lift_command_still_running", logging.WARNING, zone=self.zone.id,
+                      pid=self._process.pid)
+            return
+        try:
+            self._process = subprocess.Popen(list(self.params.command), stdin=subprocess.DEVNULL,
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except (OSError, ValueError) as exc:
+            log_event(log, "lift_command_failed", logging.ERROR, zone=self.zone.id,
+                      command=" ".join(self.params.command), error=f"{type(exc).__name__}: {exc}")
+
+    def _reap(self) -> None:
+        """Collect the command's exit once it has finished (no zombie), logging a failure."""
+        if self._process is None or self._process.poll() is None:
+            return
+        if self._process.returncode != 0:
+            log_event(log, "lift_command_failed", logging.WARNING, zone=self.zone.id,
+                      command=" ".join(self.params.command), exit_code=self._process.returncode)
+        self._process = None
