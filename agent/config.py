@@ -303,7 +303,7 @@ def _load_zone(path: Path, zone_id: str, section: ZoneSection, edge: EdgeFile, t
     if rule_type not in known:
         raise ConfigError(path, f"{key}.rule.type",
                           f"unknown rule {rule_type!r} (known: {', '.join(sorted(known))})")
-    params = load_dataclass(known[rule_type].params, rule, path, f"{key}.rule")
+    params = load_dataclass(known[rule_type].params, rule, path, f"{key}.rule", base_dir=path.parent)
     polygon = np.asarray(section.polygon, dtype=np.float32)
     if section.category is not None:
         category = section.category.category()

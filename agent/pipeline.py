@@ -106,15 +106,12 @@ class CameraPipeline:
         for event in self.view.update(obs.ts, obs.image):
             self.ticket(event, obs.image)
 
-    def ticket(self, event: RuleEvent, image: np.ndarray, pictures: dict | None = None) -> None:
+    def ticket(self, event: RuleEvent, image: np.ndarray, pictures: dict | None = None) -> dict | None:
         """Hand an event (a rule's or a camera fault's) to the ticket book and the ticket hook."""
         doc = self.tickets.on_rule_event(event, image, pictures)
-        if doc is None:
-            return
-        if doc["event"] in ("opened", "reopened") and event.facts.get("alarm"):
-            self.tickets.send_alarm(doc, event.ts)
-        if self.on_ticket is not None:
+        if doc is not None and self.on_ticket is not None:
             self.on_ticket(doc)
+        return doc
 
     def _feed(self, zr: ZoneRule, obs: Observation) -> None:
         zone_id, schedule = zr.config.zone.id, zr.config.schedule
@@ -140,7 +137,10 @@ class CameraPipeline:
             # Rules may render extra evidence for their tickets (the crowd rule's heat map).
             pictures = (zr.rule.pictures(obs) if hasattr(zr.rule, "pictures")
                         and event.kind is not EventKind.CLEARED else None)
-            self.ticket(event, obs.image, pictures)
+            doc = self.ticket(event, obs.image, pictures)
+            if doc is not None and doc["event"] in ("opened", "reopened") and event.facts.get("alarm"):
+                # A local alarm (the lift's speaker, a barrier) on the topic the rule names.
+                self.tickets.send_alarm(doc, event.ts, zr.config.params.alarm_topic)
         if hasattr(zr.rule, "telemetry") and obs.ts - zr.telemetry_at >= self.camera.telemetry_interval_s:
             zr.telemetry_at = obs.ts
             values = zr.rule.telemetry()

@@ -282,13 +282,13 @@ class TicketBook:
                               payload=json.dumps(doc, ensure_ascii=False).encode(),
                               props=MessageProps(expiry_s=expiry_s)))
 
-    def send_alarm(self, ticket: dict, ts: float) -> None:
+    def send_alarm(self, ticket: dict, ts: float, topic: str | None = None) -> None:
         """A local alarm for devices on site (a lift's speaker, a barrier): the ticket, on its own topic."""
         alarm = {"schema": "edge-agent/alarm", "schema_version": SCHEMA_VERSION, "ticket_id": ticket["ticket_id"],
                  "camera_id": self.camera.id, "zone_id": ticket["zone_id"], "rule": ticket["rule"],
                  "time": ticket["event_time"], "class": ticket["class"]}
         with self.outbox.transaction(ts) as tx:
-            tx.add(OutMessage(self.topics.alarm(self.camera.id), "alarm", "application/json", ticket["ticket_id"],
+            tx.add(OutMessage(topic or self.topics.alarm(self.camera.id), "alarm", "application/json", ticket["ticket_id"],
                               payload=json.dumps(alarm, ensure_ascii=False).encode()))
 
     # --- messages -----------------------------------------------------------------------------

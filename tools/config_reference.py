@@ -62,9 +62,20 @@ def type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp)).replace("PosixPath", "path").replace("Path", "path")
 
 
+def stable(value):
+    """A default as TOML-ish text that does not depend on set ordering (hash randomisation)."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (set, frozenset)):
+        return sorted(stable(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return [stable(v) for v in value]
+    return value
+
+
 def default_text(f: dataclasses.Field) -> str:
     if f.default is not dataclasses.MISSING:
-        value = f.default.value if isinstance(f.default, Enum) else f.default
+        value = stable(f.default)
         return "—" if value is None else f"`{value}`"
     if f.default_factory is not dataclasses.MISSING:
         return "empty"
