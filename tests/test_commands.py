@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import av
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,19 +17,6 @@ from agent.types import Frame
 from tests.helpers import write_camera, write_edge
 
 START = 1_800_000_000.0
-
-
-@pytest.fixture(scope="module")
-def vtest_frames(footage):
-    """Every 5th frame (2 fps) of the first 40 s of vtest."""
-    frames = []
-    with av.open(str(footage["vtest.avi"])) as container:
-        for index, frame in enumerate(container.decode(video=0)):
-            if index % 5 == 0:
-                frames.append(frame.to_ndarray(format="bgr24"))
-            if index >= 400:
-                break
-    return frames
 
 
 @pytest.fixture
@@ -65,8 +51,8 @@ def state(agent):
             agent.outbox.query("SELECT id, topic FROM messages WHERE kind != 'reply' ORDER BY id"))
 
 
-def test_ack_dispatch_and_verify_still_present(agent, vtest_frames):
-    docs = feed(agent, vtest_frames[:20])
+def test_ack_dispatch_and_verify_still_present(agent, vtest_2fps):
+    docs = feed(agent, vtest_2fps[:20])
     opened = [d for d in docs if d["event"] == "opened"]
     assert opened, "people stand in the big zone: a ticket must open"
     ticket = opened[0]["ticket_id"]
@@ -90,12 +76,12 @@ def test_ack_dispatch_and_verify_still_present(agent, vtest_frames):
     assert stored_reply.topic == "platform/replies" and stored_reply.props.correlation_data == b"c-1"
 
 
-def test_verify_on_an_empty_zone_closes_the_ticket(agent, vtest_frames):
-    docs = feed(agent, vtest_frames[:20])
+def test_verify_on_an_empty_zone_closes_the_ticket(agent, vtest_2fps):
+    docs = feed(agent, vtest_2fps[:20])
     ticket = docs[0]["ticket_id"]
     core, clock = agent
     # The zone empties: the test moves the zone's rule to a picture with nobody in it.
-    blank = vtest_frames[0].copy()
+    blank = vtest_2fps[0].copy()
     blank[150:] = 90
     clock.advance(1)
     core.pipelines["cam1"].on_frame(Frame("cam1", clock.now(), blank))
@@ -107,8 +93,8 @@ def test_verify_on_an_empty_zone_closes_the_ticket(agent, vtest_frames):
     assert not again["ok"] and again["error"]["code"] == "not_allowed"
 
 
-def test_reject_closes_mutes_the_zone_and_keeps_a_hard_negative(agent, vtest_frames, tmp_path):
-    docs = feed(agent, vtest_frames[:20])
+def test_reject_closes_mutes_the_zone_and_keeps_a_hard_negative(agent, vtest_2fps, tmp_path):
+    docs = feed(agent, vtest_2fps[:20])
     ticket = docs[0]["ticket_id"]
     core, clock = agent
     reply = command(core, "reject", ticket_id=ticket, duration_s=3600)
@@ -117,21 +103,21 @@ def test_reject_closes_mutes_the_zone_and_keeps_a_hard_negative(agent, vtest_fra
     assert (hard / "frame.jpg").stat().st_size > 10_000
     assert json.loads((hard / "boxes.json").read_text())["boxes"]
     # people keep standing there, but the zone is muted: no new ticket for the next 60 frames
-    more = feed(agent, vtest_frames[20:80], start_index=20)
+    more = feed(agent, vtest_2fps[20:80], start_index=20)
     assert not [d for d in more if d["event"] in ("opened", "reopened")]
 
 
-def test_mute_then_unmute_a_camera(agent, vtest_frames):
+def test_mute_then_unmute_a_camera(agent, vtest_2fps):
     core, _ = agent
     reply = command(core, "mute", camera_id="cam1", duration_s=600)
     assert reply["ok"] and reply["muted_until"]
-    assert not feed(agent, vtest_frames[:20])
+    assert not feed(agent, vtest_2fps[:20])
     assert command(core, "unmute", camera_id="cam1")["ok"]
-    assert [d["event"] for d in feed(agent, vtest_frames[20:40], start_index=20)][:1] == ["opened"]
+    assert [d["event"] for d in feed(agent, vtest_2fps[20:40], start_index=20)][:1] == ["opened"]
 
 
-def test_snapshot_publishes_the_current_picture(agent, vtest_frames):
-    feed(agent, vtest_frames[:2])
+def test_snapshot_publishes_the_current_picture(agent, vtest_2fps):
+    feed(agent, vtest_2fps[:2])
     core, _ = agent
     reply = command(core, "snapshot", camera_id="cam1", zone_id="plaza")
     assert reply["ok"] and reply["result"] == "snapshot"
@@ -164,8 +150,8 @@ BAD = [
 
 
 @pytest.mark.parametrize("case, payload, code", BAD, ids=[b[0] for b in BAD])
-def test_a_bad_command_gets_an_error_reply_and_changes_nothing(agent, vtest_frames, case, payload, code):
-    feed(agent, vtest_frames[:20])
+def test_a_bad_command_gets_an_error_reply_and_changes_nothing(agent, vtest_2fps, case, payload, code):
+    feed(agent, vtest_2fps[:20])
     core, _ = agent
     before = state(core)
     try:

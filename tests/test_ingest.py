@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-import time
 
 from agent.clock import SystemClock
 from agent.config import load_config

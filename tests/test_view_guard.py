@@ -1,4 +1,4 @@
-"""Camera moved, blurred or covered, through the agent: real vtest frames shifted, blurred and
+"""Camera moved, blurred or covered, through the agent: real vtest vtest_2fps shifted, blurred and
 blacked out open view_shifted / camera_tampered, suspend the zones, and clear on recovery."""
 
 from __future__ import annotations
@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-import av
 import cv2
 import numpy as np
 import pytest
@@ -18,18 +17,6 @@ from agent.types import Frame
 from tests.helpers import write_camera, write_edge
 
 START = 1_800_000_000.0
-
-
-@pytest.fixture(scope="module")
-def frames(footage):
-    out = []
-    with av.open(str(footage["vtest.avi"])) as container:
-        for index, frame in enumerate(container.decode(video=0)):
-            if index % 5 == 0:
-                out.append(frame.to_ndarray(format="bgr24"))
-            if len(out) >= 90:
-                break
-    return out
 
 
 def shifted(image):
@@ -64,12 +51,12 @@ def run(agent, images, start_index):
 @pytest.mark.parametrize("change, fault, verdict", [(shifted, "view_shifted", "shifted"),
                                                    (blurred, "camera_tampered", "blurred"),
                                                    (blacked, "camera_tampered", "covered")])
-def test_view_change_suspends_zones_and_opens_a_fault_ticket(agent, frames, change, fault, verdict):
-    normal = run(agent, frames[:20], 0)
+def test_view_change_suspends_zones_and_opens_a_fault_ticket(agent, vtest_2fps, change, fault, verdict):
+    normal = run(agent, vtest_2fps[:20], 0)
     assert any(d["rule"] == "object_dwell" for d in normal), "people in the zone open a ticket first"
     assert agent.pipelines["cam1"].suspended is None
 
-    changed = run(agent, [change(f) for f in frames[20:50]], 20)
+    changed = run(agent, [change(f) for f in vtest_2fps[20:50]], 20)
     faults = [d for d in changed if d["rule"] == fault]
     assert [d["event"] for d in faults] == ["opened"], [(d["rule"], d["event"]) for d in changed]
     assert faults[0]["facts"]["verdict"] == verdict and faults[0]["zone_id"] == "_camera"
@@ -81,7 +68,7 @@ def test_view_change_suspends_zones_and_opens_a_fault_ticket(agent, frames, chan
         "a suspended camera's zones open nothing"
     assert agent.status()["cameras"][0]["suspended"] == fault
 
-    recovered = run(agent, frames[50:70], 50)
+    recovered = run(agent, vtest_2fps[50:70], 50)
     assert [d["event"] for d in recovered if d["rule"] == fault] == ["cleared"]
     assert agent.pipelines["cam1"].suspended is None
 
@@ -90,9 +77,9 @@ def json_time(text):
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def test_people_moving_and_dusk_do_not_suspend(agent, frames):
-    dusk = [np.clip(f.astype(np.float32) * 0.7, 0, 255).astype(np.uint8) for f in frames[30:60]]
-    docs = run(agent, frames[:30], 0) + run(agent, dusk, 30)
+def test_people_moving_and_dusk_do_not_suspend(agent, vtest_2fps):
+    dusk = [np.clip(f.astype(np.float32) * 0.7, 0, 255).astype(np.uint8) for f in vtest_2fps[30:60]]
+    docs = run(agent, vtest_2fps[:30], 0) + run(agent, dusk, 30)
     assert not [d for d in docs if d["rule"] in ("view_shifted", "camera_tampered")]
     assert agent.pipelines["cam1"].suspended is None
     saved = json.dumps(agent.status())  # the status document stays serialisable
