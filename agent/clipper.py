@@ -82,4 +82,5 @@ class Clipper:
                       reason=str(exc))
             return
         item = Evidence("clip", info.path, info.sha256, info.size, "video/mp4", info.duration_s)
-        book.attach(job.ticket_id, item, self.clock.now())
+        # Stamped on the camera's own timeline (a replayed file runs ahead of the wall clock).
+        book.attach(job.ticket_id, item, job.end_ts)

@@ -126,9 +126,13 @@ class TicketBook:
         return _ticket(rows[0])
 
     def latest(self, zone: str, rule: str) -> Ticket | None:
-        """The newest ticket of a zone's rule, whatever its status."""
+        """The most recently created ticket of a zone's rule, whatever its status.
+
+        By creation order (rowid), not by ``changed_at``: a clip attached or a command recorded
+        later changes an older ticket, and must not make it look like the newest one.
+        """
         rows = self.outbox.query("SELECT ticket_id, zone, rule, status, changed_at, doc FROM tickets WHERE camera = ? "
-                                 "AND zone = ? AND rule = ? ORDER BY changed_at DESC LIMIT 1",
+                                 "AND zone = ? AND rule = ? ORDER BY rowid DESC LIMIT 1",
                                  (self.camera.id, zone, rule))
         return _ticket(rows[0]) if rows else None
 

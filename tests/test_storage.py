@@ -143,3 +143,15 @@ def test_full_disk_during_writes_leaves_the_outbox_consistent(tiny_disk):
     outbox, evidence, _ = book_in(tiny_disk)
     report = StorageJanitor(outbox, evidence.root, StorageLimits(min_free_mb=1)).run(now=2000.0)
     assert report.pressure is not None  # nothing is delivered, so nothing may be freed: it says so
+
+
+def test_one_open_ticket_per_zone_even_when_an_older_ticket_changes_later(tmp_path):
+    """Found by the soak: a clip attached to an older ticket made it look newest, and the zone's
+    open ticket was forgotten, so a second one opened beside it."""
+    _, _, book = book_in(tmp_path)
+    first = make_ticket(book, 1, 1000.0)  # opened and cleared
+    second = make_ticket(book, 2, 2000.0, clear=False)  # open
+    clip = book.evidence.save(first, "clip.mp4", "clip", b"\x00" * 100, "video/mp4")
+    assert book.attach(first, clip, ts=9999.0) is not None  # the older ticket changes last
+    assert book.on_rule_event(event(EventKind.OPENED, 3000.0), noisy_frame(3)) is None
+    assert book.latest("z", "object_dwell").id == second
