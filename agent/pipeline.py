@@ -25,13 +25,14 @@ from agent.types import MOVER_CLASSES, EventKind, Frame, Observation, RuleEvent
 
 log = logging.getLogger("agent.pipeline")
 
+MOVERS = frozenset(MOVER_CLASSES)
 
 
 @dataclass
 class ZoneRule:
     config: ZoneConfig
     rule: Rule
-    inactive: str | None = None  # why the zone is not watched now: outside_schedule, muted
+    inactive: str | None = None  # why the zone is not watched now: a camera fault, outside_schedule, muted
     telemetry_at: float = float("-inf")
 
 
@@ -77,7 +78,7 @@ class CameraPipeline:
         if self.scene is not None:
             # People and vehicles are the detector's and tracker's business: the scene model must
             # neither report them nor learn them into its background.
-            movers = detections[detections.of_classes(frozenset(MOVER_CLASSES))].xyxy
+            movers = detections[detections.of_classes(MOVERS)].xyxy
             blobs = tuple(self.scene.update(frame.ts, frame.image, movers))
         return Observation(frame.camera, frame.ts, frame.image, detections, tracks, blobs)
 
