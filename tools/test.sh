@@ -2,7 +2,7 @@
 # Set up and run the tests on a fresh Debian machine (12 "bookworm" or newer)
 # with Python 3.11+, as root or with sudo:
 #
-#     bash tools/test.sh [pytest args...]
+#     ./tools/test.sh [pytest args...]
 #
 # 1. apt-get installs what is missing (skipped when everything is there):
 #    mosquitto, python3-venv, git, and for the RTSP test server (run by the
