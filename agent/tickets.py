@@ -116,6 +116,7 @@ class TicketBook:
         self.categories = ({(z.zone.id, z.rule_type): z.category for z in camera.zones}
                            | {(CAMERA_ZONE, f.value): c for f, c in fault_categories.items()})
         self._lock = threading.RLock()
+        self._mutes = self._load_mutes()
 
     # --- reading ------------------------------------------------------------------------------
     def get(self, ticket_id: str) -> Ticket:
@@ -137,10 +138,15 @@ class TicketBook:
         return _ticket(rows[0]) if rows else None
 
     def muted_until(self, zone: str, rule: str, now: float) -> float | None:
-        rows = self.outbox.query(
-            "SELECT MAX(until) FROM mutes WHERE camera = ? AND zone IN (?, ?) AND rule IN (?, ?) AND until > ?",
-            (self.camera.id, zone, ANY, rule, ANY, now))
-        return rows[0][0]
+        """Asked for every zone on every analysed frame, so it reads a copy of the mutes table that
+        is reloaded only when a command changes it, not the database."""
+        untils = [until for (z, r), until in self._mutes.items()
+                  if z in (zone, ANY) and r in (rule, ANY) and until > now]
+        return max(untils, default=None)
+
+    def _load_mutes(self) -> dict[tuple[str, str], float]:
+        rows = self.outbox.query("SELECT zone, rule, until FROM mutes WHERE camera = ?", (self.camera.id,))
+        return {(zone, rule): until for zone, rule, until in rows}
 
     # --- rule events --------------------------------------------------------------------------
     def on_rule_event(self, event: RuleEvent, image: np.ndarray,
@@ -250,6 +256,7 @@ class TicketBook:
         self._check_zone(zone)
         with self.outbox.transaction(ts) as tx:
             _set_mute(tx, self.camera.id, zone or ANY, ANY, until)
+        self._mutes = self._load_mutes()
 
     def unmute(self, zone: str | None, ts: float) -> None:
         self._check_zone(zone)
@@ -258,6 +265,7 @@ class TicketBook:
                 tx.execute("DELETE FROM mutes WHERE camera = ?", (self.camera.id,))
             else:
                 tx.execute("DELETE FROM mutes WHERE camera = ? AND zone = ?", (self.camera.id, zone))
+        self._mutes = self._load_mutes()
 
     def _check_zone(self, zone: str | None) -> None:
         if zone is not None and (zone not in self.zones or zone == CAMERA_ZONE):
@@ -354,6 +362,8 @@ class TicketBook:
                     tx.add(message)
             if mute is not None:
                 _set_mute(tx, self.camera.id, *mute)
+        if mute is not None:
+            self._mutes = self._load_mutes()
         log_event(log, f"ticket_{event}", camera=self.camera.id, zone=ticket.zone, rule=ticket.rule,
                   ticket=ticket.id, seq=doc["seq"], status=status.value, label=doc["class"],
                   confidence=doc["confidence"], evidence=",".join(str(item.path) for item in evidence) or "-")
