@@ -19,8 +19,12 @@ overlap is taken, which is what lets a new track, whose velocity is not known ye
 
 Unmatched tracks are kept for ``lost_s`` (``lost_stationary_s`` for stationary ones: a parked car
 hidden by a passing bus is still there, exactly where it was) and then dropped, so the state is
-bounded by the detections of the last few seconds, whatever runs for months. New tracks start only
-from unmatched high-score detections.
+bounded by the detections of the last few seconds, whatever runs for months. New tracks start
+from unmatched high-score detections, and for ``tentative_classes`` (bikes) also from unmatched
+low-score ones, as *tentative* tracks that are reported only once matched in ``confirm_hits``
+frames: a small parked bike that NanoDet-g scores 0.35-0.5 in frame after frame would otherwise
+never get a track, while a one-off low-score box dies unreported after ``lost_s`` (SORT's
+``min_hits``, applied to the low-score starts only).
 
 **Stationary state** with hysteresis: a track becomes stationary when its box centre stayed within
 a tolerance of an anchor point for ``stationary_after_s``, and stops being stationary only after
@@ -73,6 +77,11 @@ class TrackerParams:
     """Seconds within the tolerance before a track is stationary."""
     moving_after_s: float = 2.0
     """Seconds continuously beyond the tolerance before a stationary track moves again."""
+    tentative_classes: tuple[str, ...] = ("bicycle", "motorcycle")
+    """Classes whose low-score detections may start tentative tracks: small parked bikes are
+    scored 0.35-0.5 by the bundled model, too low to start a track, every frame for minutes."""
+    confirm_hits: int = 3
+    """Frames a tentative track must be matched in before it is reported (1: at once)."""
     class_groups: tuple[frozenset[str], ...] = (
         frozenset({"bicycle", "motorcycle"}),
         frozenset({"car", "truck", "bus"}),
@@ -84,6 +93,8 @@ class TrackerParams:
             raise ValueError("need 0 <= low_score <= high_score")
         if not 0 < self.velocity_smoothing <= 1:
             raise ValueError("velocity_smoothing must be in (0, 1]")
+        if self.confirm_hits < 1:
+            raise ValueError("confirm_hits must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -167,10 +178,10 @@ class _Track:
     """One object's state; mutated only by :class:`Tracker`."""
 
     __slots__ = ("id", "box", "velocity", "score", "class_id", "group", "first_seen", "last_seen",
-                 "anchor", "anchor_since", "stationary_since", "moving_since")
+                 "anchor", "anchor_since", "stationary_since", "moving_since", "hits")
 
     def __init__(self, track_id: int, ts: float, box: np.ndarray, score: float, class_id: int,
-                 group: int | str):
+                 group: int | str, hits: int):
         self.id = track_id
         self.box = box.astype(np.float64)
         self.velocity = np.full(2, np.nan)  # of the box centre, px/s; unknown until seen twice
@@ -178,6 +189,7 @@ class _Track:
         self.first_seen = self.last_seen = ts
         self.anchor, self.anchor_since = _centre(self.box), ts
         self.stationary_since = self.moving_since = float("nan")
+        self.hits = hits  # frames matched; a tentative track is reported from confirm_hits on
 
     @property
     def stationary(self) -> bool:
@@ -199,6 +211,7 @@ class _Track:
             self.velocity = measured if np.isnan(self.velocity).any() else (
                 self.velocity + p.velocity_smoothing * (measured - self.velocity))
         self.box, self.score, self.class_id, self.last_seen = box.astype(np.float64), score, class_id, ts
+        self.hits += 1
 
         tolerance = max(p.stationary_px, p.stationary_frac * float(min(box[2] - box[0], box[3] - box[1])))
         away = float(np.hypot(*(centre - self.anchor))) > tolerance
@@ -272,14 +285,17 @@ class Tracker:
                 if ts - track.last_seen > limit:
                     del self._tracks[track.id]
         used = set(matched.values())
-        for d in high.tolist():
-            if d not in used:
+        tentative = detections.of_classes(frozenset(p.tentative_classes))
+        for d in range(len(detections)):
+            if d not in used and (detections.score[d] >= p.high_score or tentative[d]):
+                # A high-score start counts as confirmed at once, as it always has.
+                hits = p.confirm_hits if detections.score[d] >= p.high_score else 1
                 track = _Track(self._next_id, ts, detections.xyxy[d], float(detections.score[d]),
-                               int(detections.class_id[d]), groups[d])
+                               int(detections.class_id[d]), groups[d], hits)
                 self._tracks[track.id] = track
                 self._next_id += 1
 
-        seen = [t for t in self._tracks.values() if t.last_seen == ts]
+        seen = [t for t in self._tracks.values() if t.last_seen == ts and t.hits >= p.confirm_hits]
         if not seen:
             return Tracks.empty(detections.class_names)
         return Tracks(

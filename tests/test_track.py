@@ -135,6 +135,18 @@ def test_low_score_detections_continue_tracks_but_start_none():
     assert len(run(Tracker(), [dets(box_at(1, 1), score=0.1)])[0]) == 0, "below low_score: ignored"
 
 
+def test_bikes_seen_again_and_again_at_low_scores_start_a_track_once_confirmed():
+    """A small parked bike scored 0.35-0.5 every frame: a tentative track, reported from its third
+    hit; a one-off low-score bike and a low-score person start nothing."""
+    frames = [dets(box_at(100, 100, 60, 40), cls=BICYCLE, score=0.4)] * 4
+    out = run(Tracker(), frames)
+    assert [t.ids.tolist() for t in out] == [[], [], [1], [1]]
+    once = run(Tracker(), [dets(box_at(100, 100, 60, 40), cls=BICYCLE, score=0.4)] + [dets()] * 6
+               + [dets(box_at(100, 100, 60, 40), cls=BICYCLE, score=0.4)] * 2)
+    assert all(len(t) == 0 for t in once), "lost before its third hit: never reported"
+    assert all(len(t) == 0 for t in run(Tracker(), [dets(box_at(100, 100), score=0.4)] * 4))
+
+
 def test_ids_are_per_instance_and_reset_restarts_them():
     first, second = Tracker(first_id=100), Tracker()
     assert run(first, [dets(box_at(0, 0))])[0].ids.tolist() == [100]
