@@ -26,7 +26,7 @@ from agent.rules import Category, rule_types
 from agent.scene import SceneParams
 from agent.storage import StorageLimits
 from agent.tamper import TamperParams
-from agent.tiling import TilingParams
+from agent.tiling import TilingParams, ZoneCropParams
 from agent.track import TrackerParams
 from agent.schedule import DAYS, Schedule, Window, parse_hhmm
 from agent.typedtoml import ConfigError, load_dataclass, read_toml, setting
@@ -183,6 +183,8 @@ class CameraFile:
     tracker: TrackerParams = setting(factory=TrackerParams, help="Tracking, for rules that need it")
     scene: SceneParams = setting(factory=SceneParams, help="Static new-object model, for rules that need it")
     tiling: TilingParams | None = setting(None, help="Detect on overlapping tiles now and then (small objects)")
+    zone_crops: ZoneCropParams = setting(
+        factory=ZoneCropParams, help="Detect also on crops around zones whose rules look for small objects")
 
     def __post_init__(self):
         if not self.id or any(c in self.id for c in "/+#"):
@@ -220,6 +222,7 @@ class CameraConfig:
     tracker: TrackerParams = TrackerParams()
     scene: SceneParams = SceneParams()
     tiling: TilingParams | None = None
+    zone_crops: ZoneCropParams = ZoneCropParams()
 
     @property
     def is_file(self) -> bool:
@@ -289,7 +292,7 @@ def _load_camera(path: Path, edge: EdgeFile, edge_path: Path) -> CameraConfig:
         grid_code=raw.location.grid_code, zones=zones, view_check=raw.view_check,
         telemetry_interval_s=raw.telemetry_interval_s,
         reference_image=raw.reference_image, tamper=raw.tamper, tracker=raw.tracker, scene=raw.scene,
-        tiling=raw.tiling,
+        tiling=raw.tiling, zone_crops=raw.zone_crops,
     )
 
 

@@ -18,7 +18,7 @@ from agent.health import CameraHealth
 from agent.logs import log_event
 from agent.rules import Need, Rule, build_rule, rule_types
 from agent.scene import SceneModel
-from agent.tiling import detect_tiled
+from agent.tiling import Tiler
 from agent.track import Tracker
 from agent.tickets import TicketBook
 from agent.types import MOVER_CLASSES, EventKind, Frame, Observation, RuleEvent
@@ -48,8 +48,9 @@ class CameraPipeline:
         needs = frozenset().union(*(types[zc.rule_type].needs for zc in camera.zones))
         self.tracker = Tracker(camera.tracker) if Need.TRACKS in needs else None
         self.scene = SceneModel(camera.scene) if Need.STATIC_BLOBS in needs else None
+        crop_zones = [zc.zone for zc in camera.zones if Need.SMALL_OBJECTS in types[zc.rule_type].needs]
+        self.tiler = Tiler(camera.tiling, camera.zone_crops, crop_zones, detector.manifest.input_size)
         self._latest: Observation | None = None
-        self._tiled_at = float("-inf")
         self._latest_lock = threading.Lock()
 
     @property
@@ -65,11 +66,7 @@ class CameraPipeline:
         return None
 
     def _detect(self, frame: Frame):
-        tiling = self.camera.tiling
-        if tiling is not None and frame.ts - self._tiled_at >= tiling.every_s:
-            self._tiled_at = frame.ts
-            return detect_tiled(self.detector, frame.image, tiling)
-        return self.detector.detect(frame.image)
+        return self.tiler.detect(self.detector, frame.image, frame.ts)
 
     def observe(self, frame: Frame) -> Observation:
         detections = self._detect(frame)

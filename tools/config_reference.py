@@ -25,6 +25,7 @@ from agent.rules import rule_types
 from agent.scene import SceneParams
 from agent.storage import StorageLimits
 from agent.tamper import TamperParams
+from agent.tiling import TilingParams, ZoneCropParams
 from agent.track import TrackerParams
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "configuration-reference.md"
@@ -42,6 +43,8 @@ SECTIONS = [
     ("camera file [tamper] (the view check)", TamperParams),
     ("camera file [tracker]", TrackerParams),
     ("camera file [scene] (static new objects)", SceneParams),
+    ("camera file [zone_crops] (small objects in bike zones)", ZoneCropParams),
+    ("camera file [tiling] (grid tiles over the whole frame)", TilingParams),
 ]
 
 

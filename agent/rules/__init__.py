@@ -25,6 +25,9 @@ class Need(str, Enum):
 
     TRACKS = "tracks"
     STATIC_BLOBS = "static_blobs"
+    # The rule's objects are often too small for the full-frame pass (a parked bike 50 px tall in
+    # a 1280x720 view): the detector also runs on crops around its zone (agent/tiling.py).
+    SMALL_OBJECTS = "small_objects"
 
 
 @dataclass(frozen=True)

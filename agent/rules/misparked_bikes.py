@@ -92,7 +92,7 @@ class _Spot:
 # 05-06 and the class names follow common 城市管理 event catalogues; every city's platform has
 # its own codes, so operators must check them (edge.toml [categories.misparked_bikes]).
 @register("misparked_bikes", Params, Category("街面秩序", "非机动车乱停放", "05-06"),
-          needs=frozenset({Need.TRACKS}))
+          needs=frozenset({Need.TRACKS, Need.SMALL_OBJECTS}))
 class MisparkedBikesRule:
     name = "misparked_bikes"
 
