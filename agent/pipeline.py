@@ -26,6 +26,9 @@ from agent.types import MOVER_CLASSES, EventKind, Frame, Observation, RuleEvent
 log = logging.getLogger("agent.pipeline")
 
 MOVERS = frozenset(MOVER_CLASSES)
+# The scene model's crop reaches this far past the zones (and four times as far up, where an
+# object standing in the zone rises): a blob is tested by its bottom centre only.
+ZONE_MARGIN_PX = 16
 
 
 @dataclass
@@ -47,7 +50,8 @@ class CameraPipeline:
         types = rule_types()
         needs = frozenset().union(*(types[zc.rule_type].needs for zc in camera.zones))
         self.tracker = Tracker(camera.tracker) if Need.TRACKS in needs else None
-        self.scene = SceneModel(camera.scene) if Need.STATIC_BLOBS in needs else None
+        blob_zones = [zc.zone for zc in camera.zones if Need.STATIC_BLOBS in types[zc.rule_type].needs]
+        self.scene = SceneModel(camera.scene, region=_joint_bounds(blob_zones)) if blob_zones else None
         crop_zones = [zc.zone for zc in camera.zones if Need.SMALL_OBJECTS in types[zc.rule_type].needs]
         self.tiler = Tiler(camera.tiling, camera.zone_crops, crop_zones, detector.manifest.input_size)
         self._latest: Observation | None = None
@@ -145,3 +149,14 @@ class CameraPipeline:
             if values:
                 self.tickets.send_telemetry(zone_id, zr.config.rule_type, obs.ts, values,
                                             expiry_s=int(3 * self.camera.telemetry_interval_s))
+
+
+def _joint_bounds(zones: list) -> tuple[int, int, int, int]:
+    """x0, y0, x1, y1 around every zone, grown by a margin: a blob's box may reach beyond the
+    polygon (only its bottom centre must lie inside), and the scene model works on this part of
+    the frame only."""
+    rects = np.array([zone.bounds() for zone in zones], np.int64)
+    x0, y0 = rects[:, 0].min(), rects[:, 1].min()
+    x1, y1 = (rects[:, 0] + rects[:, 2]).max(), (rects[:, 1] + rects[:, 3]).max()
+    margin = ZONE_MARGIN_PX
+    return int(x0 - margin), int(y0 - 4 * margin), int(x1 + margin), int(y1 + margin)

@@ -70,9 +70,12 @@ from agent.types import StaticBlob
 
 @dataclass(frozen=True)
 class SceneParams:
-    width: int = 320
-    """Width, in pixels, the picture is downscaled to (aspect kept). Smaller is faster and sees
-    only larger objects: one working pixel is ``frame width / width`` frame pixels."""
+    max_pixels: int = 450_000
+    """Pixel budget of the working picture: the part of the frame the zones cover (their joint
+    bounding rectangle) is analysed at full resolution when it has at most this many pixels (a whole 768x576 frame),
+    and downscaled to this many otherwise. Full resolution is what keeps a palm-sized scrap of
+    paper (8-20 px across at 768x576 from a pole) from vanishing; the budget is what keeps a
+    1080p camera affordable (its lower half is about 1M pixels)."""
     fast_tau_s: float = 0.5
     """Time constant of the fast background: a newly still object matches it (and starts
     counting) after about 3 time constants. At 2 analysed frames a second each frame weighs 63%:
@@ -88,10 +91,14 @@ class SceneParams:
     foreground. vtest's grass varies by 1-2 levels from frame to frame."""
     still_level: float = 10.0
     """Difference from the fast background under which a pixel counts as not changing."""
-    min_static_s: float = 10.0
-    """Seconds a pixel must have been static to be part of a blob."""
-    min_area_px: float = 400.0
-    """Smallest blob, in frame pixels (20x20 at frame resolution)."""
+    min_static_s: float = 5.0
+    """Seconds a pixel must have been static to be part of a blob. Rules count their dwell from
+    when the object came to rest, so this delays nothing beyond a rule's own dwell; it only has
+    to outlast a pedestrian's pause mid-stride."""
+    min_area_px: float = 12.0
+    """Smallest blob, in frame pixels. Small on purpose: a 12 px scrap of paper keeps only 20-30
+    pixels above ``foreground_level`` once its soft edge and the codec are through with it. The
+    rules have their own bounds; this one only keeps specks out of the blob list."""
     max_area_frac: float = 0.25
     """Largest blob as a fraction of the frame: larger ones are light changes, not objects."""
     mask_margin: float = 0.15
@@ -103,10 +110,21 @@ class SceneParams:
     longer dwell than this must raise it."""
     match_iou: float = 0.3
     """Least IoU between a blob and one of the previous frame's to keep its id."""
+    restless_tau_s: float = 120.0
+    """Memory, in seconds, of where the background itself moves: tape or a flag in the wind,
+    swaying branches, water. Each analysed frame in which an uncovered pixel differs from the
+    slow background and from the previous frame (by ``still_level``) counts one change;
+    changes fade with this time constant."""
+    restless_changes: float = 2.0
+    """A pixel with more fading changes than this is restless and cannot start a blob (a blob
+    already reported keeps its pixels, however often it is walked over). Litter dropped on
+    quiet ground changes in a frame or two, then lies still; the barrier tape on vtest's car
+    park shifts in every gust, and between gusts its new resting places looked like new objects:
+    two false litter tickets in vtest's 80 s without this, two with 3 changes, none with 2."""
 
     def __post_init__(self):
-        if self.width < 16:
-            raise ValueError("width must be at least 16")
+        if self.max_pixels < 1024:
+            raise ValueError("max_pixels must be at least 1024")
         if not 0 < self.fast_tau_s < self.slow_tau_s:
             raise ValueError("need 0 < fast_tau_s < slow_tau_s")
 
@@ -119,18 +137,23 @@ class SceneModel:
     remembers the old ones.
     """
 
-    def __init__(self, params: SceneParams = SceneParams(), first_id: int = 1):
-        self.params, self.first_id = params, first_id
+    def __init__(self, params: SceneParams = SceneParams(), first_id: int = 1,
+                 region: tuple[int, int, int, int] | None = None):
+        """``region`` (x0, y0, x1, y1) in frame pixels: the part of the frame to model, e.g. the
+        zones' joint bounding rectangle; None for the whole frame. Clipped to the frame."""
+        self.params, self.first_id, self.region = params, first_id, region
         self.reset()
 
     def reset(self) -> None:
         """Forget the background, every counter and every blob; ids start again."""
         self._frame_size: tuple[int, int] | None = None  # (w, h) of the full frame
+        self._crop = (0, 0, 0, 0)  # x0, y0, x1, y1 of the modelled part, clipped to the frame
         self._fast = self._slow = self._picture = None  # float32 (h, w, 3) at working size
         # float32 (h, w): seconds seen still and uncovered (capped at warmup_s); seconds foreground
         # against the slow model, and static, each -inf while the pixel is not so.
         self._known_s = self._foreground_s = self._static_s = None
         self._labels: np.ndarray | None = None  # int32 (h, w), components of the last update
+        self._restless: np.ndarray | None = None  # float32 (h, w): fading count of changing frames
         self._blobs: dict[int, tuple[StaticBlob, int]] = {}  # id -> (blob, label in _labels)
         self._gain = np.ones(3, np.float32)
         self._last_ts = 0.0
@@ -150,7 +173,7 @@ class SceneModel:
             return []
         picture = self._downscale(image_bgr)
         dt = max(0.0, ts - self._last_ts)
-        self._last_ts, self._picture = ts, picture
+        previous, self._last_ts, self._picture = self._picture, ts, picture
         covered = self._raster(mask_boxes)
         known = self._known_s >= p.warmup_s
 
@@ -178,6 +201,11 @@ class SceneModel:
         counted = np.maximum(self._foreground_s + dt, 0)
         _assign(counted, _NOT, ~foreground)
         _assign(self._foreground_s, counted, seen)
+        # Against the previous picture, not the fast model: an object that arrives changes once,
+        # while the fast model takes three or four frames to take it in.
+        moved = _difference(picture, previous) >= p.still_level
+        self._restless *= math.exp(-dt / p.restless_tau_s)
+        self._restless += (foreground & moved & seen).view(np.uint8)
 
         self._find_blobs(ts)
         for blob_id, (blob, _) in list(self._blobs.items()):
@@ -185,9 +213,7 @@ class SceneModel:
                 self.absorb(blob_id)
         learn = seen & still
         if self._blobs:  # a reported object stays out of the slow background
-            is_reported = np.zeros(self._labels.max() + 1, bool)
-            is_reported[[label for _, label in self._blobs.values()]] = True
-            learn &= ~is_reported[self._labels]
+            learn &= ~self._reported_pixels()
 
         _assign(self._slow, cv2.multiply(picture, (*(1 / self._gain).tolist(), 0.0)), learn & ~known)
         cv2.accumulateWeighted(picture, self._slow, _rate(dt, p.slow_tau_s), (learn & known).view(np.uint8))
@@ -218,22 +244,30 @@ class SceneModel:
         self._next_id = next_id
         frame_h, frame_w = image_bgr.shape[:2]
         self._frame_size = (frame_w, frame_h)
+        x0, y0, x1, y1 = self.region if self.region is not None else (0, 0, frame_w, frame_h)
+        x0, y0 = min(max(int(x0), 0), frame_w - 1), min(max(int(y0), 0), frame_h - 1)
+        self._crop = (x0, y0, max(min(int(np.ceil(x1)), frame_w), x0 + 1), max(min(int(np.ceil(y1)), frame_h), y0 + 1))
         picture = self._downscale(image_bgr)
         h, w = picture.shape[:2]
         self._fast, self._slow, self._picture = picture.copy(), picture.copy(), picture
         self._known_s = np.zeros((h, w), np.float32)
+        self._restless = np.zeros((h, w), np.float32)
         self._foreground_s = np.full((h, w), _NOT, np.float32)
         self._static_s = np.full((h, w), _NOT, np.float32)
         self._labels = np.zeros((h, w), np.int32)
         self._last_ts = ts
 
     def _downscale(self, image_bgr: np.ndarray) -> np.ndarray:
-        frame_w, frame_h = self._frame_size
-        w = min(self.params.width, frame_w)
-        h = max(1, round(frame_h * w / frame_w))
+        """The modelled part of the frame at working size, float32."""
+        x0, y0, x1, y1 = self._crop
+        picture = image_bgr[y0:y1, x0:x1]
+        crop_w, crop_h = x1 - x0, y1 - y0
+        scale = min(1.0, math.sqrt(self.params.max_pixels / (crop_w * crop_h)))
+        if scale == 1.0:
+            return picture.astype(np.float32)
+        w, h = max(1, round(crop_w * scale)), max(1, round(crop_h * scale))
         # INTER_AREA is fast only for whole factors (768->384: 0.8 ms, 768->320: 7 ms here), so
         # halve by averaging while that stays above the target, and interpolate the rest.
-        picture = image_bgr
         while picture.shape[1] >= 2 * w:
             picture = cv2.resize(picture, (picture.shape[1] // 2, picture.shape[0] // 2),
                                  interpolation=cv2.INTER_AREA)
@@ -242,7 +276,8 @@ class SceneModel:
     def _scale(self) -> tuple[float, float]:
         """Frame pixels per working pixel, in x and y."""
         h, w = self._static_s.shape
-        return self._frame_size[0] / w, self._frame_size[1] / h
+        x0, y0, x1, y1 = self._crop
+        return (x1 - x0) / w, (y1 - y0) / h
 
     def _raster(self, boxes: np.ndarray | None) -> np.ndarray:
         """Working-size mask of the grown boxes."""
@@ -250,18 +285,28 @@ class SceneModel:
         if boxes is None or len(boxes) == 0:
             return covered
         sx, sy = self._scale()
-        boxes = np.asarray(boxes, np.float64).reshape(-1, 4) / [sx, sy, sx, sy]
+        x0, y0 = self._crop[:2]
+        boxes = (np.asarray(boxes, np.float64).reshape(-1, 4) - [x0, y0, x0, y0]) / [sx, sy, sx, sy]
         grow = self.params.mask_margin * (boxes[:, 2:] - boxes[:, :2]) + 1.0
         top_left = np.floor(boxes[:, :2] - grow).clip(0).astype(int)
-        bottom_right = np.ceil(boxes[:, 2:] + grow).astype(int)
-        for (x0, y0), (x1, y1) in zip(top_left, bottom_right):
-            covered[y0:y1, x0:x1] = True
+        bottom_right = np.ceil(boxes[:, 2:] + grow).clip(0).astype(int)  # boxes left of or above the crop cover nothing
+        for (left, top), (right, bottom) in zip(top_left, bottom_right):
+            covered[top:bottom, left:right] = True
         return covered
+
+    def _reported_pixels(self) -> np.ndarray:
+        """Working-size mask of the blobs reported by the last update."""
+        is_reported = np.zeros(self._labels.max() + 1, bool)
+        is_reported[[label for _, label in self._blobs.values()]] = True
+        return is_reported[self._labels]
 
     def _find_blobs(self, ts: float) -> None:
         """Components of long-static pixels -> ``self._blobs``, ids kept by IoU."""
         p = self.params
-        static = (self._static_s >= p.min_static_s).view(np.uint8)
+        calm = self._restless <= p.restless_changes
+        if self._blobs:  # a reported object's pixels stay its own, however often it was walked over
+            calm |= self._reported_pixels()
+        static = ((self._static_s >= p.min_static_s) & calm).view(np.uint8)
         if not static.any():  # the usual case: skip the component analysis
             self._labels[:] = 0
             self._blobs = {}
@@ -270,6 +315,7 @@ class SceneModel:
         static = cv2.morphologyEx(static, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
         count, self._labels, stats, _ = cv2.connectedComponentsWithStats(static, connectivity=8)
         sx, sy = self._scale()
+        x0, y0 = self._crop[:2]
         max_area = p.max_area_frac * self._frame_size[0] * self._frame_size[1]
         found: list[tuple[StaticBlob, int]] = []
         for label in range(1, count):
@@ -280,7 +326,7 @@ class SceneModel:
             inside = self._labels[y:y + h, x:x + w] == label
             static_for = float(self._static_s[y:y + h, x:x + w][inside].max())
             foreground_for = float(self._foreground_s[y:y + h, x:x + w][inside].max())
-            xyxy = np.array([x * sx, y * sy, (x + w) * sx, (y + h) * sy], np.float32)
+            xyxy = np.array([x0 + x * sx, y0 + y * sy, x0 + (x + w) * sx, y0 + (y + h) * sy], np.float32)
             found.append((StaticBlob(-1, xyxy, area_px, ts - foreground_for, ts - static_for), label))
 
         previous = list(self._blobs.values())

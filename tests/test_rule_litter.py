@@ -82,7 +82,7 @@ def test_the_anchor_is_the_bottom_centre_and_the_area_must_be_within_bounds():
     above = (100, 250, 140, 290)  # in the picture above the zone: bottom centre y 290
     reaching_in = (100, 280, 140, 320)  # top above the zone, bottom centre inside
     for box, area, opens in [(above, 1000, False), (reaching_in, 1000, True),
-                             (CAN, 300, False), (CAN, 60000, False), (CAN, 400, True)]:
+                             (CAN, 10, False), (CAN, 60000, False), (CAN, 16, True)]:
         rule = LitterRule(ZONE, params())
         assert bool(run(rule, lambda ts: ([blob(box, area=area)], None), 0, 12)) is opens, (box, area)
 

@@ -11,6 +11,7 @@ The real people of the clip are masked with the bundled detector's boxes, as the
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import av
@@ -27,7 +28,10 @@ STEP = 0.5  # seconds between analysed frames: vtest's 10 fps sampled at 2 fps
 MASKED_CLASSES = {"person", "bicycle", "car", "motorcycle", "bus", "truck"}
 ITEM_SOURCE = (65, 493, 165, 531)  # x0, y0, x1, y1 of the plastic item in every vtest frame
 ITEM_AT = (15, 400)  # where its copy is pasted
-PERSON_BOX = (600, 430, 640, 550)  # where the pasted person stands: feet on the lawn
+PERSON_BOX = (600, 430, 640, 550)
+# These tests measure the model's mechanisms on a large item, whole frame, with the settings they
+# were first measured with; the defaults (5 s, 12 px: litter-sized) have tests of their own below.
+PARAMS = SceneParams(min_static_s=10.0, min_area_px=400.0)  # where the pasted person stands: feet on the lawn
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,7 @@ def item_box() -> np.ndarray:
     return np.array([ITEM_AT[0], ITEM_AT[1], ITEM_AT[0] + w, ITEM_AT[1] + h], np.float64)
 
 
-def run(clip: Clip, edit=None, params: SceneParams = SceneParams(), model: SceneModel | None = None):
+def run(clip: Clip, edit=None, params: SceneParams = PARAMS, model: SceneModel | None = None):
     """Feed the clip; ``edit(ts, image) -> (image, extra mask boxes)`` builds the composite.
     Returns [(ts, blobs)] for every frame."""
     model = model or SceneModel(params)
@@ -119,7 +123,7 @@ T0, T1 = 20.0, 60.0  # the pasted object arrives and is taken away
 
 
 def test_a_pasted_object_appears_after_min_static_s_and_clears_when_taken_away(clip):
-    params = SceneParams()
+    params = PARAMS
     results = run(clip, lambda ts, img: (with_item(clip, img) if T0 <= ts < T1 else img, []), params)
     seen = overlapping(results, item_box())
     appeared, last = seen[0][0], seen[-1][0]
@@ -176,10 +180,10 @@ def test_a_person_standing_still_is_not_a_blob_and_leaves_no_ghost(clip):
     # Run with a slow model of 30 s: the default 300 s would learn too little of the person in
     # 40 s to leave a visible ghost even if it learned under the box; this one would, from
     # 71.5 s (checked by patching the model to learn under boxes).
-    assert overlapping(run(clip, standing(masked=True), SceneParams(slow_tau_s=30.0)), PERSON_BOX) == []
+    assert overlapping(run(clip, standing(masked=True), dataclasses.replace(PARAMS, slow_tau_s=30.0)), PERSON_BOX) == []
     # The same composite without the box: the person is a static blob (the mask does the work).
     unmasked = overlapping(run(clip, standing(masked=False)), PERSON_BOX)
-    assert unmasked and unmasked[0][0] <= T0 + SceneParams().min_static_s + 3
+    assert unmasked and unmasked[0][0] <= T0 + PARAMS.min_static_s + 3
 
 
 def test_a_passer_by_over_the_object_keeps_its_blob_and_id(clip):
@@ -203,14 +207,15 @@ def test_a_passer_by_over_the_object_keeps_its_blob_and_id(clip):
 
 
 def test_absorb_after_s_and_absorb_learn_the_object_into_the_background(clip):
-    params = SceneParams(absorb_after_s=20.0)
+    params = dataclasses.replace(PARAMS, absorb_after_s=20.0)
     scene = lambda ts, img: (with_item(clip, img) if ts >= T0 else img, [])  # noqa: E731
     seen = overlapping(run(clip, scene, params), item_box())
-    # Static since 20.5 s: reported from 31.5 s until it has been static for 20 s, then never.
-    assert seen[0][0] == 31.5 and seen[-1][0] == 40.0, (seen[0][0], seen[-1][0])
+    # Static since 20.5 s: reported from 31.5 s (32.0 s since the restless map: the item's
+    # arrival counts as a change) until it has been static for 20 s, then never.
+    assert 31.5 <= seen[0][0] <= 32.0 and seen[-1][0] == 40.0, (seen[0][0], seen[-1][0])
 
     # An operator absorbs it the first time it is reported: it never comes back.
-    model, first = SceneModel(), None
+    model, first = SceneModel(PARAMS), None
     for k, (image, boxes) in enumerate(zip(clip.frames, clip.boxes)):
         blobs = model.update(k * STEP, scene(k * STEP, image)[0], boxes)
         if blobs and first is None:
@@ -218,17 +223,68 @@ def test_absorb_after_s_and_absorb_learn_the_object_into_the_background(clip):
             model.absorb(blobs[0].id)
         elif first is not None:
             assert blobs == [], f"absorbed at {first}, reported again at {k * STEP}"
-    assert first == 31.5
+    assert 31.5 <= first <= 32.0
 
 
 def test_ids_are_per_instance_and_reset_forgets_everything(clip):
     def summary(results):
         return [(ts, [(b.id, b.static_since) for b in blobs]) for ts, blobs in results]
 
-    model = SceneModel(first_id=50)
+    model = SceneModel(PARAMS, first_id=50)
     edit = lambda ts, img: (with_item(clip, img) if ts >= T0 else img, [])  # noqa: E731
     first = summary(run(clip, edit, model=model))
     assert first[-1][1] == [(50, T0 + STEP)]
     model.reset()
     # Without the reset the second run's blob would be 51 (checked).
     assert summary(run(clip, edit, model=model)) == first
+
+
+# --------------------------------------------------------------------------- litter-sized, defaults
+
+SMALL_SOURCE = (327, 451, 351, 466)  # a white scrap on vtest's lawn, 24 x 15 px
+SMALL_AT = (200, 372)  # its copy, on the lawn where nobody walks in the first 50 s
+GROUND = (0, 150, 768, 576)  # the car park, the paths and the lawn: where litter zones would be
+LAWN_TOP = 300
+
+
+def long_lived(results, min_area: float, min_s: float) -> list[tuple[int, float, list]]:
+    """(id, seconds reported, box) of every blob of at least ``min_area`` reported for ``min_s``."""
+    spans: dict[int, list] = {}
+    for ts, blobs in results:
+        for b in blobs:
+            if b.area_px >= min_area:
+                spans.setdefault(b.id, [ts, ts, b.xyxy.astype(int).tolist()])[1] = ts
+    return [(i, end - start, box) for i, (start, end, box) in spans.items() if end - start >= min_s]
+
+
+def test_defaults_find_a_12_px_scrap_and_nothing_else_in_real_footage(clip):
+    """The defaults are litter-sized: a scrap 12 x 8 px (the size of a palm-sized piece of paper
+    10 m below vtest's camera) is a blob within min_static_s + 3 s, while vtest's own scene gives
+    no blob of litter size (16 px, the litter rule's floor) that lasts 10 s (the litter dwell)."""
+    x0, y0, x1, y1 = SMALL_SOURCE
+    patch = clip.frames[0][y0:y1, x0:x1]
+    scrap = cv2.resize(patch, (12, 8), interpolation=cv2.INTER_AREA).astype(np.float32)
+    alpha = np.ones((8, 12, 1), np.float32)
+    box = np.array([SMALL_AT[0], SMALL_AT[1], SMALL_AT[0] + 12, SMALL_AT[1] + 8], np.float64)
+    params = SceneParams()
+    results = run(clip, lambda ts, img: (pasted(img, scrap, alpha, *SMALL_AT) if T0 <= ts < T1 else img, []),
+                  params, SceneModel(params, region=GROUND))
+    seen = overlapping(results, box)
+    assert seen and seen[0][0] <= T0 + params.min_static_s + 3, seen[:1]
+    assert max(b.area_px for _, b in seen) >= 16, [b.area_px for _, b in seen]
+    # On the lawn. Measured elsewhere on the ground: where walkers pass behind the sign post
+    # (x 415-425, y 211-240), blobs of 16-36 px that last up to 17 s: a known false-positive
+    # source of litter this small (docs/status.md).
+    others = [b for b in long_lived(results, 16, 10.0)
+              if b[2][1] >= LAWN_TOP and box_iou(box[None], np.array([b[2]], np.float64))[0, 0] == 0]
+    assert others == [], others
+
+
+def test_restless_background_cannot_start_a_blob(clip):
+    """On the ground (the top of the frame has windows and a staircase, where no litter zone goes),
+    vtest's barrier tape (y 170-200) shifts in the wind. Measured: without the restless map
+    its resting places give litter-sized blobs that last 10 s and more; with it, none."""
+    restless = long_lived(run(clip, model=SceneModel(SceneParams(), region=GROUND)), 16, 10.0)
+    assert not any(165 <= box[1] <= 200 for _, _, box in restless), restless
+    careless = long_lived(run(clip, model=SceneModel(SceneParams(restless_changes=1e9), region=GROUND)), 16, 10.0)
+    assert any(165 <= box[1] <= 200 for _, _, box in careless), careless

@@ -61,14 +61,20 @@ BLOB_CONFIDENCE = 1.0
 @dataclass(frozen=True)
 class Params:
     min_dwell_s: float = setting(
-        60.0, ge=0,
+        10.0, ge=0,
         help="Seconds an object must have lain still before a ticket opens, counted from when it "
-             "came to rest (the scene model's own min_static_s is included, not added)")
+             "came to rest (the scene model's own min_static_s is included, not added). Short, "
+             "because a ticket is evidence for a person to look at, not a fine; raise it where "
+             "people set things down for a while (market streets, bus stops)")
     clear_after_s: float = setting(
         10.0, gt=0,
         help="Seconds without litter in the zone before an open ticket clears (the camera-side "
              "verification); also how long a new object count must hold before it is reported")
-    min_area_px: float = setting(400.0, ge=0, help="Smallest object, in frame pixels")
+    min_area_px: float = setting(
+        16.0, ge=0,
+        help="Smallest object, in frame pixels of its static part: a palm-sized scrap of paper 10 m "
+             "below a pole camera is 8-20 px across at 768x576, and of a 12 px one only 20-30 "
+             "pixels stand out from the ground once its soft edge and the codec have blurred it")
     max_area_px: float = setting(
         50000.0, gt=0, help="Largest object, in frame pixels: larger blobs are light changes or parked things")
     px_per_m2: float | None = setting(
