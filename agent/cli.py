@@ -20,6 +20,9 @@ from agent.logs import setup_logging
 from agent.typedtoml import ConfigError
 
 EXIT_CONFIG = 2
+# Rule keys whose right value depends on the street more than on the rule: `check` names them
+# when a camera file leaves them at their defaults.
+SCENE_DEPENDENT = frozenset({"min_dwell_s", "clear_after_s"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,6 +79,11 @@ def cmd_check(config: BoxConfig, args) -> int:
             params = ", ".join(f"{f.name}={_show(getattr(zc.params, f.name))}"
                                for f in dataclasses.fields(zc.params))
             print(f"  zone {zc.zone.id}: {len(zc.zone.polygon)} points, rule {zc.rule_type} ({params})")
+            assumed = [name for name in zc.defaulted if name in SCENE_DEPENDENT]
+            if assumed:
+                print(f"    assumes the defaults {', '.join(f'{n}={_show(getattr(zc.params, n))}' for n in assumed)}: "
+                      "short, for a camera over a quiet street; set them in the camera file where "
+                      "people wait, deliver or set things down for a while")
     return 0
 
 

@@ -11,6 +11,7 @@ box's files move together.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import Enum
 import os
@@ -198,6 +199,7 @@ class ZoneConfig:
     params: Any  # the rule module's Params
     category: Category
     schedule: Schedule | None  # None: always watched
+    defaulted: tuple[str, ...] = ()  # the rule's keys the camera file left out: the defaults hold
 
 
 @dataclass(frozen=True)
@@ -315,4 +317,5 @@ def _load_zone(path: Path, zone_id: str, section: ZoneSection, edge: EdgeFile, t
     else:
         category = known[rule_type].category
     schedule = Schedule(tuple(w.window() for w in section.schedule), tz) if section.schedule else None
-    return ZoneConfig(Zone(zone_id, polygon), rule_type, params, category, schedule)
+    defaulted = tuple(f.name for f in dataclasses.fields(params) if f.name not in rule)
+    return ZoneConfig(Zone(zone_id, polygon), rule_type, params, category, schedule, defaulted)

@@ -135,3 +135,16 @@ def test_configuration_reference_page_is_current():
     out = subprocess.run([sys.executable, "tools/config_reference.py", "--check"], capture_output=True, text=True,
                          cwd=NANODET_MANIFEST.parent.parent, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+def test_check_names_the_dwell_defaults_a_zone_relies_on(box, capsys):
+    """The object_dwell zone of the test camera sets min_dwell_s and clear_after_s itself, so
+    check assumes nothing for it; with both keys taken out it says which defaults it runs on."""
+    edge, cam = box
+    assert main(["-c", str(edge), "check"]) == 0
+    assert "assumes the defaults" not in capsys.readouterr().out
+    text = cam.read_text()
+    cam.write_text(re.sub(r"(?m)^(min_dwell_s|clear_after_s) = .*\n", "", text))
+    assert main(["-c", str(edge), "check"]) == 0
+    out = capsys.readouterr().out
+    assert "assumes the defaults min_dwell_s=5.0, clear_after_s=10.0" in out, out

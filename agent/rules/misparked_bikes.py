@@ -58,9 +58,13 @@ class Params:
         help="Detector classes that are bikes; COCO models see e-bikes as either")
     min_score: float = setting(0.35, ge=0, le=1, help="Bike tracks below this confidence are ignored")
     min_dwell_s: float = setting(
-        120.0, ge=0, help="Seconds a bike must stand still in the zone before it counts as parked")
+        10.0, ge=0,
+        help="Seconds a bike must stand still in the zone before it counts as parked, counted from "
+             "when its track became stationary (the tracker's stationary_after_s comes first). "
+             "Short, so a ticket opens while the evidence is there; raise it where riders wait "
+             "(crossings, shop fronts) or where short stops are allowed")
     clear_after_s: float = setting(
-        30.0, gt=0,
+        15.0, gt=0,
         help="A parked bike not seen standing there for this long is gone: the count drops, and the "
              "ticket clears once the count is back within the limit. Longer bridges occlusions by "
              "passing traffic; shorter clears sooner")

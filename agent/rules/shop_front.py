@@ -68,9 +68,12 @@ class Params:
     min_fraction: float = setting(
         0.15, gt=0, le=1, help="Share of the zone that goods must cover (union of their boxes) for a ticket")
     min_dwell_s: float = setting(
-        120.0, ge=0, help="Seconds the share must stay at least min_fraction, counted from when the goods came to rest")
+        10.0, ge=0,
+        help="Seconds the share must stay at least min_fraction, counted from when the goods came "
+             "to rest. Short, so a ticket opens while the goods are out; raise it to minutes where "
+             "deliveries stand on the pavement for a while")
     clear_after_s: float = setting(
-        30.0, gt=0, help="Seconds below min_fraction before an open ticket clears; shorter dips are ignored")
+        15.0, gt=0, help="Seconds below min_fraction before an open ticket clears; shorter dips are ignored")
     goods_classes: tuple[str, ...] = setting(
         GOODS_CLASSES, help="Detector classes that are goods when their track is stationary")
     min_still_s: float = setting(
