@@ -21,9 +21,12 @@ Usage:
 Why composites: every pixel is real (a real background with its own noise and light, a real
 object photographed or filmed), and the truth is known to the frame because the kit put the object
 there, so recall, false positives and time-to-open can be measured without hand labelling.
-The pasted object does not interact with the scene, though: it casts only the kit's simple
-shadow, is never occluded, and does not follow light changes. The paste is deterministic: the noise
-comes from a fixed seed, GrabCut's k-means from cv2's seeded RNG.
+The pasted object interacts with the scene only as far as the recipe asks: ``behind_movers``
+hides it where the background video's own walkers pass in front of it, and the recipe's
+``[effects]`` (light ramps, moving soft shadows or lamps, sensor noise, JPEG artefacts) are applied
+to the whole composite frame after pasting, so they fall on the object and the scene alike. Its own
+shadow is still only the kit's ellipse. The build is deterministic: the noise comes from the
+recipe's seed, GrabCut's k-means from cv2's seeded RNG.
 """
 
 from __future__ import annotations
@@ -58,6 +61,12 @@ DEFAULT_OUT = REPO / ".cache" / "scenarios"
 GOP_S = 2
 CRF = 20
 SHADOW_DARKENING = 0.45  # how much of the light the soft shadow takes at its centre
+# A background pixel this far (grey levels, largest of B, G, R) from the video's temporal median is
+# a real mover (a walker), in front of anything pasted with behind_movers. vtest's still ground
+# stays within ~10 of its median; people differ by 40-120.
+MOVER_LEVEL = 30.0
+MEDIAN_SAMPLES = 40  # frames spread over the whole video for its median: walkers drop out of it
+REVERSE_CHUNK = 40  # frames decoded at once when a loop plays the video backwards
 
 
 class Mask(str, Enum):
@@ -70,14 +79,29 @@ class Background:
     video: str = setting(help="A footage name (vtest.mp4, bikes.mp4, ...) or a path relative to the recipe")
     start_s: float = setting(0.0, ge=0, help="Skip this much of the video")
     duration_s: float | None = setting(None, gt=0, help="Keep this much after start_s (default: to the end)")
+    loops: int = setting(1, ge=1, help="Passes over the trimmed video, alternately forwards and backwards "
+                         "(no jump at the turn): a clip long enough for a rule's default dwell")
+
+
+def _interpolate(keyframes: tuple[tuple[float, ...], ...], t: float) -> tuple[float, ...]:
+    """The value of ``[t, v1, v2, ...]`` keyframes at ``t``: linear, held before the first and after
+    the last."""
+    times, *values = np.array(keyframes, dtype=np.float64).T
+    return tuple(float(np.interp(t, times, v)) for v in values)
+
+
+def _check_keyframes(keyframes: tuple[tuple[float, ...], ...], key: str) -> None:
+    if [k[0] for k in keyframes] != sorted(k[0] for k in keyframes):
+        raise ValueError(f"{key}: keyframe times must increase")
 
 
 @dataclass(frozen=True)
 class Placement:
     box: tuple[int, int, int, int] = setting(help="x1, y1, x2, y2 of the object in its source picture")
     height_px: float = setting(gt=0, help="The object's height in the composite, in pixels")
-    image: str | None = setting(None, help="Source photo: a footage name or a path relative to the recipe")
-    video_frame: int | None = setting(None, ge=0, help="Source: this frame (index) of the background video")
+    image: str | None = setting(None, help="Source photo or video: a footage name or a path relative to the recipe")
+    video_frame: int | None = setting(None, ge=0, help="Source: this frame (index) of the video in image, "
+                                      "or of the background video when image is not given")
     mask: Mask = setting(Mask.BOX, help="box: the whole box; grabcut: cut the object out of it")
     keep: tuple[tuple[int, int, int, int], ...] = setting(
         (), help="grabcut only: x1, y1, x2, y2 boxes surely on the object (seeds, like a user's strokes)")
@@ -88,10 +112,12 @@ class Placement:
     remove_s: float | None = setting(None, gt=0, help="Composite time it is taken away (default: never)")
     shadow: bool = setting(False, help="A soft dark ellipse under the object")
     noise: float = setting(0.0, ge=0, help="Std dev (grey levels) of fresh per-frame noise on the object")
+    behind_movers: bool = setting(False, help="Not drawn where the background video's own movers (walkers) "
+                                  "differ from its temporal median: they pass in front of the object")
 
     def __post_init__(self):
-        if (self.image is None) == (self.video_frame is None):
-            raise ValueError("give exactly one of image and video_frame")
+        if self.image is None and self.video_frame is None:
+            raise ValueError("give image, video_frame or both")
         if (self.at is None) == (not self.moves):
             raise ValueError("give exactly one of at and moves")
         for x1, y1, x2, y2 in (self.box, *self.keep):
@@ -99,20 +125,68 @@ class Placement:
                 raise ValueError(f"box {[x1, y1, x2, y2]}: need x1 < x2 and y1 < y2")
         if self.keep and self.mask is not Mask.GRABCUT:
             raise ValueError("keep: only with mask = \"grabcut\"")
-        if [t for t, _, _ in self.moves] != sorted(t for t, _, _ in self.moves):
-            raise ValueError("moves: keyframe times must increase")
+        _check_keyframes(self.moves, "moves")
         if self.remove_s is not None and self.remove_s <= self.appear_s:
             raise ValueError("remove_s: must be after appear_s")
 
     def position(self, t: float) -> tuple[float, float]:
         """Where the bottom centre is at composite time ``t``: ``at``, or interpolated ``moves``."""
-        if self.at is not None:
-            return self.at
-        times, xs, ys = np.array(self.moves, dtype=np.float64).T
-        return float(np.interp(t, times, xs)), float(np.interp(t, times, ys))
+        return self.at if self.at is not None else _interpolate(self.moves, t)
 
     def visible(self, t: float) -> bool:
         return t >= self.appear_s and (self.remove_s is None or t < self.remove_s)
+
+
+@dataclass(frozen=True)
+class Patch:
+    """A soft-edged ellipse of the frame whose light is multiplied by ``gain``: gain < 1 is a
+    shadow (a cloud's or a tree's, moving along ``moves``), gain > 1 a lamp or a shop sign
+    switched on (one keyframe: still). It fades in and out over ``fade_s``, as light does."""
+
+    gain: float = setting(gt=0, help="Light factor at the centre: 0.6 a shadow, 1.4 a lamp")
+    radius: tuple[float, float] = setting(help="Half-width and half-height of the ellipse, pixels")
+    moves: tuple[tuple[float, float, float], ...] = setting(help="[t, x, y] keyframes of its centre")
+    softness: float = setting(20.0, gt=0, help="Gaussian sigma of its edge, pixels")
+    on_s: float = setting(0.0, ge=0, help="Composite time it starts fading in")
+    off_s: float | None = setting(None, gt=0, help="Composite time it starts fading out (default: never)")
+    fade_s: float = setting(1.0, ge=0, help="Seconds to fade fully in or out")
+
+    def __post_init__(self):
+        if not self.moves:
+            raise ValueError("moves: give at least one [t, x, y] keyframe")
+        _check_keyframes(self.moves, "moves")
+        if min(self.radius) <= 0:
+            raise ValueError("radius: both half-axes must be > 0")
+        if self.off_s is not None and self.off_s <= self.on_s:
+            raise ValueError("off_s: must be after on_s")
+
+    def strength(self, t: float) -> float:
+        """0..1: how far the patch has faded in at ``t``."""
+        if self.fade_s == 0:
+            return float(t >= self.on_s and (self.off_s is None or t < self.off_s))
+        rise = (t - self.on_s) / self.fade_s
+        fall = math.inf if self.off_s is None else (self.off_s + self.fade_s - t) / self.fade_s
+        return float(np.clip(min(rise, fall), 0.0, 1.0))
+
+
+@dataclass(frozen=True)
+class Effects:
+    """What the camera does to the whole picture, applied to every composite frame after pasting
+    in this order: light (gain ramps, patches), sensor noise, JPEG. So the pasted objects darken
+    with the scene under a cloud and carry the same noise and block artefacts as the street."""
+
+    gain: tuple[tuple[float, float], ...] = setting(
+        (), help="[t, gain] keyframes of the whole frame's light, linearly interpolated: auto exposure "
+        "hunting, a cloud over the sun")
+    patch: tuple[Patch, ...] = setting((), help="Soft shadows and lamps")
+    noise: float = setting(0.0, ge=0, help="Std dev (grey levels) of fresh Gaussian sensor noise on every pixel")
+    jpeg_quality: int | None = setting(None, ge=1, le=100, help="Encode and decode every frame as JPEG at "
+                                       "this quality: a cheap camera's or an MJPEG link's block artefacts")
+
+    def __post_init__(self):
+        _check_keyframes(self.gain, "gain")
+        if any(g <= 0 for _, g in self.gain):
+            raise ValueError("gain: must be > 0")
 
 
 @dataclass(frozen=True)
@@ -121,6 +195,8 @@ class Truth:
     zone: str = setting(help="Zone id of the camera config")
     start_s: float = setting(ge=0, help="Composite time the event starts (the object is there)")
     end_s: float | None = setting(None, ge=0, help="Composite time it ends (default: lasts to the end)")
+    placement: int | None = setting(None, ge=0, help="Index of the placement this event is about: its "
+                                    "pasted size goes into the truth file, for the smallest object found")
 
     def __post_init__(self):
         if self.end_s is not None and self.end_s < self.start_s:
@@ -135,6 +211,7 @@ class RecipeFile:
     camera: Any = setting(help="Inline camera table (camera_config format, url left out) or a path to one")
     placement: tuple[Placement, ...] = setting((), help="Objects to paste, later ones on top")
     truth: tuple[Truth, ...] = setting((), help="Events a correct agent reports")
+    effects: Effects = setting(factory=Effects, help="What the camera does to the whole picture")
     description: str = setting("", help="What the scenario shows, for people")
     seed: int = setting(0, help="Seed of the noise and GrabCut, so a recipe always gives the same video")
 
@@ -146,10 +223,12 @@ class Recipe:
     background: Path
     start_s: float
     duration_s: float | None
+    loops: int
     camera: dict  # camera-file table without url
     camera_source: Path | None  # the camera file it came from, when not inline
     placements: tuple[Placement, ...]  # image paths resolved
     truth: tuple[Truth, ...]
+    effects: Effects
     seed: int
 
     def inputs(self) -> list[Path]:
@@ -181,6 +260,15 @@ class Sprite:
     alpha: np.ndarray  # (h, w) float32 0..1
     shadow: np.ndarray | None  # (sh, sw) float32 0..1, centred on the bottom centre
 
+    def size(self) -> dict:
+        """The object as pasted, where alpha is at least a half: what a detector or a blob finder can
+        see of it (across = width of that region, area in pixels)."""
+        solid = self.alpha >= 0.5
+        cols, rows = np.flatnonzero(solid.any(axis=0)), np.flatnonzero(solid.any(axis=1))
+        across = int(cols[-1] - cols[0] + 1) if len(cols) else 0
+        tall = int(rows[-1] - rows[0] + 1) if len(rows) else 0
+        return {"across_px": across, "height_px": tall, "area_px": int(solid.sum())}
+
 
 # --------------------------------------------------------------------------- recipes
 
@@ -211,6 +299,9 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     checked = load_dataclass(CameraFile, {**camera, "url": "composite.mp4"}, camera_source or path,
                                  "" if camera_source else "camera")
     for i, truth in enumerate(raw.truth):
+        if truth.placement is not None and truth.placement >= len(raw.placement):
+            raise ConfigError(path, f"truth[{i}].placement", f"no placement {truth.placement} "
+                              f"(the recipe has {len(raw.placement)})")
         zone = checked.zones.get(truth.zone)
         if zone is None:
             raise ConfigError(path, f"truth[{i}].zone", f"no zone {truth.zone!r} in the camera config "
@@ -223,8 +314,9 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
         dataclasses.replace(p, image=str(media(p.image, f"placement[{i}].image"))) if p.image else p
         for i, p in enumerate(raw.placement))
     return Recipe(name=path.stem, path=path, background=media(raw.background.video, "background.video"),
-                  start_s=raw.background.start_s, duration_s=raw.background.duration_s, camera=camera,
-                  camera_source=camera_source, placements=placements, truth=raw.truth, seed=raw.seed)
+                  start_s=raw.background.start_s, duration_s=raw.background.duration_s,
+                  loops=raw.background.loops, camera=camera, camera_source=camera_source,
+                  placements=placements, truth=raw.truth, effects=raw.effects, seed=raw.seed)
 
 
 def build_key(recipe: Recipe) -> str:
@@ -241,17 +333,17 @@ def build_key(recipe: Recipe) -> str:
 # --------------------------------------------------------------------------- sprites
 
 def _source_picture(recipe: Recipe, placement: Placement) -> np.ndarray:
-    if placement.image is not None:
+    if placement.video_frame is None:
         picture = cv2.imread(placement.image, cv2.IMREAD_COLOR)
         if picture is None:
             raise ConfigError(recipe.path, "placement.image", f"cannot read image {placement.image}")
         return picture
-    with av.open(str(recipe.background)) as container:
+    video = Path(placement.image) if placement.image is not None else recipe.background
+    with av.open(str(video)) as container:
         for index, frame in enumerate(container.decode(video=0)):
             if index == placement.video_frame:
                 return frame.to_ndarray(format="bgr24")
-    raise ConfigError(recipe.path, "placement.video_frame",
-                      f"{recipe.background.name} has no frame {placement.video_frame}")
+    raise ConfigError(recipe.path, "placement.video_frame", f"{video.name} has no frame {placement.video_frame}")
 
 
 def _object_mask(picture: np.ndarray, placement: Placement, seed: int) -> np.ndarray:
@@ -301,9 +393,15 @@ def make_sprite(recipe: Recipe, placement: Placement) -> Sprite:
 
     sigma = max(0.7, placement.height_px / 150)
     shrink = math.ceil(2 * sigma)
-    padded = cv2.copyMakeBorder(mask, shrink, shrink, shrink, shrink, cv2.BORDER_CONSTANT, value=0)
+    if shrink > min(size) // 4:
+        # A street-scale bottle is a few pixels: eroding by two sigmas would leave nothing of it,
+        # so small objects lose at most a quarter of their size to the feathering, and a sharper edge.
+        shrink = min(size) // 4
+        sigma = max(0.4, shrink / 2)
+    pad = max(shrink, 1)
+    padded = cv2.copyMakeBorder(mask, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
     eroded = cv2.erode(padded, np.ones((2 * shrink + 1, 2 * shrink + 1), np.uint8))
-    alpha = cv2.GaussianBlur(eroded, (0, 0), sigma)[shrink:-shrink, shrink:-shrink]
+    alpha = cv2.GaussianBlur(eroded, (0, 0), sigma)[pad:-pad, pad:-pad]
 
     shadow = None
     if placement.shadow:
@@ -328,8 +426,11 @@ def _region(frame: np.ndarray, left: int, top: int, height: int, width: int):
 
 
 def paste(frame: np.ndarray, sprite: Sprite, bottom_centre: tuple[float, float], noise: float,
-          rng: np.random.Generator) -> None:
-    """Blend ``sprite`` into ``frame`` (BGR uint8, in place) with its bottom centre at the point."""
+          rng: np.random.Generator, movers: np.ndarray | None = None) -> None:
+    """Blend ``sprite`` into ``frame`` (BGR uint8, in place) with its bottom centre at the point.
+
+    ``movers`` (frame-sized float32 0..1, see :func:`mover_mask`) is where something stands in
+    front of the object: neither it nor its shadow is drawn there."""
     cx, by = bottom_centre
     if sprite.shadow is not None:
         sh, sw = sprite.shadow.shape
@@ -337,7 +438,8 @@ def paste(frame: np.ndarray, sprite: Sprite, bottom_centre: tuple[float, float],
         where = _region(frame, round(cx - sw / 2), round(by - sh / 2 - sh / 8), sh, sw)
         if where is not None:
             (fy, fx), (sy, sx) = where
-            light = 1.0 - SHADOW_DARKENING * sprite.shadow[sy, sx, None]
+            shade = sprite.shadow[sy, sx] if movers is None else sprite.shadow[sy, sx] * (1 - movers[fy, fx])
+            light = 1.0 - SHADOW_DARKENING * shade[..., None]
             frame[fy, fx] = np.clip(frame[fy, fx] * light + 0.5, 0, 255).astype(np.uint8)
     h, w = sprite.alpha.shape
     where = _region(frame, round(cx - w / 2), round(by - h), h, w)
@@ -347,23 +449,124 @@ def paste(frame: np.ndarray, sprite: Sprite, bottom_centre: tuple[float, float],
     pixels = sprite.pixels[sy, sx]
     if noise > 0:
         pixels = pixels + rng.normal(0.0, noise, pixels.shape).astype(np.float32)
-    alpha = sprite.alpha[sy, sx, None]
+    alpha = sprite.alpha[sy, sx] if movers is None else sprite.alpha[sy, sx] * (1 - movers[fy, fx])
+    alpha = alpha[..., None]
     frame[fy, fx] = np.clip(frame[fy, fx] * (1 - alpha) + pixels * alpha + 0.5, 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- scene and camera
+
+def median_background(video: Path) -> np.ndarray:
+    """The per-pixel median of MEDIAN_SAMPLES frames spread over the whole video (float32 BGR): the
+    street without its walkers, who are at any one spot in only a few of the samples. BGR uint8."""
+    with av.open(str(video)) as container:
+        total = container.streams.video[0].frames
+        wanted = set(np.linspace(0, max(total - 1, 0), MEDIAN_SAMPLES).round().astype(int).tolist())
+        samples = [frame.to_ndarray(format="bgr24") for index, frame in enumerate(container.decode(video=0))
+                   if index in wanted]
+    return np.median(np.stack(samples), axis=0).astype(np.uint8)
+
+
+def mover_mask(frame: np.ndarray, median: np.ndarray) -> np.ndarray:
+    """Where the background frame shows a real mover (float32 0..1, frame-sized): pixels more than
+    MOVER_LEVEL from the median, specks opened away, the body closed and grown by a few pixels (a
+    walker's outline and motion blur differ less than its middle), edges softened like a cut-out."""
+    blue, green, red = cv2.split(cv2.absdiff(frame, median))
+    moving = (cv2.max(cv2.max(blue, green), red) > MOVER_LEVEL).astype(np.uint8)
+    moving = cv2.morphologyEx(moving, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    moving = cv2.dilate(cv2.morphologyEx(moving, cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8)),
+                        np.ones((5, 5), np.uint8))
+    return cv2.GaussianBlur(moving.astype(np.float32), (0, 0), 1.0)
+
+
+def _patch_shape(patch: Patch) -> np.ndarray:
+    """The patch's soft ellipse (float32 0..1), centred, with room for its blurred edge."""
+    rx, ry = patch.radius
+    pad = math.ceil(3 * patch.softness)
+    shape = np.zeros((2 * (math.ceil(ry) + pad) + 1, 2 * (math.ceil(rx) + pad) + 1), np.float32)
+    centre = (shape.shape[1] // 2, shape.shape[0] // 2)
+    cv2.ellipse(shape, centre, (round(rx), round(ry)), 0, 0, 360, 1.0, -1)
+    return cv2.GaussianBlur(shape, (0, 0), patch.softness)
+
+
+def apply_effects(frame: np.ndarray, effects: Effects, shapes: list[np.ndarray], t: float,
+                  rng: np.random.Generator) -> np.ndarray:
+    """The camera's view of ``frame`` (BGR uint8) at composite time ``t``: a new uint8 array with
+    the recipe's light, noise and JPEG applied (``shapes``: :func:`_patch_shape` of each patch)."""
+    if not (effects.gain or effects.patch or effects.noise or effects.jpeg_quality):
+        return frame
+    gain = _interpolate(effects.gain, t)[0] if effects.gain else 1.0
+    light = np.full(frame.shape[:2], gain, np.float32)
+    for patch, shape in zip(effects.patch, shapes):
+        strength = patch.strength(t)
+        if strength == 0:
+            continue
+        cx, cy = _interpolate(patch.moves, t)
+        sh, sw = shape.shape
+        where = _region(frame, round(cx - sw / 2), round(cy - sh / 2), sh, sw)
+        if where is not None:
+            (fy, fx), (sy, sx) = where
+            light[fy, fx] *= 1 + (patch.gain - 1) * strength * shape[sy, sx]
+    seen = frame * light[..., None] if gain != 1 or effects.patch else frame.astype(np.float32)
+    if effects.noise:
+        seen += effects.noise * rng.standard_normal(seen.shape, dtype=np.float32)
+    seen = np.clip(seen + 0.5, 0, 255).astype(np.uint8)
+    if effects.jpeg_quality:
+        ok, data = cv2.imencode(".jpg", seen, [cv2.IMWRITE_JPEG_QUALITY, effects.jpeg_quality])
+        seen = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    return seen
 
 
 # --------------------------------------------------------------------------- building
 
+def _frames_forward(container: av.container.InputContainer, first: int, last: int | None) -> Iterator[np.ndarray]:
+    container.seek(0)
+    for index, frame in enumerate(container.decode(video=0)):
+        if last is not None and index >= last:
+            return
+        if index >= first:
+            yield frame.to_ndarray(format="bgr24")
+
+
+def _frames_backward(container: av.container.InputContainer, first: int, last: int,
+                     fps: Fraction) -> Iterator[np.ndarray]:
+    """Frames last-1 down to first, decoded REVERSE_CHUNK at a time after a seek to the keyframe
+    before each chunk: a backwards pass never holds more than one chunk in memory."""
+    stream = container.streams.video[0]
+    end = last
+    while end > first:
+        start = max(first, end - REVERSE_CHUNK)
+        container.seek(int(Fraction(start) / fps / stream.time_base), stream=stream, backward=True)
+        chunk = []
+        for frame in container.decode(stream):
+            index = round(frame.pts * stream.time_base * fps)
+            if index >= end:
+                break
+            if index >= start:
+                chunk.append(frame.to_ndarray(format="bgr24"))
+        if len(chunk) != end - start:
+            raise ValueError(f"cannot play {container.name} backwards: frames {start}-{end} decoded as {len(chunk)}")
+        yield from reversed(chunk)
+        end = start
+
+
 def _background_frames(recipe: Recipe, fps: Fraction) -> Iterator[np.ndarray]:
-    """The trimmed background's frames as BGR arrays (constant frame rate assumed, as in all the
-    footage: trims count frames rather than trusting timestamps)."""
+    """The trimmed background's frames as BGR arrays, ``loops`` passes alternately forwards and
+    backwards (constant frame rate assumed, as in all the footage: trims count frames rather than
+    trusting timestamps)."""
     first = round(recipe.start_s * fps)
     last = None if recipe.duration_s is None else first + round(recipe.duration_s * fps)
     with av.open(str(recipe.background)) as container:
-        for index, frame in enumerate(container.decode(video=0)):
-            if last is not None and index >= last:
-                return
-            if index >= first:
-                yield frame.to_ndarray(format="bgr24")
+        if last is None:
+            last = container.streams.video[0].frames or None
+        if recipe.loops > 1 and last is None:
+            raise ConfigError(recipe.path, "background.loops", "the video does not say how many frames it has; "
+                              "give duration_s")
+        for turn in range(recipe.loops):
+            if turn % 2:
+                yield from _frames_backward(container, first, last, fps)
+            else:
+                yield from _frames_forward(container, first, last)
 
 
 def _camera_toml(table: dict, prefix: str = "") -> str:
@@ -413,6 +616,8 @@ def build(recipe: Recipe, out_dir: str | os.PathLike[str] = DEFAULT_OUT) -> Comp
         source = container.streams.video[0]
         fps, width, height = Fraction(source.average_rate), source.width, source.height
     sprites = [make_sprite(recipe, p) for p in recipe.placements]
+    shapes = [_patch_shape(patch) for patch in recipe.effects.patch]
+    median = median_background(recipe.background) if any(p.behind_movers for p in recipe.placements) else None
     rng = np.random.default_rng(recipe.seed)
     gop = max(1, round(GOP_S * fps))
     part = _part(video)
@@ -430,9 +635,14 @@ def build(recipe: Recipe, out_dir: str | os.PathLike[str] = DEFAULT_OUT) -> Comp
             stream.time_base = stream.codec_context.time_base = 1 / fps
             for image in _background_frames(recipe, fps):
                 t = float(frames / fps)
+                # From the untouched background: pasted objects are not movers of the video's own.
+                hidden = any(p.behind_movers and p.visible(t) for p in recipe.placements)
+                movers = mover_mask(image, median) if hidden else None
                 for placement, sprite in zip(recipe.placements, sprites):
                     if placement.visible(t):
-                        paste(image, sprite, placement.position(t), placement.noise, rng)
+                        paste(image, sprite, placement.position(t), placement.noise, rng,
+                              movers if placement.behind_movers else None)
+                image = apply_effects(image, recipe.effects, shapes, t, rng)
                 frame = av.VideoFrame.from_ndarray(image, format="bgr24").reformat(format="yuv420p")
                 frame.pts = frames
                 output.mux(stream.encode(frame))
@@ -453,6 +663,8 @@ def build(recipe: Recipe, out_dir: str | os.PathLike[str] = DEFAULT_OUT) -> Comp
         "camera_file": camera_file.name, "camera_id": recipe.camera["id"], "fps": float(fps), "frames": frames,
         "duration_s": float(frames / fps),
         "truth": [dataclasses.asdict(t) for t in recipe.truth],
+        # Each placement's size as pasted, so a report can say how small an object was still found.
+        "placements": [sprite.size() for sprite in sprites],
     }
     _write_atomically(out_dir / f"{recipe.name}.truth.json", json.dumps(done, indent=1) + "\n")
     return _composite(recipe, out_dir, done, built=True)
