@@ -160,3 +160,44 @@ def test_backward_loops_and_walkers_in_front_of_pasted_objects(tmp_path, footage
     diff = np.abs(van[0][region].astype(int) - plain[0][region]).max(axis=2)
     assert np.median(diff[walker]) < 6  # where she walks, the picture is the real footage
     assert np.median(diff[free]) > 40  # elsewhere, the van
+
+
+# --------------------------------------------------------------------------- the report
+
+def _result(name: str, truth: list, messages: list, duration_s: float, sizes=()) -> "ScenarioResult":
+    from tools.evaluate import ScenarioResult, match_tickets
+
+    return ScenarioResult(name=name, recipe=Path(f"{name}.toml"), video=Path(f"{name}.mp4"),
+                          matching=match_tickets(truth, messages), reused=True, build_s=0, replay_s=0,
+                          duration_s=duration_s, rules=("litter",), sizes=tuple(sizes))
+
+
+def test_report_per_seed_worst_case_negatives_per_camera_hour_and_smallest_litter_found():
+    from tools.evaluate import TicketMessage, report
+    from tools.scenario_kit import Truth
+
+    def opened(ticket, t, zone="a"):
+        return TicketMessage(ticket, "opened", "litter", zone, t)
+
+    small, large = {"across_px": 9, "height_px": 6, "area_px": 40}, {"across_px": 18, "height_px": 9, "area_px": 130}
+    results = [
+        # seed 0: both items found, one at 70 s; seed 1: the small one missed
+        _result("s0_litter_items", [Truth("litter", "a", 2, 66, 0), Truth("litter", "b", 3, None, 1)],
+                [opened("x", 62), opened("y", 70, "b")], 79.5, [small, large]),
+        _result("s1_litter_items", [Truth("litter", "a", 2, 66, 0), Truth("litter", "b", 3, None, 1)],
+                [opened("z", 64, "b")], 79.5, [small, large]),
+        # negatives: 2 false tickets over 2 x 90 s = 0.05 h
+        _result("s0_litter_none", [], [opened("f", 30)], 90.0),
+        _result("s1_litter_none", [], [opened("g", 30), TicketMessage("g", "cleared", "litter", "a", 40)], 90.0),
+    ]
+    doc = report(results, 10.0)
+    assert [s["recall"] for s in (doc["by_seed"]["0"][0], doc["by_seed"]["1"][0])] == [1.0, 0.5]
+    (row,) = doc["across_seeds"]
+    assert row["recall_mean"] == 0.75 and row["recall_worst"] == 0.5
+    assert row["open_mean_s_worst"] == pytest.approx(63.5)  # seed 0: (60 + 67) / 2
+    assert row["precision_worst"] == pytest.approx(0.5)  # seed 1: one found, one false ticket
+    (neg,) = doc["negatives"]
+    assert neg["false_tickets"] == 2 and neg["per_camera_hour"] == pytest.approx(2 / 0.05)
+    assert doc["litter_sizes"] == {"rule": "litter", "found": 3, "missed": 1, "smallest_found_across_px": 9,
+                                   "smallest_found_area_px": 40, "largest_missed_across_px": 9,
+                                   "largest_missed_area_px": 40}

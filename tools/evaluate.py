@@ -11,6 +11,11 @@ Usage:
 
     from tools.evaluate import evaluate_scenario, match_tickets, rule_stats
 
+Seeded sets (recipe names ``s<seed>_<rule>_<what>``, as tools/hard_set.py writes them) are also
+reported per seed, with the mean and the worst case over seeds per rule; scenarios without truth
+events (negatives) give false tickets per camera-hour; truth events that name their placement give
+the smallest object found.
+
 Matching: a truth event (rule, zone, start, end) is detected by the first ``opened`` ticket of
 the same rule and zone whose open time lies in [start, end + slack] and that no earlier truth
 event took; ``opened`` tickets left over are false positives. Time-to-open is open - start;
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -134,7 +140,16 @@ class ScenarioResult:
     reused: bool  # the composite came from the cache
     build_s: float
     replay_s: float
+    duration_s: float  # of the composite: camera time the agent watched
+    rules: tuple[str, ...]  # the rule types of the camera's zones
+    sizes: tuple[dict, ...]  # each placement as pasted (across_px, height_px, area_px), from the truth file
     error: str | None = None
+
+    @property
+    def seed(self) -> int | None:
+        """The seed of a generated recipe's name (``s<seed>_...``), else None."""
+        found = re.match(r"s(\d+)_", self.name)
+        return int(found.group(1)) if found else None
 
 
 def match_tickets(truth: Iterable[Truth], messages: Iterable[TicketMessage],
@@ -233,43 +248,147 @@ def evaluate_scenario(recipe_path: Path, out_dir: Path = DEFAULT_OUT,
         matching, error = match_tickets(composite.truth, messages, slack_s), None
     except EvaluationError as exc:
         matching, error = None, str(exc)
+    sizes = json.loads(composite.truth_file.read_text()).get("placements", [])
+    rules = tuple(sorted({zone["rule"]["type"] for zone in recipe.camera.get("zones", {}).values()}))
     return ScenarioResult(name=recipe.name, recipe=recipe.path, video=composite.video, matching=matching,
                           reused=not composite.built, build_s=built - started,
-                          replay_s=time.monotonic() - built, error=error)
+                          replay_s=time.monotonic() - built, duration_s=composite.duration_s, rules=rules,
+                          sizes=tuple(sizes), error=error)
 
 
 # --------------------------------------------------------------------------- report
 
+def _size(result: ScenarioResult, match: Match) -> dict | None:
+    index = match.truth.placement
+    return result.sizes[index] if index is not None and index < len(result.sizes) else None
+
+
+def across_seeds(by_seed: dict[int, list[RuleStats]]) -> list[dict]:
+    """Per rule, over the seeds that have it: the mean and the worst of recall, precision,
+    time-to-open and time-to-clear (worst: the lowest rate, the longest mean time). A seed where a
+    rule had no truth event or opened nothing adds nothing to that figure."""
+    rules: dict[str, list[RuleStats]] = {}
+    for stats in by_seed.values():
+        for s in stats:
+            rules.setdefault(s.rule, []).append(s)
+    rows = []
+    for rule, stats in sorted(rules.items()):
+        row = {"rule": rule, "seeds": len(stats)}
+        for key, worst in (("recall", min), ("precision", min), ("open_mean_s", max), ("clear_mean_s", max)):
+            values = [getattr(s, key) for s in stats if getattr(s, key) is not None]
+            row[f"{key}_mean"] = statistics.fmean(values) if values else None
+            row[f"{key}_worst"] = worst(values) if values else None
+        rows.append(row)
+    return rows
+
+
+def negatives(results: list[ScenarioResult]) -> list[dict]:
+    """Per rule: false tickets per camera-hour on the scenarios that have no truth event at all
+    (every ticket there is false), over their total duration; and over every scenario, for scale."""
+    rows = []
+    for rule in sorted({rule for r in results for rule in r.rules}):
+        watched = [r for r in results if rule in r.rules and r.matching is not None]
+        empty = [r for r in watched if not r.matching.matches]
+        hours, all_hours = sum(r.duration_s for r in empty) / 3600, sum(r.duration_s for r in watched) / 3600
+        false = sum(fp.rule == rule for r in empty for fp in r.matching.false_positives)
+        all_false = sum(fp.rule == rule for r in watched for fp in r.matching.false_positives)
+        rows.append({"rule": rule, "negative_scenarios": len(empty), "negative_hours": hours,
+                     "false_tickets": false, "per_camera_hour": false / hours if hours else None,
+                     "all_hours": all_hours, "all_false_tickets": all_false,
+                     "all_per_camera_hour": all_false / all_hours if all_hours else None})
+    return rows
+
+
+def object_sizes(results: list[ScenarioResult], rule: str = "litter") -> dict:
+    """How small the ``rule``'s objects were that were found, and the largest missed ones."""
+    found, missed = [], []
+    for r in results:
+        for m in r.matching.matches if r.matching is not None else ():
+            size = _size(r, m)
+            if m.truth.rule == rule and size is not None:
+                (found if m.detected else missed).append(size)
+
+    def least(sizes, key):
+        return min((s[key] for s in sizes), default=None)
+
+    def most(sizes, key):
+        return max((s[key] for s in sizes), default=None)
+
+    return {"rule": rule, "found": len(found), "missed": len(missed),
+            "smallest_found_across_px": least(found, "across_px"), "smallest_found_area_px": least(found, "area_px"),
+            "largest_missed_across_px": most(missed, "across_px"), "largest_missed_area_px": most(missed, "area_px")}
+
+
 def report(results: list[ScenarioResult], slack_s: float) -> dict:
-    """The JSON report: per rule, then per scenario with every truth event and false positive."""
+    """The JSON report: per rule, per seed and over seeds, negatives, object sizes, then per
+    scenario with every truth event and false positive."""
     scenarios = []
     for r in results:
-        entry = {"name": r.name, "recipe": str(r.recipe), "video": str(r.video), "reused": r.reused,
+        entry = {"name": r.name, "recipe": str(r.recipe), "video": str(r.video), "seed": r.seed,
+                 "duration_s": r.duration_s, "reused": r.reused,
                  "build_s": round(r.build_s, 2), "replay_s": round(r.replay_s, 2), "error": r.error}
         if r.matching is not None:
             entry["events"] = [{**asdict(m.truth), "ticket_id": m.ticket_id, "open_s": m.open_s,
                                 "clear_s": m.clear_s, "time_to_open_s": m.time_to_open_s,
-                                "time_to_clear_s": m.time_to_clear_s} for m in r.matching.matches]
+                                "time_to_clear_s": m.time_to_clear_s, "size": _size(r, m)}
+                               for m in r.matching.matches]
             entry["false_positives"] = [asdict(fp) for fp in r.matching.false_positives]
         scenarios.append(entry)
     stats = rule_stats(r.matching for r in results if r.matching is not None)
+    seeds = sorted({r.seed for r in results if r.seed is not None})
+    by_seed = {seed: rule_stats(r.matching for r in results if r.seed == seed and r.matching is not None)
+               for seed in seeds}
     return {"start_time": START_TIME, "slack_s": slack_s, "model": str(MANIFEST.relative_to(REPO)),
-            "rules": [asdict(s) for s in stats], "scenarios": scenarios}
+            "rules": [asdict(s) for s in stats],
+            "by_seed": {str(seed): [asdict(s) for s in by_seed[seed]] for seed in seeds},
+            "across_seeds": across_seeds(by_seed) if seeds else [],
+            "negatives": negatives(results), "litter_sizes": object_sizes(results),
+            "scenarios": scenarios}
 
 
 def _cell(value: float | None, unit: str = "") -> str:
     return "—" if value is None else f"{value:.2f}{unit}"
 
 
+def _rule_rows(stats: list[dict], seed: str | None = None) -> list[str]:
+    first = f"| {seed} " if seed is not None else ""
+    return [f"{first}| {s['rule']} | {s['truth_events']} | {s['detected']} | {s['false_positives']} | "
+            f"{_cell(s['precision'])} | {_cell(s['recall'])} | "
+            f"{_cell(s['open_mean_s'], ' s')} / {_cell(s['open_max_s'], ' s')} | "
+            f"{_cell(s['clear_mean_s'], ' s')} / {_cell(s['clear_max_s'], ' s')} |" for s in stats]
+
+
+RULE_HEADER = ("| rule | truth events | detected | false positives | precision | recall | "
+               "time-to-open mean / max | time-to-clear mean / max |")
+
+
 def markdown(doc: dict) -> str:
-    lines = ["| rule | truth events | detected | false positives | precision | recall | "
-             "time-to-open mean / max | time-to-clear mean / max |",
-             "|---|---|---|---|---|---|---|---|"]
-    for s in doc["rules"]:
-        lines.append(f"| {s['rule']} | {s['truth_events']} | {s['detected']} | {s['false_positives']} | "
-                     f"{_cell(s['precision'])} | {_cell(s['recall'])} | "
-                     f"{_cell(s['open_mean_s'], ' s')} / {_cell(s['open_max_s'], ' s')} | "
-                     f"{_cell(s['clear_mean_s'], ' s')} / {_cell(s['clear_max_s'], ' s')} |")
+    lines = [RULE_HEADER, "|---|---|---|---|---|---|---|---|", *_rule_rows(doc["rules"]), ""]
+    if doc["by_seed"]:
+        lines += ["Per seed:", "", "| seed " + RULE_HEADER, "|---|---|---|---|---|---|---|---|---|"]
+        for seed, stats in doc["by_seed"].items():
+            lines += _rule_rows(stats, seed)
+        lines += ["", "Over seeds, mean / worst:", "",
+                  "| rule | seeds | recall | precision | time-to-open (mean per seed) | time-to-clear (mean per seed) |",
+                  "|---|---|---|---|---|---|"]
+        for row in doc["across_seeds"]:
+            cells = [f"{_cell(row[k + '_mean'], unit)} / {_cell(row[k + '_worst'], unit)}"
+                     for k, unit in (("recall", ""), ("precision", ""), ("open_mean_s", " s"), ("clear_mean_s", " s"))]
+            lines.append(f"| {row['rule']} | {row['seeds']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["False tickets per camera-hour:", "",
+              "| rule | negative scenarios | hours | false tickets | per camera-hour | all scenarios: hours, false, per hour |",
+              "|---|---|---|---|---|---|"]
+    for row in doc["negatives"]:
+        lines.append(f"| {row['rule']} | {row['negative_scenarios']} | {row['negative_hours']:.3f} | "
+                     f"{row['false_tickets']} | {_cell(row['per_camera_hour'])} | {row['all_hours']:.3f}, "
+                     f"{row['all_false_tickets']}, {_cell(row['all_per_camera_hour'])} |")
+    sizes = doc["litter_sizes"]
+    if sizes["found"] or sizes["missed"]:
+        lines += ["", f"Litter objects: {sizes['found']} found, {sizes['missed']} missed; smallest found "
+                  f"{sizes['smallest_found_across_px'] or '—'} px across / {sizes['smallest_found_area_px'] or '—'} px²; "
+                  f"largest missed {sizes['largest_missed_across_px'] or '—'} px across / "
+                  f"{sizes['largest_missed_area_px'] or '—'} px²."]
     lines.append("")
     for sc in doc["scenarios"]:
         how = "reused" if sc["reused"] else "built"
@@ -279,7 +398,8 @@ def markdown(doc: dict) -> str:
             end = "end" if e["end_s"] is None else f"{e['end_s']:g} s"
             seen = (f"opened at {e['open_s']:.1f} s, cleared at {_cell(e['clear_s'], ' s')}"
                     if e["ticket_id"] else "MISSED")
-            lines.append(f"  - {e['rule']} in {e['zone']}, {e['start_s']:g} s to {end}: {seen}")
+            size = f" ({e['size']['across_px']} px across, {e['size']['area_px']} px²)" if e.get("size") else ""
+            lines.append(f"  - {e['rule']} in {e['zone']}, {e['start_s']:g} s to {end}{size}: {seen}")
         for fp in sc.get("false_positives", []):
             lines.append(f"  - false positive: {fp['rule']} in {fp['zone']} opened at {fp['t']:.1f} s")
     return "\n".join(lines)
