@@ -148,8 +148,8 @@ def test_params_validate(kw, message):
         Params(**kw)
 
 
-def test_registered_with_tracks_and_loaded_from_camera_config(tmp_path):
-    assert rule_types()["misparked_bikes"].needs == frozenset({Need.TRACKS})
+def test_registered_with_tracks_and_zone_crops_and_loaded_from_camera_config(tmp_path):
+    assert rule_types()["misparked_bikes"].needs == frozenset({Need.TRACKS, Need.SMALL_OBJECTS})
     camera = tmp_path / "cam.toml"
     camera.write_text("""\
 id = "cam"
