@@ -288,3 +288,26 @@ def test_restless_background_cannot_start_a_blob(clip):
     assert not any(165 <= box[1] <= 200 for _, _, box in restless), restless
     careless = long_lived(run(clip, model=SceneModel(SceneParams(restless_changes=1e9), region=GROUND)), 16, 10.0)
     assert any(165 <= box[1] <= 200 for _, _, box in careless), careless
+
+
+def shaded(image: np.ndarray, gain: float, centre=(300, 470), axes=(90, 40)) -> np.ndarray:
+    """``image`` under a still, soft-edged patch of other light: a tree's shadow, a lamp."""
+    light = np.zeros(image.shape[:2], np.float32)
+    cv2.ellipse(light, centre, axes, 0, 0, 360, 1.0, -1)
+    light = 1 + (gain - 1) * cv2.GaussianBlur(light, (0, 0), 8)[..., None]
+    return np.clip(image * light, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("gain", [0.7, 1.4])
+def test_a_still_shadow_or_lamp_on_the_lawn_is_light_not_an_object(clip, gain):
+    """A shadow (0.7) or a lamp (1.4) lying still on the lawn for 40 s: without the ring test it
+    is litter-sized blobs lasting 10 s and more; with it, nothing on the lawn."""
+    def light(ts, img):
+        return (shaded(img, gain) if T0 <= ts < T1 else img), []
+
+    def lasting(params):
+        return [b for b in long_lived(run(clip, light, model=SceneModel(params, region=GROUND)), 16, 10.0)
+                if b[2][1] >= LAWN_TOP]
+
+    assert lasting(SceneParams()) == []
+    assert lasting(SceneParams(light_change=10.0)), "the test has no teeth: no blob without the ring test"
