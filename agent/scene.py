@@ -331,7 +331,8 @@ class SceneModel:
         ratio = (self._picture[y0:y1, x0:x1] / np.maximum(expected, 1.0))[..., bright]
         ring_ratio, blob_ratio = np.median(ratio[ring], axis=0), np.median(ratio[blob.view(bool)], axis=0)
         ring_light, blob_light = float(ring_ratio.mean()), float(blob_ratio.mean())
-        if abs(ring_light - 1.0) < p.light_change or (ring_light > 1.0) != (blob_light > 1.0):
+        if (abs(ring_light - 1.0) < p.light_change or (ring_light > 1.0) != (blob_light > 1.0)
+                or blob_light <= 0.0):  # a black blob (clipped to 0) is no light
             return False
         # Colour, not brightness: a soft-edged shadow or lamp is stronger at the blob than in its
         # ring, but it scales B, G and R alike in both.
