@@ -4,23 +4,32 @@ E-bike batteries catch fire in lifts and homes; buildings warn in the car the mo
 in, so this rule acts locally instead of waiting for the platform. The zone is the car's floor as
 the car camera sees it. Something counts as an e-bike in the car when either path sees it:
 
-- **classes**: detections of ``classes`` (e.g. ``["ebike"]`` of an operator's own model) with
-  their box bottom centre in the zone. With the bundled COCO model ``["bicycle", "motorcycle"]``
+- **classes** (default ``["ebike"]``): detections of ``classes`` of an operator's own model with
+  their box bottom centre in the zone. A name the camera's model lacks simply never matches, so the
+  default is harmless on the bundled COCO model, which has no e-bike; ``["bicycle", "motorcycle"]``
   can stand in, but COCO was taken from the street at eye level: from a lift's ceiling corner an
   e-bike is mostly seat and handlebars from above, which COCO models rarely call anything.
-- **fallback** (``fallback = true``): a large non-person object against the empty car. The rule
-  keeps a picture of the empty car (``empty_reference``, a frame of this camera, or learned: the
-  zone's picture once it has stayed still for ``learn_after_s`` with no person and nothing found
-  in it); foreground is where the current picture differs from it by more than ``diff_level``
-  inside the zone, minus every person box grown by ``person_margin``; present when foreground
-  covers ``min_fraction`` of the zone. Class-agnostic on purpose (any e-bike model, any colour),
-  and therefore also fires on prams, trolleys, wheelchairs, removal boxes and on a person the
-  detector missed: it suits a warning voice, not a fine. It sees a change of picture, not an
-  object: a different light, a poster or a scuff looks like foreground until the zone has stayed
-  still, person-free, for ``relearn_after_s`` and the rule takes that as the empty car. A global
-  brightness change (auto exposure when someone in dark clothes walks in) is compensated by a
-  per-channel gain (the median ratio of empty car to picture over the floor not covered by
-  people), which assumes the object covers well under half of the visible floor.
+- **fallback** (default on): a large, long, still non-person object that came in with a person.
+  The rule keeps a picture of the empty car (``empty_reference``, or learned: the first frame with
+  no person in the car is taken at once, because a lift clip may show the empty car only before
+  the doors open; later, ``learn_after_s`` of a still, person-free, clear car relearns it, and
+  ``relearn_after_s`` even with foreground). Foreground is where the picture differs from it by
+  ``diff_level`` (after a per-channel exposure gain) inside the zone, minus every person box grown
+  by ``person_margin`` and held ``person_hold_s`` after the detector last saw it (fisheye views
+  make detectors miss people in some frames). The object is the largest non-person part (parts
+  split by a person are joined through them); it must cover ``min_fraction`` (5%) of the zone,
+  be first seen while a person is in the car (e-bikes are pushed in: a door, a light change or a
+  person the detector never sees has nobody with it), be ``min_length`` (0.75) of the zone's long
+  side long (an e-bike of 1.6-1.8 m in a 1.4 x 1.6 m car spans it; a pram of 0.8-1 m is about
+  0.5-0.6, a suitcase under 0.45) in its longest view while it stands still (a person beside it
+  hides part of it), and stand still (box IoU >= 0.6 frame to frame). Once it came, it counts
+  without the person (the person steps out, the doors close on it).
+  Limits: a person the detector never finds disables the fallback for what they bring; a person
+  missed for more than ``person_hold_s`` who walks and then stands still is an object; anything
+  long enough counts (a ladder, a long box, a wheelchair with a footrest); the lengths assume the
+  zone is the car floor as seen, and a ceiling fisheye lengthens tall things near the camera; the
+  exposure gain assumes the object covers well under half of the visible floor; tested on
+  side-view cut-outs turned in the picture's plane, not on real lift footage.
 
 Present for ``min_dwell_s`` (a gap of up to ``max_gap_s`` allowed) opens the ticket and, once per
 ticket, does the local action: the event's facts carry ``"alarm": true`` when ``alarm_topic`` is
@@ -49,21 +58,24 @@ from agent.zones import Zone
 
 log = logging.getLogger("agent.rules.lift_ebike")
 
-WORK_WIDTH = 320  # the zone is compared at most this wide: enough for an object of 12% of a car
+WORK_WIDTH = 320  # the zone is compared at most this wide: enough for an object of 5% of a car
 STILL_FRACTION = 0.01  # zone pixels allowed to change between frames for the picture to be still
 PERSON_CLASS = "person"
 EXPOSED = (16, 240)  # grey levels between which a value tells the exposure (not noise, not clipped)
 MIN_EXPOSED = 100  # working pixels needed to estimate a channel's gain
+PART_FRACTION = 0.01  # foreground parts smaller than this share of the zone are specks, not an object
+STILL_IOU = 0.6  # an object's box overlapping its last box this much (IoU) has not moved
 
 
 @dataclass(frozen=True)
 class Params:
     classes: tuple[str, ...] = setting(
-        (), help="Detector classes that are e-bikes, e.g. [\"ebike\"] of an operator's own model")
+        ("ebike",), help="Detector classes that are e-bikes; names the camera's model lacks never match "
+                         "(the bundled COCO model has no ebike: only the fallback works with it)")
     fallback: bool = setting(
-        False, help="Also count a large non-person object against the empty car (class-agnostic)")
-    min_score: float = setting(
-        0.4, ge=0, le=1, help="Detections (e-bikes, and the people masked out) below this are ignored")
+        True, help="Also count a large, long, still non-person object that came in with a person "
+                   "(class-agnostic, against the empty car)")
+    min_score: float = setting(0.4, ge=0, le=1, help="Detections (e-bikes, and the people masked out) below this are ignored")
     min_dwell_s: float = setting(1.0, ge=0, help="Seconds present before the ticket opens and the action runs")
     max_gap_s: float = setting(
         1.0, ge=0, help="Before opening, a gap longer than this in the sightings restarts min_dwell_s")
@@ -76,16 +88,24 @@ class Params:
     empty_reference: Path | None = setting(
         None, help="fallback: a frame of this camera with the car empty; default: learned")
     min_fraction: float = setting(
-        0.12, gt=0, le=1, help="fallback: share of the zone the object must cover")
+        0.05, gt=0, le=1, help="fallback: share of the zone the object's non-person foreground must cover")
+    min_length: float = setting(
+        0.75, gt=0, le=3, help="fallback: the object's length (long side of its rotated box) as a share of "
+                               "the zone's long side; an e-bike (1.6-1.8 m) in a 1.4 x 1.6 m car spans it, "
+                               "a pram (0.8-1 m) about 0.6, a suitcase (0.4-0.7 m) under 0.45")
     diff_level: float = setting(
         30.0, gt=0, help="fallback: difference from the empty car (grey levels, largest of B, G, R) "
                          "that makes a pixel foreground")
     person_margin: float = setting(
         0.2, ge=0, help="fallback: person boxes are grown by this fraction of their size on every side "
                         "before they are masked out (arms, bags, shadows)")
+    person_hold_s: float = setting(
+        2.0, ge=0, help="fallback: a person box stays masked out this long after the detector last saw "
+                        "it, so a person missed in a few frames is not an object")
     learn_after_s: float = setting(
         5.0, ge=0, help="fallback: seconds the zone must be still, person-free and clear before its "
-                        "picture is (re)learned as the empty car")
+                        "picture is relearned as the empty car (the first person-free frame is taken "
+                        "at once)")
     relearn_after_s: float = setting(
         300.0, ge=0, help="fallback: seconds still and person-free after which even a picture with "
                           "foreground becomes the empty car (light changed, something stays)")
@@ -106,8 +126,10 @@ class Params:
 class Foreground:
     """What the fallback sees in one frame."""
 
-    fraction: float  # of the zone's pixels
-    box: np.ndarray | None  # (4,) frame pixels around the foreground, None when there is none
+    fraction: float  # of the zone's pixels, all foreground outside people
+    box: np.ndarray | None  # (4,) frame pixels around the largest object, None when there is none
+    object_fraction: float = 0.0  # the largest object's non-person pixels, of the zone's
+    length: float = 0.0  # the largest object's length, of the zone's long side
 
 
 class EmptyCar:
@@ -124,10 +146,12 @@ class EmptyCar:
         self.size = (max(1, round((x1 - self.x0) * self.scale)), max(1, round((y1 - self.y0) * self.scale)))
         self.crop_box = (self.x0, self.y0, x1, y1)
         self.mask = np.zeros(self.size[::-1], np.uint8)
-        corners = (zone.polygon - [self.x0, self.y0]) * self.scale
-        cv2.fillPoly(self.mask, [np.round(corners).astype(np.int32)], 1)
+        corners = np.round((zone.polygon - [self.x0, self.y0]) * self.scale).astype(np.int32)
+        cv2.fillPoly(self.mask, [corners], 1)
         self.mask = self.mask.astype(bool)
         self.zone_pixels = max(int(self.mask.sum()), 1)
+        # The car floor's long side as the camera sees it: the yardstick of an object's length.
+        self.zone_length = max(max(cv2.minAreaRect(corners.astype(np.float32))[1]), 1.0)
         self.reference = None if reference is None else self.picture(cv2.resize(reference, (w, h)))
         self.previous: np.ndarray | None = None
         self.quiet_since: float | None = None
@@ -148,6 +172,13 @@ class EmptyCar:
         return covered.astype(bool)
 
     def foreground(self, picture: np.ndarray, people: np.ndarray) -> Foreground:
+        """The foreground outside people, and its largest object.
+
+        An object is the non-person foreground of one connected part of (foreground or person
+        mask): a person standing over an e-bike splits its pixels in two, and joining them through
+        the person keeps the e-bike's full length. Specks and shadow slivers (parts under
+        ``PART_FRACTION`` of the zone) are dropped before joining, so they cannot stretch it.
+        """
         if self.reference is None:
             return Foreground(0.0, None)
         usable = self.mask & ~people
@@ -160,29 +191,50 @@ class EmptyCar:
         count = int(found.sum())
         if not count:
             return Foreground(0.0, None)
-        x, y, w, h = cv2.boundingRect(found)
-        box = np.array([x, y, x + w, y + h], np.float32) / self.scale + [self.x0, self.y0, self.x0, self.y0]
-        return Foreground(count / self.zone_pixels, box.astype(np.float32))
+        parts, labels, stats, _ = cv2.connectedComponentsWithStats(found)
+        big = 1 + np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= PART_FRACTION * self.zone_pixels)
+        solid = np.isin(labels, big)
+        if not solid.any():
+            return Foreground(count / self.zone_pixels, None)
+        _, joined = cv2.connectedComponents((solid | (people & self.mask)).astype(np.uint8))
+        sizes = np.bincount(joined[solid])
+        largest = int(np.argmax(sizes))
+        pixels = solid & (joined == largest)
+        ys, xs = np.nonzero(pixels)
+        points = np.column_stack([xs, ys]).astype(np.float32)
+        length = max(cv2.minAreaRect(points)[1]) + 1
+        box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32) / self.scale
+        return Foreground(count / self.zone_pixels, (box + [self.x0, self.y0, self.x0, self.y0]).astype(np.float32),
+                          int(sizes[largest]) / self.zone_pixels, length / self.zone_length)
 
-    def learn(self, ts: float, picture: np.ndarray, people: np.ndarray, seen: bool, fraction: float) -> None:
-        """Take ``picture`` as the empty car when the zone has been quiet long enough.
+    def learn(self, ts: float, picture: np.ndarray, people: np.ndarray, seen: bool, fraction: float) -> bool:
+        """Take ``picture`` as the empty car when the zone has been quiet long enough; True when it did.
 
         Quiet: no person in the zone, nothing found by the classes path (``seen``), and a still
-        picture. Clear of foreground, ``learn_after_s`` of quiet is enough (first learning, and
-        following slow light changes); with foreground, ``relearn_after_s`` is needed.
+        picture. With no empty car yet, the first quiet frame is taken at once, still or not: a
+        lift camera's clip may show the empty car only in its first frame before the doors open.
+        Clear of foreground, ``learn_after_s`` of quiet is enough (following slow light changes);
+        with foreground, ``relearn_after_s`` is needed.
         """
         still = self.previous is not None and (
             ((_difference(picture, self.previous) > self.params.diff_level) & self.mask).sum()
             < STILL_FRACTION * self.zone_pixels)
         self.previous = picture
-        if not still or seen or (people & self.mask).any():
+        if seen or (people & self.mask).any():
             self.quiet_since = None
-            return
+            return False
+        if self.reference is None:
+            self.reference = picture
+            return True
+        if not still:
+            self.quiet_since = None
+            return False
         self.quiet_since = ts if self.quiet_since is None else self.quiet_since
-        needed = (self.params.learn_after_s if self.reference is None or fraction < self.params.min_fraction
-                  else self.params.relearn_after_s)
+        needed = self.params.learn_after_s if fraction < self.params.min_fraction else self.params.relearn_after_s
         if ts - self.quiet_since >= needed:
             self.reference = picture
+            return True
+        return False
 
 
 def _exposure_gain(reference: np.ndarray, picture: np.ndarray) -> np.ndarray:
@@ -201,6 +253,15 @@ def _exposure_gain(reference: np.ndarray, picture: np.ndarray) -> np.ndarray:
         if exposed.sum() >= MIN_EXPOSED:
             gain[c] = np.median(reference[exposed, c] / picture[exposed, c])
     return gain
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two x1, y1, x2, y2 boxes."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(w, 0.0) * max(h, 0.0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
 
 
 def _difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -228,6 +289,9 @@ class LiftEbikeRule:
 
     def reset(self) -> None:
         self._car: EmptyCar | None = None  # made at the first frame, whose size it needs
+        self._seen_people: list[tuple[float, np.ndarray]] = []  # (ts, boxes) within person_hold_s
+        self._object_box: np.ndarray | None = None  # the fallback's object, once it came with a person
+        self._object_length = 0.0  # its longest view while still, of the zone's long side
         self._first_seen: float | None = None
         self._last_seen: float | None = None
         self._open = False
@@ -237,8 +301,12 @@ class LiftEbikeRule:
         found = detections[detections.of_classes(self.classes) & (detections.score >= self.params.min_score)]
         return found[self.zone.contains(found.bottom_centres())]
 
-    def _people(self, detections: Detections) -> np.ndarray:
-        return detections[detections.of_classes({PERSON_CLASS}) & (detections.score >= self.params.min_score)].xyxy
+    def _people(self, obs: Observation) -> np.ndarray:
+        """This frame's person boxes and those seen within ``person_hold_s`` before it."""
+        d = obs.detections
+        now = d[d.of_classes({PERSON_CLASS}) & (d.score >= self.params.min_score)].xyxy
+        held = [boxes for ts, boxes in self._seen_people if obs.ts - ts <= self.params.person_hold_s]
+        return np.concatenate([now.reshape(-1, 4), *held]) if held else now.reshape(-1, 4)
 
     def _look(self, obs: Observation, car: EmptyCar | None) -> tuple[Detections, Foreground, np.ndarray | None,
                                                                      np.ndarray | None]:
@@ -246,16 +314,52 @@ class LiftEbikeRule:
         ebikes = self._ebikes(obs.detections) if self.classes else Detections.empty(obs.detections.class_names)
         if car is None:
             return ebikes, Foreground(0.0, None), None, None
-        picture, people = car.picture(obs.image), car.people(self._people(obs.detections))
+        picture, people = car.picture(obs.image), car.people(self._people(obs))
         return ebikes, car.foreground(picture, people), picture, people
 
+    def _length(self, foreground: Foreground) -> float:
+        """The object's length: the longest it was seen since it stood where it is now.
+
+        A person standing beside an e-bike hides part of it behind their (grown) box, so one
+        frame's view can be far shorter than the e-bike; while the object has not moved (its box
+        overlaps the last one by ``STILL_IOU``) the longest view so far is its length.
+        """
+        if self._object_box is not None and _iou(foreground.box, self._object_box) >= STILL_IOU:
+            return max(foreground.length, self._object_length)
+        return foreground.length
+
     def present(self, obs: Observation) -> np.ndarray | None:
+        """A look without changing any state (the platform's verify): e-bikes, or a large object."""
         ebikes, foreground, _, _ = self._look(obs, self._car)
         if len(ebikes):
             return ebikes.xyxy
-        if foreground.fraction >= self.params.min_fraction:
+        if (foreground.box is not None and foreground.object_fraction >= self.params.min_fraction
+                and self._length(foreground) >= self.params.min_length):
             return foreground.box[None]
         return None
+
+    def _fallback_sighting(self, foreground: Foreground, person_near: bool) -> bool:
+        """Whether the fallback's object is there in this frame; follows the object.
+
+        An object (non-person foreground over ``min_fraction`` of the zone) is only taken as new
+        while a person is in the car: e-bikes are pushed in, while a person the detector missed
+        altogether, a door or a light change has nobody with it. It counts once it is long
+        (``min_length``) and stays still (its box overlaps its last one by ``STILL_IOU``), so a
+        person walking about while the detector misses them, or an e-bike still being wheeled
+        in, does not. Once it came, it counts without the person too (the person steps out, the
+        doors close on the e-bike).
+        """
+        p = self.params
+        if foreground.box is None or foreground.object_fraction < p.min_fraction:
+            if not person_near and foreground.fraction < p.min_fraction:
+                self._object_box = None  # nothing there and nothing hidden by a person: it left
+            return False
+        still = self._object_box is not None and _iou(foreground.box, self._object_box) >= STILL_IOU
+        if not still and not person_near:
+            return False
+        self._object_length = self._length(foreground)
+        self._object_box = foreground.box
+        return still and self._object_length >= p.min_length
 
     def update(self, obs: Observation) -> list[RuleEvent]:
         p, ts = self.params, obs.ts
@@ -263,11 +367,19 @@ class LiftEbikeRule:
         if p.fallback and (self._car is None or self._car.frame_shape != obs.image.shape[:2]):
             # The first frame, or the camera's picture size changed: what was learned is void.
             self._car = EmptyCar(self.zone, p, obs.image.shape, self._reference_image)
+            self._object_box = None
         ebikes, foreground, picture, people = self._look(obs, self._car)
+        d = obs.detections
+        self._seen_people = [(t, b) for t, b in self._seen_people if ts - t <= p.person_hold_s]
+        self._seen_people.append((ts, d[d.of_classes({PERSON_CLASS}) & (d.score >= p.min_score)].xyxy))
+        found_object = False
         if self._car is not None:
-            self._car.learn(ts, picture, people, len(ebikes) > 0, foreground.fraction)
+            if self._car.learn(ts, picture, people, len(ebikes) > 0, foreground.fraction):
+                self._object_box = None  # the new empty car is what the object was compared with
+            else:
+                found_object = self._fallback_sighting(foreground, bool((people & self._car.mask).any()))
 
-        if len(ebikes) or foreground.fraction >= p.min_fraction:
+        if len(ebikes) or found_object:
             # Before the ticket opens a gap restarts the dwell; once open, only clear_after_s ends it.
             if not self._open and (self._first_seen is None or ts - self._last_seen > p.max_gap_s):
                 self._first_seen = ts
@@ -295,9 +407,9 @@ class LiftEbikeRule:
             facts = {"detected_by": "model"}
         else:
             label, confidence, boxes = "large_object", 0.0, foreground.box[None].copy()
-            facts = {"detected_by": "foreground"}
+            facts = {"detected_by": "foreground", "object_length": round(self._object_length, 2)}
         if p.fallback:
-            facts["foreground_fraction"] = round(foreground.fraction, 3)
+            facts["foreground_fraction"] = round(foreground.object_fraction, 3)
         if p.alarm_topic:
             facts["alarm"] = True
         return RuleEvent(EventKind.OPENED, self.name, self.zone.id, ts, self._first_seen, ts, label, confidence,
