@@ -247,19 +247,27 @@ class Scene:
         return text
 
 
+# Seconds of scene the agent sees before anything is set down: the scene model's warm-up
+# (SceneParams.warmup_s, 5 s) with a margin. An object there from the first frames is part of the
+# scene, as at any real start of the agent, and the scenarios/ recipes drop nothing earlier.
+WATCHED_S = 8.0
+
+
 def litter_scenes(seed: int) -> list[Scene]:
     rng = random.Random(f"{seed}:litter")
     zones = {z: (p, {"type": "litter"}) for z, p in LITTER_ZONES.items()}
     common = ["Litter on vtest's lawn and plaza at street scale, the rule and the scene clock at their",
-              "defaults. One zone per item: the rule keeps one ticket per zone. Times leave room for a",
-              "60 s dwell and a 10 s clear (the defaults when the set was written) inside vtest's 79.5 s."]
+              "defaults. One zone per item: the rule keeps one ticket per zone. Nothing is put down",
+              "before the agent has watched the scene for WATCHED_S: what lies there when it starts is",
+              "the scene."]
     placements, truth = [], []
     for zone in rng.sample(sorted(LITTER_ZONES), rng.randint(3, 4)):
         table, what = _sized(rng, rng.choice(LITTER), LITTER_ZONES[zone], (8, 20))
-        # Down 0.5-6 s in, so a 60 s dwell can open a ticket before the walkers come; taken away
-        # 63-69 s in (cleared by 79.5 s) or left to the end.
-        appear = round(rng.uniform(0.5, 6), 1)
-        remove = round(rng.uniform(appear + 63, 69), 1) if rng.random() < 0.7 else None
+        # Down once the scene is learned, up to 30 s in; lying at least 25 s (the default dwell
+        # and more, through the walkers who come from ~52 s); taken away by 69 s (cleared by
+        # 79.5 s) or left to the end.
+        appear = round(rng.uniform(WATCHED_S, 30), 1)
+        remove = round(rng.uniform(appear + 25, 69), 1) if rng.random() < 0.7 else None
         placements.append(({**table, "appear_s": appear, "remove_s": remove, "behind_movers": True,
                             "noise": 2.0}, f"{zone}: {what}"))
         truth.append({"rule": "litter", "zone": zone, "start_s": appear, "end_s": remove,
@@ -289,7 +297,7 @@ def bike_scenes(seed: int) -> list[Scene]:
     placements, truth = [], []
     for zone in sorted(BIKE_ZONES):
         table, what = _sized(rng, rng.choice(BIKES), BIKE_ZONES[zone], (40, 80))
-        appear = round(rng.uniform(1, 40), 1)
+        appear = round(rng.uniform(WATCHED_S, 40), 1)
         remove = round(rng.uniform(appear + 60, 125), 1) if rng.random() < 0.7 else None
         placements.append(({**table, "appear_s": appear, "remove_s": remove, "behind_movers": True,
                             "shadow": True, "noise": 2.0}, f"{zone}: {what}, parked"))
@@ -329,7 +337,7 @@ def shop_scenes(seed: int) -> list[Scene]:
     common = ["Goods set out on the pavement in front of a shop, the rule at its defaults. vtest forwards",
               "then backwards (159 s): a stall stays out for minutes, through walkers and light changes."]
     placements = []
-    opens, closes = rng.uniform(1, 30), round(rng.uniform(100, 125), 1) if rng.random() < 0.7 else None
+    opens, closes = rng.uniform(WATCHED_S, 30), round(rng.uniform(100, 125), 1) if rng.random() < 0.7 else None
     for source in GOODS:  # set out one after the other within 20 s, taken in together
         table, what = _sized(rng, source, SHOP_ZONE, (10, 200))
         placements.append(({**table, "appear_s": round(opens + rng.uniform(0, 20), 1), "remove_s": closes,
