@@ -50,10 +50,10 @@ Choices and their costs:
   pixels at 768x576) after a 3x3 closing, so they are up to a few pixels larger than the object,
   and include its shadow when it casts one (a pasted object in the tests has none).
 
-Cost, measured on this project's 2-core x86_64 box while other jobs kept it busy (load about
-3.5): a median of 5-7 ms of CPU per 768x576 vtest frame at ``width=320`` (0.5 ms of it the
-downscale), 3-4 ms at ``width=240``; at 2 analysed frames a second about 1.2% of a core per
-camera, against 38 ms a frame for the detector.
+Cost, measured on this project's 2-core x86_64 box (2026-12-02, load about 1): a median of 14 ms
+of CPU per vtest frame for the ground below y 150 at full resolution (327 000 px), 18 ms for the
+whole 768x576 frame; at 2 analysed frames a second about 3-4% of a core per camera. (The old
+320-px downscale took 5-7 ms, and lost every object under about 20 px.)
 """
 
 from __future__ import annotations
@@ -72,8 +72,8 @@ from agent.types import StaticBlob
 class SceneParams:
     max_pixels: int = 450_000
     """Pixel budget of the working picture: the part of the frame the zones cover (their joint
-    bounding rectangle) is analysed at full resolution when it has at most this many pixels (a whole 768x576 frame),
-    and downscaled to this many otherwise. Full resolution is what keeps a palm-sized scrap of
+    bounding rectangle) is analysed at full resolution when it has at most this many pixels (a
+    whole 768x576 frame), and downscaled to this many otherwise. Full resolution is what keeps a palm-sized scrap of
     paper (8-20 px across at 768x576 from a pole) from vanishing; the budget is what keeps a
     1080p camera affordable (its lower half is about 1M pixels)."""
     fast_tau_s: float = 0.5
@@ -117,8 +117,8 @@ class SceneParams:
     changes fade with this time constant."""
     restless_changes: float = 2.0
     """A pixel with more fading changes than this is restless. A new blob under
-    ``restless_max_area_px`` with more than a quarter of restless pixels is not reported (one already
-    reported stays, however often it is walked over). Litter dropped on quiet ground changes
+    ``restless_max_area_px`` with more than a quarter of restless pixels is not reported (one
+    already reported stays, however often it is walked over). Litter dropped on quiet ground changes
     in a frame or two, then lies still; the barrier tape on vtest's car park shifts in every
     gust, and between gusts its new resting places looked like new objects: two false litter
     tickets in vtest's 80 s without this, two with 3 changes, none with 2."""
@@ -138,8 +138,9 @@ class SceneParams:
     light_match: float = 0.15
     """... and the blob is that light, not an object under it, when its B, G and R ratios,
     each divided by their mean, are within this of the ring's, and the two changed the same
-    way (light scales the three alike; an object replaces the colour). Measured on the harder set's clips: a tree shadow at 0.77 crossing the lawn and a
-    lamp at 1.46 switching on gave 7 false litter tickets in 3 no-litter clips without this."""
+    way (light scales the three alike; an object replaces the colour). Measured on the harder
+    set's clips: a tree shadow at 0.77 crossing the lawn and a lamp at 1.46 switching on gave 7
+    false litter tickets in 3 no-litter clips without this."""
 
     def __post_init__(self):
         if self.max_pixels < 1024:
