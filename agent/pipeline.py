@@ -69,11 +69,8 @@ class CameraPipeline:
                 return zr.rule
         return None
 
-    def _detect(self, frame: Frame):
-        return self.tiler.detect(self.detector, frame.image, frame.ts)
-
     def observe(self, frame: Frame) -> Observation:
-        detections = self._detect(frame)
+        detections = self.tiler.detect(self.detector, frame.image, frame.ts)
         tracks = self.tracker.update(frame.ts, detections) if self.tracker is not None else None
         blobs: tuple = ()
         if self.scene is not None:
@@ -158,5 +155,5 @@ def _joint_bounds(zones: list) -> tuple[int, int, int, int]:
     rects = np.array([zone.bounds() for zone in zones], np.int64)
     x0, y0 = rects[:, 0].min(), rects[:, 1].min()
     x1, y1 = (rects[:, 0] + rects[:, 2]).max(), (rects[:, 1] + rects[:, 3]).max()
-    margin = ZONE_MARGIN_PX
-    return int(x0 - margin), int(y0 - 4 * margin), int(x1 + margin), int(y1 + margin)
+    m = ZONE_MARGIN_PX
+    return int(x0 - m), int(y0 - 4 * m), int(x1 + m), int(y1 + m)
