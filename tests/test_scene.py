@@ -186,6 +186,22 @@ def test_a_person_standing_still_is_not_a_blob_and_leaves_no_ghost(clip):
     assert unmasked and unmasked[0][0] <= T0 + PARAMS.min_static_s + 3
 
 
+def test_an_object_taken_away_that_was_there_from_the_start_leaves_no_ghost(clip):
+    """The item lies on the lawn from the first frame (it is background) and is taken away at
+    30 s. The uncovered lawn differs from the background and is still: without the edge test it
+    is reported as a new object for as long as the background remembers the item; with it, the
+    outline is found to be the background's edge, not the picture's, and it is learned at once."""
+    def removed(ts, img):
+        return (with_item(clip, img) if ts < 30.0 else img), []
+
+    def ghost_seen(params):
+        return [ts for ts, _ in overlapping(run(clip, removed, params), item_box())]
+
+    assert ghost_seen(PARAMS) == []
+    blind = ghost_seen(dataclasses.replace(PARAMS, ghost_edge_ratio=1e9))
+    assert blind and blind[-1] - blind[0] >= 20, "the test has no teeth: no ghost without the edge test"
+
+
 def test_a_passer_by_over_the_object_keeps_its_blob_and_id(clip):
     """An undetected person (no mask) walks across the object: each pixel changes for the second
     the person covers it, which costs it a second of its count but leaves the blob whole. Were a
@@ -210,7 +226,7 @@ def test_absorb_after_s_and_absorb_learn_the_object_into_the_background(clip):
     params = dataclasses.replace(PARAMS, absorb_after_s=20.0)
     scene = lambda ts, img: (with_item(clip, img) if ts >= T0 else img, [])  # noqa: E731
     seen = overlapping(run(clip, scene, params), item_box())
-    # Static since 20.5 s: reported from 31.5 s (32.0 s since the restless map: the item's
+    # Static since 20.5 s: reported from 31.5 s (32.0 s with the old restless map: the item's
     # arrival counts as a change) until it has been static for 20 s, then never.
     assert 31.5 <= seen[0][0] <= 32.0 and seen[-1][0] == 40.0, (seen[0][0], seen[-1][0])
 
@@ -280,14 +296,14 @@ def test_defaults_find_a_12_px_scrap_and_nothing_else_in_real_footage(clip):
     assert others == [], others
 
 
-def test_restless_background_cannot_start_a_blob(clip):
+def test_barrier_tape_in_the_wind_starts_no_blob(clip):
     """On the ground (the top of the frame has windows and a staircase, where no litter zone goes),
-    vtest's barrier tape (y 170-200) shifts in the wind. Measured: without the restless map
-    its resting places give litter-sized blobs that last 10 s and more; with it, none."""
-    restless = long_lived(run(clip, model=SceneModel(SceneParams(), region=GROUND)), 16, 10.0)
-    assert not any(165 <= box[1] <= 200 for _, _, box in restless), restless
-    careless = long_lived(run(clip, model=SceneModel(SceneParams(restless_changes=1e9), region=GROUND)), 16, 10.0)
-    assert any(165 <= box[1] <= 200 for _, _, box in careless), careless
+    vtest's barrier tape (y 170-200) shifts in the wind. Its resting places gave litter-sized
+    blobs lasting 10 s and more with the first small-object floors; the light, same-ground and
+    ghost tests now keep them out, and the restless-background map that did is gone (it vetoed
+    half of the harder set's real litter, whose noisy edges look restless too)."""
+    found = long_lived(run(clip, model=SceneModel(SceneParams(), region=GROUND)), 16, 10.0)
+    assert not any(165 <= box[1] <= 200 for _, _, box in found), found
 
 
 def shaded(image: np.ndarray, gain: float, centre=(300, 470), axes=(90, 40)) -> np.ndarray:
@@ -300,8 +316,8 @@ def shaded(image: np.ndarray, gain: float, centre=(300, 470), axes=(90, 40)) -> 
 
 @pytest.mark.parametrize("gain", [0.7, 1.4])
 def test_a_still_shadow_or_lamp_on_the_lawn_is_light_not_an_object(clip, gain):
-    """A shadow (0.7) or a lamp (1.4) lying still on the lawn for 40 s: without the ring test it
-    is litter-sized blobs lasting 10 s and more; with it, nothing on the lawn."""
+    """A shadow (0.7) or a lamp (1.4) lying still on the lawn for 40 s: without the ring and
+    same-ground tests it is litter-sized blobs lasting 10 s and more; with them, nothing."""
     def light(ts, img):
         return (shaded(img, gain) if T0 <= ts < T1 else img), []
 
@@ -310,4 +326,5 @@ def test_a_still_shadow_or_lamp_on_the_lawn_is_light_not_an_object(clip, gain):
                 if b[2][1] >= LAWN_TOP]
 
     assert lasting(SceneParams()) == []
-    assert lasting(SceneParams(light_change=10.0)), "the test has no teeth: no blob without the ring test"
+    blind = SceneParams(light_change=10.0, light_soft_edge=10.0, same_ground_hue_deg=0.0)
+    assert lasting(blind), "the test has no teeth: no blob without the ring and same-ground tests"

@@ -53,6 +53,8 @@ MANIFEST = REPO / "models" / "nanodet-g-416.toml"
 START_TIME = "2026-01-01T00:00:00Z"  # the composite's first frame, so ticket time - this = media time
 START_EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
 DEFAULT_SLACK_S = 10.0
+# The size the litter target is set at (recall >= 0.9 for objects this wide or wider, as pasted).
+TARGET_ACROSS_PX = 12
 
 # The box the replay runs in: the bundled model with edge.toml's own settings.
 EDGE_TOML = """\
@@ -314,7 +316,10 @@ def object_sizes(results: list[ScenarioResult], rule: str = "litter") -> dict:
     def most(sizes, key):
         return max((s[key] for s in sizes), default=None)
 
+    large_found = sum(s["across_px"] >= TARGET_ACROSS_PX for s in found)
+    large = large_found + sum(s["across_px"] >= TARGET_ACROSS_PX for s in missed)
     return {"rule": rule, "found": len(found), "missed": len(missed),
+            "target_across_px": TARGET_ACROSS_PX, "found_at_target": large_found, "at_target": large,
             "smallest_found_across_px": least(found, "across_px"), "smallest_found_area_px": least(found, "area_px"),
             "largest_missed_across_px": most(missed, "across_px"), "largest_missed_area_px": most(missed, "area_px")}
 
@@ -388,7 +393,8 @@ def markdown(doc: dict) -> str:
         lines += ["", f"Litter objects: {sizes['found']} found, {sizes['missed']} missed; smallest found "
                   f"{sizes['smallest_found_across_px'] or '—'} px across / {sizes['smallest_found_area_px'] or '—'} px²; "
                   f"largest missed {sizes['largest_missed_across_px'] or '—'} px across / "
-                  f"{sizes['largest_missed_area_px'] or '—'} px²."]
+                  f"{sizes['largest_missed_area_px'] or '—'} px²; {sizes['target_across_px']} px across or "
+                  f"more: {sizes['found_at_target']} of {sizes['at_target']} found."]
     lines.append("")
     for sc in doc["scenarios"]:
         how = "reused" if sc["reused"] else "built"

@@ -60,6 +60,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / ".cache" / "scenarios"
 GOP_S = 2
 CRF = 20
+SMALL_FRINGE_SRC_PX = 2  # GrabCut's fringe of old background, in source pixels
+SMALL_EDGE_SIGMA_PX = 0.5  # optical softness of a small object's edge, composite pixels
 SHADOW_DARKENING = 0.45  # how much of the light the soft shadow takes at its centre
 # A background pixel this far (grey levels, largest of B, G, R) from the video's temporal median is
 # a real mover (a walker), in front of anything pasted with behind_movers. vtest's still ground
@@ -377,7 +379,8 @@ def make_sprite(recipe: Recipe, placement: Placement) -> Sprite:
 
     Feathering erodes the mask by about two blur sigmas before blurring it, so alpha reaches ~0
     at the cut's edge: a box's border and GrabCut's fringe of the photo's background stay out,
-    at the cost of a pixel or two of the object's outline. Scaling is by height only; moving
+    at the cost of a pixel or two of the object's outline. Objects too small to lose that much
+    (street-scale litter) are area-averaged instead (:func:`_small_sprite`). Scaling is by height only; moving
     objects keep their size (no perspective), so keep their paths short in depth.
     """
     picture = _source_picture(recipe, placement)
@@ -388,20 +391,16 @@ def make_sprite(recipe: Recipe, placement: Placement) -> Sprite:
     pixels, mask = picture[y:y + h, x:x + w], mask[y:y + h, x:x + w].astype(np.float32)
     scale = placement.height_px / h
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
-    mask = cv2.resize(mask, size, interpolation=cv2.INTER_LINEAR)
-
     sigma = max(0.7, placement.height_px / 150)
-    shrink = math.ceil(2 * sigma)
-    if shrink > min(size) // 4:
-        # A street-scale bottle is a few pixels: eroding by two sigmas would leave nothing of it,
-        # so small objects lose at most a quarter of their size to the feathering, and a sharper edge.
-        shrink = min(size) // 4
-        sigma = max(0.4, shrink / 2)
-    pad = max(shrink, 1)
-    padded = cv2.copyMakeBorder(mask, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
-    eroded = cv2.erode(padded, np.ones((2 * shrink + 1, 2 * shrink + 1), np.uint8))
-    alpha = cv2.GaussianBlur(eroded, (0, 0), sigma)[pad:-pad, pad:-pad]
+    if math.ceil(2 * sigma) > min(size) // 4:
+        pixels, alpha = _small_sprite(pixels, mask, size, fringe=scale < 0.5)
+    else:
+        pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+        mask = cv2.resize(mask, size, interpolation=cv2.INTER_LINEAR)
+        shrink = math.ceil(2 * sigma)
+        padded = cv2.copyMakeBorder(mask, shrink, shrink, shrink, shrink, cv2.BORDER_CONSTANT, value=0)
+        eroded = cv2.erode(padded, np.ones((2 * shrink + 1, 2 * shrink + 1), np.uint8))
+        alpha = cv2.GaussianBlur(eroded, (0, 0), sigma)[shrink:-shrink, shrink:-shrink]
 
     shadow = None
     if placement.shadow:
@@ -413,6 +412,26 @@ def make_sprite(recipe: Recipe, placement: Placement) -> Sprite:
         cv2.ellipse(shadow, (half_w + pad, half_h + pad), (half_w, half_h), 0, 0, 360, 1.0, -1)
         shadow = cv2.GaussianBlur(shadow, (0, 0), max(1.0, half_h / 2))
     return Sprite(pixels.astype(np.float32), alpha.astype(np.float32), shadow)
+
+
+def _small_sprite(pixels: np.ndarray, mask: np.ndarray, size: tuple[int, int],
+                  fringe: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A street-scale object of a few pixels, scaled down the way a camera's pixels see it.
+
+    Eroding by two blur sigmas at composite scale, as for large objects, would leave a 2-5 px
+    remnant of a 9-15 px bottle or bag. Here GrabCut's fringe is dropped where it lives, at
+    source scale (SMALL_FRINGE_SRC_PX; only with ``fringe``, for sources much larger than the
+    sprite: vtest's own paper, pasted near its own scale, would lose pixels it needs, and its
+    fringe is the same ground), and the object is area-averaged with premultiplied alpha: each
+    composite pixel gets the share of it the object covers, and only the object's
+    colour, never the photo's old background, as a sensor pixel straddling its edge would."""
+    kernel = np.ones((2 * SMALL_FRINGE_SRC_PX + 1,) * 2, np.uint8)
+    mask = cv2.erode(mask, kernel) if fringe and min(mask.shape) > 4 * SMALL_FRINGE_SRC_PX else mask
+    alpha = cv2.resize(mask, size, interpolation=cv2.INTER_AREA)
+    colour = cv2.resize(pixels.astype(np.float32) * mask[..., None], size, interpolation=cv2.INTER_AREA)
+    colour = colour / np.maximum(alpha, 1e-3)[..., None]
+    # The lens and the codec soften every edge by about a pixel.
+    return colour.clip(0, 255), cv2.GaussianBlur(alpha, (0, 0), SMALL_EDGE_SIGMA_PX)
 
 
 def _region(frame: np.ndarray, left: int, top: int, height: int, width: int):
