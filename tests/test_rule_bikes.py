@@ -10,7 +10,7 @@ from agent.config import load_config
 from agent.rules import Need, rule_types
 from agent.rules.misparked_bikes import MisparkedBikesRule, Mode, Params
 from agent.track import Tracks
-from agent.types import Detections, EventKind, Observation
+from agent.types import Detections, EventKind, Observation, StaticBlob
 from agent.zones import Zone
 from tests.helpers import REPO, write_edge
 from tools.evaluate import evaluate_scenario
@@ -138,6 +138,67 @@ def test_reset_forgets_the_spots():
     assert rule.update(obs(12.0, tracks((1, bike(100), 11.0)))) == []
 
 
+def blob_obs(ts, blobs, people=()):
+    """A frame where the detector sees only ``people`` (boxes) and the scene model ``blobs``
+    (box, static_since)."""
+    found = Detections(xyxy=np.array(people, np.float32).reshape(-1, 4), score=np.full(len(people), 0.9, np.float32),
+                       class_id=np.full(len(people), PERSON, np.int32), class_names=NAMES)
+    still = tuple(StaticBlob(i + 1, np.array(box, np.float32), 400.0, since, since) for i, (box, since) in enumerate(blobs))
+    return Observation("cam", ts, np.zeros((240, 480, 3), np.uint8), found, Tracks.empty(NAMES), still)
+
+
+# A bike the detector never finds, as the scene model sees it: two wheels and a bit of frame.
+WHEELS = [((100, 122, 128, 150), 5.0), ((140, 122, 168, 150), 5.0), ((118, 110, 150, 124), 6.0)]
+
+
+def test_fallback_counts_a_bike_sized_still_object_the_detector_never_finds():
+    rule = MisparkedBikesRule(ZONE, params(min_dwell_s=10))
+    events = [e for ts in times(6, 30) for e in rule.update(blob_obs(ts, WHEELS))]
+    assert [e.kind for e in events] == [EventKind.OPENED]
+    opened = events[0]
+    # The wheels and frame are one object, as old as its youngest part (6.0 s): open at 16 s.
+    assert opened.ts == 16.0 and opened.first_seen == 6.0 and opened.label == "bike_sized_object"
+    assert opened.boxes.tolist() == [[100, 110, 168, 150]] and opened.confidence < 0.35
+    assert rule.present(blob_obs(30, WHEELS)) is not None
+
+
+@pytest.mark.parametrize("case", ["fallback off", "litter-sized", "under a person", "a person stood there"])
+def test_fallback_ignores_small_objects_people_and_what_they_covered(case):
+    p = params(min_dwell_s=10, fallback=case != "fallback off")
+    rule = MisparkedBikesRule(ZONE, p)
+    litter = [((200, 140, 212, 150), 5.0)]
+    person = [(95, 60, 175, 152)]
+    frames = {"fallback off": [blob_obs(ts, WHEELS) for ts in times(6, 30)],
+              "litter-sized": [blob_obs(ts, litter) for ts in times(6, 30)],
+              "under a person": [blob_obs(ts, WHEELS, person) for ts in times(6, 30)],
+              # Stood there 6-20 s, missed by the detector from 20 s on in every other frame.
+              "a person stood there": [blob_obs(ts, WHEELS, person if ts < 20 or int(ts * 2) % 2 else ())
+                                       for ts in times(6, 30)]}[case]
+    assert [e for o in frames for e in rule.update(o)] == []
+
+
+@pytest.mark.parametrize("standing", [True, False])
+def test_a_bike_hidden_behind_someone_standing_still_is_not_cleared(standing):
+    rule = MisparkedBikesRule(ZONE, params(min_dwell_s=10, clear_after_s=5))
+    parked = tracks((1, bike(100), 0.0))
+    assert [e.kind for ts in times(0, 12) for e in rule.update(obs(ts, parked))] == [EventKind.OPENED]
+    # From 12 s a person stands in front of it (a stationary track), or walks about there.
+    person = tracks((2, (95, 90, 170, 155), 12.0 if standing else NAN, PERSON, 0.9))
+    kinds = [e.kind for ts in times(12, 40) for e in rule.update(obs(ts, person))]
+    assert kinds == ([] if standing else [EventKind.CLEARED])
+
+
+def test_a_detection_on_a_fallback_spot_names_it():
+    rule = MisparkedBikesRule(ZONE, params(min_dwell_s=10))
+    for ts in times(6, 12):
+        rule.update(blob_obs(ts, WHEELS))
+    seen = tracks((7, (100, 110, 168, 150), 11.0, BICYCLE, 0.6))
+    o = blob_obs(12, WHEELS)
+    events = [e for ts in times(12, 20)
+              for e in rule.update(Observation("cam", ts, o.image, seen.as_detections(), seen, o.static_blobs))]
+    assert [(e.kind, e.label, e.first_seen) for e in events] == [(EventKind.OPENED, "bicycle", 6.0)]
+
+
 @pytest.mark.parametrize("kw, message", [
     ({"mode": Mode.OVERFLOW}, "max_count"),
     ({"max_count": 3}, "only for mode"),
@@ -149,7 +210,7 @@ def test_params_validate(kw, message):
 
 
 def test_registered_with_tracks_and_zone_crops_and_loaded_from_camera_config(tmp_path):
-    assert rule_types()["misparked_bikes"].needs == frozenset({Need.TRACKS, Need.SMALL_OBJECTS})
+    assert rule_types()["misparked_bikes"].needs == frozenset({Need.TRACKS, Need.SMALL_OBJECTS, Need.STATIC_BLOBS})
     camera = tmp_path / "cam.toml"
     camera.write_text("""\
 id = "cam"

@@ -220,14 +220,14 @@ def read_tickets(stdout: str) -> list[TicketMessage]:
     return messages
 
 
-def replay(video: Path, camera_file: Path, camera_id: str) -> list[TicketMessage]:
+def replay(video: Path, camera_file: Path, camera_id: str, manifest: Path = MANIFEST) -> list[TicketMessage]:
     """Run ``edge-agent replay`` over ``video`` in a throwaway box, as its own process: a crash or
     a leak in one scenario cannot touch the next, and what runs is exactly the shipped CLI."""
     model = tomllib.loads(camera_file.read_text()).get("model", "default")
     with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp:
         edge = Path(tmp) / "edge.toml"
         edge.write_text(EDGE_TOML.format(camera=json.dumps(str(camera_file)), storage=json.dumps(str(Path(tmp) / "var")),
-                                         model=model, manifest=json.dumps(str(MANIFEST))))
+                                         model=model, manifest=json.dumps(str(manifest))))
         done = subprocess.run(
             [sys.executable, "-m", "agent.cli", "-c", str(edge), "replay", str(video), "--camera", camera_id,
              "--start-time", START_TIME],
@@ -238,15 +238,15 @@ def replay(video: Path, camera_file: Path, camera_id: str) -> list[TicketMessage
     return read_tickets(done.stdout)
 
 
-def evaluate_scenario(recipe_path: Path, out_dir: Path = DEFAULT_OUT,
-                      slack_s: float = DEFAULT_SLACK_S) -> ScenarioResult:
+def evaluate_scenario(recipe_path: Path, out_dir: Path = DEFAULT_OUT, slack_s: float = DEFAULT_SLACK_S,
+                      manifest: Path = MANIFEST) -> ScenarioResult:
     """Build (or reuse) one scenario's composite, replay it and match its tickets."""
     recipe = load_recipe(recipe_path)
     started = time.monotonic()
     composite = ensure_built(recipe, out_dir)
     built = time.monotonic()
     try:
-        messages = replay(composite.video, composite.camera_file, composite.camera_id)
+        messages = replay(composite.video, composite.camera_file, composite.camera_id, manifest)
         matching, error = match_tickets(composite.truth, messages, slack_s), None
     except EvaluationError as exc:
         matching, error = None, str(exc)
@@ -324,7 +324,7 @@ def object_sizes(results: list[ScenarioResult], rule: str = "litter") -> dict:
             "largest_missed_across_px": most(missed, "across_px"), "largest_missed_area_px": most(missed, "area_px")}
 
 
-def report(results: list[ScenarioResult], slack_s: float) -> dict:
+def report(results: list[ScenarioResult], slack_s: float, manifest: Path = MANIFEST) -> dict:
     """The JSON report: per rule, per seed and over seeds, negatives, object sizes, then per
     scenario with every truth event and false positive."""
     scenarios = []
@@ -343,7 +343,9 @@ def report(results: list[ScenarioResult], slack_s: float) -> dict:
     seeds = sorted({r.seed for r in results if r.seed is not None})
     by_seed = {seed: rule_stats(r.matching for r in results if r.seed == seed and r.matching is not None)
                for seed in seeds}
-    return {"start_time": START_TIME, "slack_s": slack_s, "model": str(MANIFEST.relative_to(REPO)),
+    where = manifest.resolve()
+    return {"start_time": START_TIME, "slack_s": slack_s,
+            "model": str(where.relative_to(REPO) if where.is_relative_to(REPO) else where),
             "rules": [asdict(s) for s in stats],
             "by_seed": {str(seed): [asdict(s) for s in by_seed[seed]] for seed in seeds},
             "across_seeds": across_seeds(by_seed) if seeds else [],
@@ -418,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"composites folder (default {DEFAULT_OUT})")
     parser.add_argument("--slack", type=float, default=DEFAULT_SLACK_S,
                         help="seconds after a truth event's end a ticket may still open and count")
+    parser.add_argument("--manifest", type=Path, default=MANIFEST,
+                        help=f"the detector's model manifest (default {MANIFEST.relative_to(REPO)})")
     args = parser.parse_args(argv)
     try:
         for path in args.recipes:  # every recipe is checked before the first long build
@@ -427,11 +431,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results = []
     for path in args.recipes:
-        result = evaluate_scenario(path, args.out, args.slack)
+        result = evaluate_scenario(path, args.out, args.slack, args.manifest)
         print(f"{result.name}: {'reused' if result.reused else 'built'} in {result.build_s:.1f} s, "
               f"replayed in {result.replay_s:.1f} s", file=sys.stderr)
         results.append(result)
-    doc = report(results, args.slack)
+    doc = report(results, args.slack, args.manifest)
     print(markdown(doc))
     if args.json:
         args.json.write_text(json.dumps(doc, indent=1) + "\n")
