@@ -169,6 +169,18 @@ def _sized(rng: random.Random, source: Source, polygon, px_range: tuple[float, f
     raise ValueError(f"{source.name}: no size in {px_range} px fits {polygon}")
 
 
+def _sized_any(rng: random.Random, first: Source, sources: tuple[Source, ...], polygon,
+               px_range: tuple[float, float]) -> tuple[dict, str]:
+    """:func:`_sized` for ``first``, or, where it cannot be that size in ``polygon`` (an orange
+    is never 10 px wide on the far plaza), for the next of ``sources`` that can."""
+    for source in (first, *(s for s in sources if s is not first)):
+        try:
+            return _sized(rng, source, polygon, px_range)
+        except ValueError:
+            continue
+    raise ValueError(f"no source fits {px_range} px in {polygon}")
+
+
 def _effects(rng: random.Random, duration_s: float, lamp_zone) -> dict:
     """The camera's troubles for one clip, all drawn: noise, JPEG, light ramps, cloud shadows, maybe
     a lamp coming on in a watched zone."""
@@ -265,7 +277,7 @@ def litter_scenes(seed: int) -> list[Scene]:
               "the scene."]
     placements, truth = [], []
     for zone in rng.sample(sorted(LITTER_ZONES), rng.randint(3, 4)):
-        table, what = _sized(rng, rng.choice(LITTER), LITTER_ZONES[zone], LITTER_ACROSS_PX)
+        table, what = _sized_any(rng, rng.choice(LITTER), LITTER, LITTER_ZONES[zone], LITTER_ACROSS_PX)
         # Down once the scene is learned, up to 30 s in; lying at least 25 s (the default dwell
         # and more, through the walkers who come from ~52 s); taken away by 69 s (cleared by
         # 79.5 s) or left to the end.
