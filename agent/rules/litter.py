@@ -35,9 +35,10 @@ The object count is the one fact that changes while a ticket is open. A new coun
 that splits for a frame or two, or a passer-by hiding one item, changes nothing.
 
 Limits: what the scene model cannot separate from the ground is not found (dark litter on dark
-asphalt under ``foreground_level``, litter in deep shadow); a shadow or a puddle that stays still
-for ``min_dwell_s`` looks like litter, and so does the ghost of something taken away that had
-been there from the start (see the scene model's docstring). ``px_per_m2`` is one number for the
+asphalt under ``foreground_level``, litter in deep shadow, a green bottle on grass, which the
+scene model takes for the grass itself); a puddle, or a shadow with a sharp edge, that stays still
+for ``min_dwell_s`` looks like litter (soft-edged light, trampled grass and the ghosts of things
+taken away are kept out: see the scene model's docstring). ``px_per_m2`` is one number for the
 whole zone, so with strong perspective the area bounds hold only near where it was measured.
 """
 
