@@ -200,4 +200,6 @@ def test_report_per_seed_worst_case_negatives_per_camera_hour_and_smallest_litte
     assert neg["false_tickets"] == 2 and neg["per_camera_hour"] == pytest.approx(2 / 0.05)
     assert doc["litter_sizes"] == {"rule": "litter", "found": 3, "missed": 1, "smallest_found_across_px": 9,
                                    "smallest_found_area_px": 40, "largest_missed_across_px": 9,
-                                   "largest_missed_area_px": 40}
+                                   "largest_missed_area_px": 40,
+                                   # the 18 px item, found in both seeds, is the only one at 12 px or more
+                                   "target_across_px": 12, "found_at_target": 2, "at_target": 2}
