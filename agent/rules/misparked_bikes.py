@@ -184,7 +184,10 @@ class MisparkedBikesRule:
             boxes, since = self._bike_sized(obs)
             self._remember(ts, boxes, since, np.full(len(boxes), FALLBACK_CONFIDENCE), [FALLBACK_LABEL] * len(boxes),
                            relabel=False)
-        parked = [s for s in self._spots if ts - s.since >= self.params.min_dwell_s]
+        # Parked once seen standing there at the end of its dwell, not merely remembered: a spot
+        # glimpsed once with a rest time 6 s back (a light change passing for an object for three
+        # frames) would otherwise open 4 s later without being seen again.
+        parked = [s for s in self._spots if s.last_seen - s.since >= self.params.min_dwell_s]
 
         if len(parked) > self.limit:
             if self._reported is None:
