@@ -226,8 +226,9 @@ def replay(video: Path, camera_file: Path, camera_id: str, manifest: Path = MANI
     model = tomllib.loads(camera_file.read_text()).get("model", "default")
     with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp:
         edge = Path(tmp) / "edge.toml"
-        edge.write_text(EDGE_TOML.format(camera=json.dumps(str(camera_file)), storage=json.dumps(str(Path(tmp) / "var")),
-                                         model=model, manifest=json.dumps(str(manifest.resolve()))))
+        edge.write_text(EDGE_TOML.format(camera=json.dumps(str(camera_file)),
+                                         storage=json.dumps(str(Path(tmp) / "var")), model=model,
+                                         manifest=json.dumps(str(manifest.resolve()))))
         done = subprocess.run(
             [sys.executable, "-m", "agent.cli", "-c", str(edge), "replay", str(video), "--camera", camera_id,
              "--start-time", START_TIME],

@@ -56,8 +56,8 @@ FALLBACK_LABEL = "bike_sized_object"
 # People and vehicles standing in the zone are not parked bikes; a dog beside a bike does not
 # make it one less.
 FALLBACK_VETO = ("bus", "car", "person", "truck")
-# What can stand still in front of a parked bike, and how much of the bike's box it must cover for the
-# bike to count as hidden rather than gone.
+# What can stand still in front of a parked bike, and how much of the bike's box it must cover
+# for the bike to count as hidden rather than gone.
 HIDERS = MOVER_CLASSES
 HIDDEN_SHARE = 0.3
 # Static blobs closer than this share of the taller one's height are parts of one object.
@@ -168,8 +168,9 @@ class MisparkedBikesRule:
         boxes = obs.detections[self._bikes(obs.detections)].xyxy
         if self.params.fallback:
             unseen = self._bike_sized(obs)[0]
-            if len(boxes) and len(unseen):
-                unseen = unseen[(box_iou(unseen.astype(np.float64), boxes.astype(np.float64)) < self.params.same_place_iou).all(axis=1)]
+            if len(boxes) and len(unseen):  # a detected bike is not counted twice
+                overlap = box_iou(unseen.astype(np.float64), boxes.astype(np.float64))
+                unseen = unseen[(overlap < self.params.same_place_iou).all(axis=1)]
             boxes = np.concatenate([boxes.reshape(-1, 4), unseen]).astype(np.float32)
         return boxes if len(boxes) > self.limit else None
 
