@@ -31,19 +31,10 @@ from agent.detect import load_detector
 from agent.health import CameraHealth
 from agent.ingest import CameraReader, StreamEnded
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tools.evaluate import EDGE_TOML  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
-# The whole pipeline, as `edge-agent replay` runs it: the demo camera with one model or another.
-REPLAY_TOML = """\
-cameras = [{camera}]
-[agent]
-id = "bench"
-[storage]
-dir = {storage}
-[models.default]
-manifest = {manifest}
-threads = 2
-min_score = 0.35
-"""
 
 
 def first_frame(path: Path):
@@ -155,9 +146,10 @@ def bench_replay(manifest: Path, footage: Path, camera_id: str) -> tuple[float, 
     throwaway box: wall seconds, CPU seconds and peak RSS (MiB) of that process alone."""
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         edge = Path(tmp) / "edge.toml"
-        edge.write_text(REPLAY_TOML.format(camera=json.dumps(str(REPO / "camera_config" / "demo-vtest.toml")),
-                                           storage=json.dumps(str(Path(tmp) / "var")),
-                                           manifest=json.dumps(str(manifest.resolve()))))
+        # The box the evaluation replays in, with the demo camera.
+        edge.write_text(EDGE_TOML.format(camera=json.dumps(str(REPO / "camera_config" / "demo-vtest.toml")),
+                                         storage=json.dumps(str(Path(tmp) / "var")), model="default",
+                                         manifest=json.dumps(str(manifest.resolve()))))
         log = Path(tmp) / "replay.log"
         started = time.perf_counter()
         with log.open("wb") as sink:  # a file, not a pipe: nobody reads a pipe while wait4 waits
