@@ -105,7 +105,8 @@ class Params:
         20.0, gt=0,
         help="fallback: least height, in frame pixels, of a still object that counts as a bike. A "
              "1 m bike is 40-80 px tall on street cameras, and at 40 px its blob may be little more "
-             "than the wheels (26 px): the bars and saddle are a pixel thin. Litter lies flatter")
+             "than the wheels (about 26 px, two thirds of its height): the bars and saddle are a pixel "
+             "thin. Litter lies flatter")
     fallback_max_height_px: float = setting(
         250.0, gt=0, help="fallback: greatest height, in frame pixels, of a still object that counts as a bike")
     mover_memory_s: float = setting(
