@@ -52,6 +52,7 @@ import numpy as np
 
 from agent.logs import log_event
 from agent.rules import Category, register
+from agent.track import box_iou
 from agent.typedtoml import setting
 from agent.types import Detections, EventKind, Observation, RuleEvent
 from agent.zones import Zone
@@ -255,15 +256,6 @@ def _exposure_gain(reference: np.ndarray, picture: np.ndarray) -> np.ndarray:
     return gain
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two x1, y1, x2, y2 boxes."""
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(w, 0.0) * max(h, 0.0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
 def _difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per pixel, the largest absolute difference over the three channels."""
     d = cv2.absdiff(a, b)
@@ -301,12 +293,15 @@ class LiftEbikeRule:
         found = detections[detections.of_classes(self.classes) & (detections.score >= self.params.min_score)]
         return found[self.zone.contains(found.bottom_centres())]
 
+    def _person_boxes(self, detections: Detections) -> np.ndarray:
+        """(N, 4) boxes of the people the detector sees in this frame."""
+        people = detections[detections.of_classes({PERSON_CLASS}) & (detections.score >= self.params.min_score)]
+        return people.xyxy.reshape(-1, 4)
+
     def _people(self, obs: Observation) -> np.ndarray:
         """This frame's person boxes and those seen within ``person_hold_s`` before it."""
-        d = obs.detections
-        now = d[d.of_classes({PERSON_CLASS}) & (d.score >= self.params.min_score)].xyxy
         held = [boxes for ts, boxes in self._seen_people if obs.ts - ts <= self.params.person_hold_s]
-        return np.concatenate([now.reshape(-1, 4), *held]) if held else now.reshape(-1, 4)
+        return np.concatenate([self._person_boxes(obs.detections), *held])
 
     def _look(self, obs: Observation, car: EmptyCar | None) -> tuple[Detections, Foreground, np.ndarray | None,
                                                                      np.ndarray | None]:
@@ -324,9 +319,14 @@ class LiftEbikeRule:
         frame's view can be far shorter than the e-bike; while the object has not moved (its box
         overlaps the last one by ``STILL_IOU``) the longest view so far is its length.
         """
-        if self._object_box is not None and _iou(foreground.box, self._object_box) >= STILL_IOU:
+        if self._stands_still(foreground.box):
             return max(foreground.length, self._object_length)
         return foreground.length
+
+    def _stands_still(self, box: np.ndarray) -> bool:
+        """Whether ``box`` overlaps the object's last box by ``STILL_IOU``: it has not moved."""
+        return self._object_box is not None and float(
+            box_iou(box[None].astype(np.float64), self._object_box[None].astype(np.float64))[0, 0]) >= STILL_IOU
 
     def present(self, obs: Observation) -> np.ndarray | None:
         """A look without changing any state (the platform's verify): e-bikes, or a large object."""
@@ -354,7 +354,7 @@ class LiftEbikeRule:
             if not person_near and foreground.fraction < p.min_fraction:
                 self._object_box = None  # nothing there and nothing hidden by a person: it left
             return False
-        still = self._object_box is not None and _iou(foreground.box, self._object_box) >= STILL_IOU
+        still = self._stands_still(foreground.box)
         if not still and not person_near:
             return False
         self._object_length = self._length(foreground)
@@ -369,9 +369,8 @@ class LiftEbikeRule:
             self._car = EmptyCar(self.zone, p, obs.image.shape, self._reference_image)
             self._object_box = None
         ebikes, foreground, picture, people = self._look(obs, self._car)
-        d = obs.detections
         self._seen_people = [(t, b) for t, b in self._seen_people if ts - t <= p.person_hold_s]
-        self._seen_people.append((ts, d[d.of_classes({PERSON_CLASS}) & (d.score >= p.min_score)].xyxy))
+        self._seen_people.append((ts, self._person_boxes(obs.detections)))
         found_object = False
         if self._car is not None:
             if self._car.learn(ts, picture, people, len(ebikes) > 0, foreground.fraction):
