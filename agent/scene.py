@@ -325,13 +325,13 @@ class SceneModel:
             covered[top:bottom, left:right] = True
         return covered
 
-    def _is_light(self, label: int, x: int, y: int, w: int, h: int) -> bool:
-        """Whether blob ``label`` (bounding box x, y, w, h in working pixels) is a change of light
+    def _is_light(self, label: int, x: int, y: int, w: int, h: int, inside: np.ndarray) -> bool:
+        """Whether blob ``label`` (bounding box x, y, w, h in working pixels, ``inside`` its pixels
+        in that box) is a change of light
         on the ground rather than an object: its ring is lit differently from the background,
         the blob's colour ratios match the ring's (see ``light_match``) and it keeps the
         ground's texture; or it is white ground that stays white."""
         p = self.params
-        inside = self._labels[y:y + h, x:x + w] == label
         # Near the camera's clipping point a change of light does not scale the channels: white
         # that stays white (vtest's plastic in the sun) is light, and the texture test below
         # means nothing on a white background.
@@ -374,18 +374,18 @@ class SceneModel:
         scaled = expected * np.median(picture / np.maximum(expected, 1.0), axis=0)
         return float(np.median(np.abs(picture - scaled).max(axis=1))) <= self.params.light_texture_level
 
-    def _is_same_ground(self, label: int, x: int, y: int, w: int, h: int) -> bool:
-        """Whether blob ``label`` is the coloured ground itself, lighter or darker (grass trampled
-        by walkers, wetted or dried, in sun or shade), not an object on it: the picture keeps the
-        background's hue and most of its saturation. Grey ground (tarmac, paving) has no hue to
-        compare and is never judged so (``same_ground_hue_deg``)."""
-        blob = self._labels[y:y + h, x:x + w] == label
+    def _is_same_ground(self, x: int, y: int, w: int, h: int, inside: np.ndarray) -> bool:
+        """Whether the blob in box x, y, w, h (``inside``: its pixels there) is the coloured ground
+        itself, lighter or darker (grass trampled by walkers, wetted or dried, in sun or shade),
+        not an object on it: the picture keeps the background's hue and most of its saturation.
+        Grey ground (tarmac, paving) has no hue to compare and is never judged so
+        (``same_ground_hue_deg``)."""
 
         def hue_saturation(image: np.ndarray) -> tuple[float, float]:
             hsv = cv2.cvtColor(np.ascontiguousarray(image[y:y + h, x:x + w]) / 255.0, cv2.COLOR_BGR2HSV)
-            hue = np.deg2rad(hsv[..., 0][blob])
+            hue = np.deg2rad(hsv[..., 0][inside])
             mean_hue = math.degrees(math.atan2(np.sin(hue).mean(), np.cos(hue).mean()))
-            return mean_hue, float(np.median(hsv[..., 1][blob]))
+            return mean_hue, float(np.median(hsv[..., 1][inside]))
 
         ground_hue, ground_saturation = hue_saturation(self._expected)
         if ground_saturation < SAME_GROUND_MIN_SATURATION:
@@ -444,7 +444,7 @@ class SceneModel:
             if not p.min_area_px <= area_px <= max_area:
                 continue
             inside = self._labels[y:y + h, x:x + w] == label
-            if self._is_light(label, x, y, w, h) or self._is_same_ground(label, x, y, w, h):
+            if self._is_light(label, x, y, w, h, inside) or self._is_same_ground(x, y, w, h, inside):
                 # Its stillness starts anew: a light change judged an object in one frame out of
                 # twenty would otherwise be reported with the seconds it had been still all
                 # along, and open a ticket at once.
