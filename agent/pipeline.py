@@ -155,5 +155,5 @@ def _joint_bounds(zones: list) -> tuple[int, int, int, int]:
     rects = np.array([zone.bounds() for zone in zones], np.int64)
     x0, y0 = rects[:, 0].min(), rects[:, 1].min()
     x1, y1 = (rects[:, 0] + rects[:, 2]).max(), (rects[:, 1] + rects[:, 3]).max()
-    m = ZONE_MARGIN_PX
-    return int(x0 - m), int(y0 - 4 * m), int(x1 + m), int(y1 + m)
+    margin = ZONE_MARGIN_PX
+    return int(x0 - margin), int(y0 - 4 * margin), int(x1 + margin), int(y1 + margin)

@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 
 from tools.fetch_footage import ensure_footage
-from tools.scenario_kit import Sprite, load_recipe, make_sprite, paste
+from tools.scenario_kit import Sprite, load_recipe, make_sprite, paste, video_frames
 
 FRAME_W, FRAME_H = 480, 400
 # The car floor as the camera sees it: 400 x 340 px; its long side stands for 1.6 m.
@@ -54,10 +53,7 @@ def _picture(name: str) -> np.ndarray:
     footage = ensure_footage()
     if ":" in name:
         video, index = name.split(":")
-        with av.open(str(footage[video])) as container:
-            for i, frame in enumerate(container.decode(video=0)):
-                if i == int(index):
-                    return frame.to_ndarray(format="bgr24")
+        return video_frames(footage[video], [int(index)])[int(index)]
     return cv2.imread(str(footage[name]), cv2.IMREAD_COLOR)
 
 

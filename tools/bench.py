@@ -31,10 +31,9 @@ from agent.detect import load_detector
 from agent.health import CameraHealth
 from agent.ingest import CameraReader, StreamEnded
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tools.evaluate import EDGE_TOML  # noqa: E402
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from tools.evaluate import EDGE_TOML  # noqa: E402
 
 
 def first_frame(path: Path):

@@ -44,7 +44,6 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python tools/quantize_model.py`: make `agent` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import av  # noqa: E402
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime  # noqa: E402
@@ -55,6 +54,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: 
 
 from agent.detect import load_detector  # noqa: E402
 from agent.detect.manifest import sha256_of  # noqa: E402
+from tools.scenario_kit import video_frames  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CALIBRATION_FIRST, CALIBRATION_STEP, CALIBRATION_FRAMES = 12, 25, 32  # frames 12, 37, ..., 787 of 795
@@ -71,14 +71,8 @@ class FrameReader(CalibrationDataReader):
 
 
 def calibration_tensors(footage: Path, detector) -> list[np.ndarray]:
-    wanted = {CALIBRATION_FIRST + CALIBRATION_STEP * k for k in range(CALIBRATION_FRAMES)}
-    tensors = []
-    with av.open(str(footage)) as container:
-        for index, frame in enumerate(container.decode(video=0)):
-            if index in wanted:
-                tensors.append(detector.preprocess(frame.to_ndarray(format="bgr24"))[0])
-            if index >= max(wanted):
-                break
+    frames = video_frames(footage, [CALIBRATION_FIRST + CALIBRATION_STEP * k for k in range(CALIBRATION_FRAMES)])
+    tensors = [detector.preprocess(frames[index])[0] for index in sorted(frames)]
     if len(tensors) != CALIBRATION_FRAMES:
         sys.exit(f"{footage}: only {len(tensors)} of {CALIBRATION_FRAMES} calibration frames (too short?)")
     return tensors

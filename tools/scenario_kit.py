@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from enum import Enum
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import av
 import cv2
@@ -334,6 +334,22 @@ def build_key(recipe: Recipe) -> str:
 
 # --------------------------------------------------------------------------- sprites
 
+def video_frames(video: str | os.PathLike[str], indices: Iterable[int]) -> dict[int, np.ndarray]:
+    """BGR frames of ``video`` at 0-based ``indices``, decoded once from the start; an index past
+    the end is simply absent."""
+    wanted = set(indices)
+    frames: dict[int, np.ndarray] = {}
+    if not wanted:
+        return frames
+    with av.open(str(video)) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            if index in wanted:
+                frames[index] = frame.to_ndarray(format="bgr24")
+            if index >= max(wanted):
+                break
+    return frames
+
+
 def _source_picture(recipe: Recipe, placement: Placement) -> np.ndarray:
     if placement.video_frame is None:
         picture = cv2.imread(placement.image, cv2.IMREAD_COLOR)
@@ -341,10 +357,9 @@ def _source_picture(recipe: Recipe, placement: Placement) -> np.ndarray:
             raise ConfigError(recipe.path, "placement.image", f"cannot read image {placement.image}")
         return picture
     video = Path(placement.image) if placement.image is not None else recipe.background
-    with av.open(str(video)) as container:
-        for index, frame in enumerate(container.decode(video=0)):
-            if index == placement.video_frame:
-                return frame.to_ndarray(format="bgr24")
+    frames = video_frames(video, [placement.video_frame])
+    if placement.video_frame in frames:
+        return frames[placement.video_frame]
     raise ConfigError(recipe.path, "placement.video_frame", f"{video.name} has no frame {placement.video_frame}")
 
 
