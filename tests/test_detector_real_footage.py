@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import av
 import numpy as np
 import pytest
 
 from agent.detect import load_detector
 from tests.helpers import NANODET_MANIFEST
+from tools.scenario_kit import video_frames
 
 # frame index -> people visible by eye
 PEOPLE_BY_EYE = {
@@ -29,14 +29,7 @@ SCORE = 0.6
 
 @pytest.fixture(scope="module")
 def vtest_frames(footage):
-    frames = {}
-    with av.open(str(footage["vtest.avi"])) as container:
-        for index, frame in enumerate(container.decode(video=0)):
-            if index in PEOPLE_BY_EYE:
-                frames[index] = frame.to_ndarray(format="bgr24")
-            if index >= max(PEOPLE_BY_EYE):
-                break
-    return frames
+    return video_frames(footage["vtest.avi"], PEOPLE_BY_EYE)
 
 
 @pytest.fixture(scope="module")
