@@ -53,7 +53,8 @@ def test_generator_is_deterministic_and_its_recipes_load(tmp_path):
                 placement = recipe.placements[truth.placement]
                 source = next(s for s in hard_set.LITTER if list(s.box) == list(placement.box))
                 across = placement.height_px / source.aspect
-                assert 8 <= across <= 20, (path.name, across)
+                low, high = hard_set.LITTER_ACROSS_PX
+                assert low <= across <= high, (path.name, across)
                 assert placement.behind_movers and truth.start_s == placement.appear_s
                 assert truth.end_s == placement.remove_s
 
@@ -89,7 +90,7 @@ def test_sensor_noise_has_the_asked_spread(vtest_frame):
 
 
 def test_gain_ramps_and_patches_change_light_where_and_when_asked(vtest_frame):
-    from tools.scenario_kit import _patch_shape
+    from tools.scenario_kit import patch_shape
 
     rng = np.random.default_rng(0)
     effects = Effects(gain=((0, 1.0), (10, 0.5)))
@@ -100,11 +101,11 @@ def test_gain_ramps_and_patches_change_light_where_and_when_asked(vtest_frame):
 
     # A cloud's shadow moving from x 200 to x 600 along y 450, faded in by t = 1.
     cloud = Patch(gain=0.6, radius=(60, 40), moves=((0, 200, 450), (10, 600, 450)), softness=5, fade_s=1)
-    shaded = apply_effects(vtest_frame, Effects(patch=(cloud,)), [_patch_shape(cloud)], 5.0, rng).astype(float)
+    shaded = apply_effects(vtest_frame, Effects(patch=(cloud,)), [patch_shape(cloud)], 5.0, rng).astype(float)
     centre, away = (slice(440, 460), slice(390, 410)), (slice(440, 460), slice(90, 110))
     assert shaded[centre].mean() == pytest.approx(0.6 * vtest_frame[centre].mean(), rel=0.03)
     assert shaded[away].mean() == pytest.approx(vtest_frame[away].mean(), abs=0.5)
-    before = apply_effects(vtest_frame, Effects(patch=(cloud,)), [_patch_shape(cloud)], 0.0, rng)
+    before = apply_effects(vtest_frame, Effects(patch=(cloud,)), [patch_shape(cloud)], 0.0, rng)
     assert np.array_equal(before, vtest_frame)  # not faded in yet
 
 

@@ -513,7 +513,7 @@ def mover_mask(frame: np.ndarray, median: np.ndarray) -> np.ndarray:
     return cv2.GaussianBlur(moving.astype(np.float32), (0, 0), 1.0)
 
 
-def _patch_shape(patch: Patch) -> np.ndarray:
+def patch_shape(patch: Patch) -> np.ndarray:
     """The patch's soft ellipse (float32 0..1), centred, with room for its blurred edge."""
     rx, ry = patch.radius
     pad = math.ceil(3 * patch.softness)
@@ -526,7 +526,7 @@ def _patch_shape(patch: Patch) -> np.ndarray:
 def apply_effects(frame: np.ndarray, effects: Effects, shapes: list[np.ndarray], t: float,
                   rng: np.random.Generator) -> np.ndarray:
     """The camera's view of ``frame`` (BGR uint8) at composite time ``t``: a new uint8 array with
-    the recipe's light, noise and JPEG applied (``shapes``: :func:`_patch_shape` of each patch)."""
+    the recipe's light, noise and JPEG applied (``shapes``: :func:`patch_shape` of each patch)."""
     if not (effects.gain or effects.patch or effects.noise or effects.jpeg_quality):
         return frame
     gain = _interpolate(effects.gain, t)[0] if effects.gain else 1.0
@@ -650,7 +650,7 @@ def build(recipe: Recipe, out_dir: str | os.PathLike[str] = DEFAULT_OUT) -> Comp
         source = container.streams.video[0]
         fps, width, height = Fraction(source.average_rate), source.width, source.height
     sprites = [make_sprite(recipe, p) for p in recipe.placements]
-    shapes = [_patch_shape(patch) for patch in recipe.effects.patch]
+    shapes = [patch_shape(patch) for patch in recipe.effects.patch]
     median = median_background(recipe.background) if any(p.behind_movers for p in recipe.placements) else None
     rng = np.random.default_rng(recipe.seed)
     gop = max(1, round(GOP_S * fps))
