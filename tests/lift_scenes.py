@@ -58,9 +58,10 @@ def _picture(name: str) -> np.ndarray:
 
 
 @lru_cache(maxsize=None)
-def _cutout(what: str) -> Sprite:
-    """The kit's sprite of ``what`` at its source size (scaled per scene): cut by the kit from a
-    one-placement recipe, so it is exactly what the kit's composites paste."""
+def cutout(what: str, height_px: int | None = None) -> Sprite:
+    """The kit's sprite of ``what``, ``height_px`` tall (default: its source size, scaled per
+    scene): cut by the kit from a one-placement recipe, so it is exactly what the kit's
+    composites paste."""
     name, box, keep = SOURCES[what]
     video, _, index = name.partition(":")
     source = f"video_frame = {index}" if index else f'image = "{name}"'
@@ -79,7 +80,7 @@ box = {list(box)}
 mask = "grabcut"
 keep = {[list(k) for k in keep]}
 at = [0, 0]
-height_px = {box[3] - box[1]}
+height_px = {height_px or box[3] - box[1]}
 shadow = {'true' if what == 'person' else 'false'}
 """
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,7 +92,7 @@ shadow = {'true' if what == 'person' else 'false'}
 
 def sprite(what: str, length_m: float, angle_deg: float = 0.0) -> Sprite:
     """``what`` scaled so its longer side is ``length_m`` of the car, turned by ``angle_deg``."""
-    base = _cutout(what)
+    base = cutout(what)
     h, w = base.alpha.shape
     scale = length_m * PX_PER_M / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
