@@ -394,7 +394,7 @@ class SceneModel:
         """Whether the blob in box x, y, w, h (``inside``: its pixels there) is the coloured ground
         itself, lighter or darker (grass trampled by walkers, wetted or dried, in sun or shade),
         not an object on it: the picture keeps the background's hue, most of its saturation and
-        more than half its brightness.
+        most of its brightness (``SAME_GROUND_*``).
         Grey ground (tarmac, paving) has no hue to compare and is never judged so
         (``same_ground_hue_deg``)."""
 

@@ -127,6 +127,17 @@ def test_a_person_standing_still_whom_the_detector_misses_now_and_then_is_not_li
     assert run(forgetful, standing)[:1] == [(14.5, EventKind.OPENED, 1)]
 
 
+def test_a_blob_that_stands_is_not_litter_whatever_the_detector_saw():
+    """A man the detector never saw, standing still (a 43 x 135 px blob on the harder set), against
+    a bag lying there and a thin speck too small for its shape to mean anything."""
+    man, bag, speck = (100, 295, 143, 430), (100, 410, 130, 430), (100, 422, 103, 430)
+    for box, opens in [(man, False), (bag, True), (speck, True)]:
+        rule = LitterRule(ZONE, params())
+        assert bool(run(rule, lambda ts: ([blob(box, area=500)], None), 0, 12)) is opens, box
+    rule = LitterRule(ZONE, params(max_upright_ratio=0))
+    assert run(rule, lambda ts: ([blob(man, area=5000)], None), 0, 12) == [(10.0, EventKind.OPENED, 1)]
+
+
 def test_a_passer_by_hides_the_litter_for_a_moment_but_does_not_restart_its_dwell():
     def scene(ts):
         return [blob(static_since=0.0)], detections(PERSON_OVER_CAN) if 9.0 <= ts < 10.5 else None

@@ -24,6 +24,8 @@ overlaps it, nor while movers have covered it for most of the last ``mover_memor
 exponential average per 8-pixel cell, :class:`RecentMovers`). A pedestrian walking past costs the
 litter the frames it is hidden, not its dwell; a crowd that never leaves the litter's spot hides
 it.
+A person the detector never sees at all is told by shape: a blob that stands, much taller than
+wide (``max_upright_ratio``), is not litter lying on the ground.
 
 **Clearing is the camera's verification:** the ticket clears when the zone has held no litter for
 ``clear_after_s``. While a ticket is open a blob hidden behind a person still counts as there:
@@ -57,6 +59,12 @@ from agent.zones import Zone
 # A static blob has no detector score: it is reported only after it has stayed still, and that
 # dwell, not a number, is its certainty. Tickets need a confidence, so they carry this.
 BLOB_CONFIDENCE = 1.0
+# Frame pixels: below this height a blob's shape says nothing of whether it stands (a speck of
+# 3 x 8 px is the codec's and the noise's as much as the object's); the largest litter the
+# harder set pastes, a 0.5 m bag or carton, is under 20 px tall, a person there 100-140 px. On the
+# harder set's no-litter clips an undetected man standing 20 s on the lawn (a 43 x 135 px blob)
+# opened one of the two false litter tickets.
+UPRIGHT_MIN_HEIGHT_PX = 24.0
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,12 @@ class Params:
              "min_area_m2 and max_area_m2 give the bounds instead of min_area_px and max_area_px")
     min_area_m2: float | None = setting(None, ge=0, help="Smallest object in m2; needs px_per_m2")
     max_area_m2: float | None = setting(None, gt=0, help="Largest object in m2; needs px_per_m2")
+    max_upright_ratio: float = setting(
+        2.5, ge=0,
+        help="A blob more than this many times as tall as it is wide, and at least 24 frame pixels "
+             "tall, stands rather than lies: a person the detector missed, a bin, a post. Things "
+             "lying on the ground are foreshortened by a camera looking down, not stretched "
+             "(a full bag, a carton: 0.4-1.2); a man standing still is 3-3.5. 0 turns the test off")
     mover_classes: tuple[str, ...] = setting(
         MOVER_CLASSES, help="Detector classes that are never litter; blobs under their boxes are ignored")
     mover_memory_s: float = setting(
@@ -188,13 +202,19 @@ class LitterRule:
         self._last_boxes = np.zeros((0, 4), np.float32)  # the last litter seen, which a clear reports
 
     def _on_ground(self, blobs: tuple[StaticBlob, ...]) -> list[StaticBlob]:
-        """Blobs whose bottom centre is in the zone and whose area is within bounds."""
+        """Blobs whose bottom centre is in the zone, whose area is within bounds and that lie
+        rather than stand."""
         low, high = self.params.area_range_px
-        sized = [b for b in blobs if low <= b.area_px <= high]
+        sized = [b for b in blobs if low <= b.area_px <= high and not self._stands(b)]
         if not sized:
             return []
         anchors = np.array([[(b.xyxy[0] + b.xyxy[2]) / 2, b.xyxy[3]] for b in sized])
         return [b for b, inside in zip(sized, self.zone.contains(anchors)) if inside]
+
+    def _stands(self, blob: StaticBlob) -> bool:
+        x0, y0, x1, y1 = blob.xyxy
+        ratio = self.params.max_upright_ratio
+        return ratio > 0 and y1 - y0 >= UPRIGHT_MIN_HEIGHT_PX and y1 - y0 > ratio * (x1 - x0)
 
     def _visible(self, blobs: list[StaticBlob], detections: Detections) -> list[StaticBlob]:
         """The blobs that no person or vehicle hides or is."""
