@@ -54,7 +54,7 @@ def obs(ts, blobs=(), people=None, tracked=None) -> Observation:
 
 def params(**kw) -> Params:
     return Params(**({"shop_name": "Example Grocery", "shop_id": "SH-0001", "min_dwell_s": 10.0,
-                      "clear_after_s": 5.0} | kw))
+                      "clear_after_s": 5.0, "min_fraction": 0.15} | kw))
 
 
 def run(rule, scene, start=0.0, end=40.0):
@@ -86,11 +86,13 @@ def test_goods_covering_enough_of_the_zone_open_a_ticket_dated_back_to_when_they
     assert cleared.boxes.tolist() == [list(STALL)] and cleared.last_seen == 29.5
 
 
-def test_only_the_part_inside_the_zone_counts_and_overlapping_goods_count_once():
-    half_out = (280, 100, 320, 200)  # 0.1 of the zone inside, as much outside
-    assert run(ShopFrontRule(ZONE, params()), lambda ts: {"blobs": [blob(half_out)]}) == []
-    assert kinds(run(ShopFrontRule(ZONE, params(min_fraction=0.09)), lambda ts: {"blobs": [blob(half_out)]},
-                     0, 12)) == [(10.0, EventKind.OPENED)]
+def test_goods_count_where_they_stand_with_their_whole_picture_and_overlaps_once():
+    # A rack against the door line: 50 x 80 px, a fifth of the zone's area, 10 px of it inside.
+    against_door_line = (200, 30, 250, 110)
+    beyond = (200, 30, 250, 98)  # stands on the shop's side of the door line: inside, not out
+    (opened,) = run(ShopFrontRule(ZONE, params()), lambda ts: {"blobs": [blob(against_door_line)]}, 0, 12)
+    assert opened.facts["fraction"] == pytest.approx(0.2, abs=0.02)
+    assert run(ShopFrontRule(ZONE, params(min_fraction=0.01)), lambda ts: {"blobs": [blob(beyond)]}) == []
     overlapping = [blob(STALL), blob((120, 100, 160, 200), blob_id=2)]  # 0.2 + 0.2, 0.1 shared
     (opened,) = run(ShopFrontRule(ZONE, params()), lambda ts: {"blobs": overlapping}, 0, 12)
     assert opened.facts["fraction"] == pytest.approx(0.3, abs=0.02)
