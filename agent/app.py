@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import platform
 import queue
 import sqlite3
 import threading
@@ -19,6 +20,7 @@ from agent.clock import Clock, SystemClock
 from agent.commands import CommandHandler
 from agent.config import BoxConfig
 from agent.detect import Detector, load_detector
+from agent.detect.manifest import cpu_flags, int8_risk
 from agent.evidence import EvidenceStore
 from agent.faults import OfflineWatch
 from agent.health import CameraHealth
@@ -41,10 +43,16 @@ JANITOR_INTERVAL_S = 30.0
 def load_detectors(config: BoxConfig) -> dict[str, Detector]:
     """The models the cameras use, each loaded once and shared (sha256 checked at load)."""
     used = {cam.model for cam in config.cameras}
-    return {
+    detectors = {
         name: load_detector(m.manifest, m.threads, m.min_score, m.nms_iou)
         for name, m in config.models.items() if name in used
     }
+    flags = cpu_flags()
+    for name, detector in detectors.items():
+        risk = int8_risk(detector.manifest, platform.machine(), flags)
+        if risk:
+            log_event(log, "model_may_be_inaccurate_here", level=logging.WARNING, model=name, reason=risk)
+    return detectors
 
 
 class Agent:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from agent.detect import load_detector
-from agent.detect.manifest import load_manifest
+from agent.detect.manifest import cpu_flags, int8_risk, load_manifest
 from agent.detect import nanodet
 from tests.helpers import NANODET_MANIFEST, REPO
 from tests.onnx_fixtures import make_yolo_like_onnx
@@ -87,3 +87,22 @@ def test_nanodet_gfl_decoding_of_one_known_anchor():
     cx, cy = (10 + spec.centre_offset) * 8, (5 + spec.centre_offset) * 8
     np.testing.assert_allclose(xyxy, [[cx - 24, cy - 24, cx + 24, cy + 24]], atol=1e-3)
     assert score.tolist() == pytest.approx([0.8]) and class_id.tolist() == [1]
+
+
+def test_an_int8_model_on_an_x86_cpu_without_vnni_is_flagged_and_nothing_else_is():
+    int8 = load_manifest(NANODET_MANIFEST.with_name("nanodet-g-416-int8.toml"))
+    fp32 = load_manifest(NANODET_MANIFEST)
+    avx2_only, vnni = {"sse4_2", "avx2"}, {"avx2", "avx512_vnni"}
+    risk = int8_risk(int8, "x86_64", avx2_only)
+    assert risk and "nanodet-g-416-int8" in risk and "VNNI" in risk
+    assert int8_risk(int8, "x86_64", vnni) is None
+    assert int8_risk(int8, "x86_64", {"avx_vnni"}) is None
+    assert int8_risk(fp32, "x86_64", avx2_only) is None
+    assert int8_risk(int8, "aarch64", set()) is None  # the x86 kernels' trouble only
+
+
+def test_cpu_flags_are_read_from_the_flags_lines(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_vnni\n\nprocessor\t: 1\nflags\t\t: fpu avx2\n")
+    assert cpu_flags(cpuinfo) == {"fpu", "avx2", "avx512_vnni"}
+    assert cpu_flags(tmp_path / "missing") == set()

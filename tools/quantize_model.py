@@ -26,7 +26,8 @@ Steps, each for a reason:
 before step 1 (every Resize is by scale and every head Reshape is [1, -1, C], so nothing else is tied
 to 416), the manifest's input_size follows; the heads then have 40x40, 20x20, 10x10 anchors.
 
-The manifest is the fp32 one with name, file, sha256, input_size and source replaced: classes,
+The manifest is the fp32 one with name, file, sha256, input_size and source replaced and
+``precision = "int8"`` added (``edge-agent check`` warns on CPUs without VNNI): classes,
 normalisation, decoder and heads are copied unchanged. The source line records the fp32 file's sha256
 and the tool versions, since onnxruntime's quantiser output depends on them.
 """
@@ -105,6 +106,9 @@ def write_manifest(fp32_toml: Path, out_toml: Path, name: str, onnx_name: str, s
                           text, count=1, flags=re.M)
         if n != 1:
             sys.exit(f"{fp32_toml}: no top-level {key} line to replace")
+    text, n = re.subn(r"^(decoder = [^\n]*\n)", r'\1precision = "int8"\n', text, count=1, flags=re.M)
+    if n != 1:
+        sys.exit(f"{fp32_toml}: no top-level decoder line to put the precision after")
     out_toml.write_text(text)
 
 

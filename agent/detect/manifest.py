@@ -19,6 +19,11 @@ class Decoder(str, Enum):
     YOLO = "yolo"
 
 
+class Precision(str, Enum):
+    FP32 = "fp32"
+    INT8 = "int8"
+
+
 class Resize(str, Enum):
     STRETCH = "stretch"  # plain resize to the input size, aspect ratio not kept
     LETTERBOX = "letterbox"  # keep aspect ratio, pad with grey (Ultralytics' preprocessing)
@@ -57,6 +62,11 @@ class ModelManifest:
     classes: list[str] = setting(factory=list, help="Class names; YOLO exports may leave them to metadata")
     output: str = setting("", help="YOLO: the output tensor name (default: the graph's first output)")
     nanodet: NanoDetSection | None = setting(None)
+    precision: Precision = setting(
+        Precision.FP32,
+        help="int8: quantised with uint8 activations (tools/quantize_model.py). onnxruntime's x86 "
+             "int8 kernels can saturate their sums on CPUs without VNNI and lose accuracy, which "
+             "`edge-agent check` and the start log warn about")
 
     def __post_init__(self):
         if self.input_layout not in ("NCHW", "NHWC"):
@@ -65,6 +75,29 @@ class ModelManifest:
             raise ValueError(f"channel_order: must be RGB or BGR, got {self.channel_order!r}")
         if self.decoder is Decoder.NANODET and (self.nanodet is None or not self.nanodet.heads):
             raise ValueError("nanodet: a nanodet model needs [[nanodet.heads]] tables")
+
+
+def int8_risk(manifest: ModelManifest, machine: str, cpu_flags: set[str]) -> str | None:
+    """Why this int8 model may detect worse on this CPU than it was measured to, or None.
+
+    On x86 without VNNI (Intel before Cascade Lake, AMD before Zen 4) onnxruntime multiplies
+    uint8 by int8 with instructions whose 16-bit intermediate sums saturate; the model was
+    checked against fp32 only on a CPU with VNNI (docs/performance.md)."""
+    if manifest.precision is not Precision.INT8 or machine.lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return None
+    if cpu_flags & {"avx512_vnni", "avx_vnni"}:
+        return None
+    return (f"{manifest.name} is int8 and this CPU has no VNNI: its accuracy was checked only on "
+            "CPUs with VNNI; use the fp32 manifest or check it here (tests/test_detector_int8.py)")
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The CPU's feature flags (Linux); empty where the file is not there."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
 
 
 def load_manifest(path: Path) -> ModelManifest:
