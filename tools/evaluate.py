@@ -46,10 +46,11 @@ if __package__ in (None, ""):  # run as `python tools/evaluate.py`: make `tools`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.typedtoml import ConfigError  # noqa: E402
+from tools import shipped_manifest  # noqa: E402
 from tools.scenario_kit import DEFAULT_OUT, Truth, ensure_built, load_recipe  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-MANIFEST = REPO / "models" / "nanodet-g-416.toml"
+MANIFEST = shipped_manifest()
 START_TIME = "2026-01-01T00:00:00Z"  # the composite's first frame, so ticket time - this = media time
 START_EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
 DEFAULT_SLACK_S = 10.0

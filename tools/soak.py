@@ -61,11 +61,12 @@ import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 
+from tools import shipped_manifest  # noqa: E402
 from tools.fetch_footage import ensure_footage  # noqa: E402
 
 AGENT_ID = "soak-box"
 PREFIX = "cityops"
-MANIFEST = REPO / "models" / "nanodet-g-416.toml"
+MANIFEST = shipped_manifest()
 HOST = "127.0.0.1"
 # CPU cost of one NanoDet-g 416 inference with 2 onnxruntime threads on this project's box
 # (tools/bench.py, docs/performance.md), plus what else an analysed frame costs (BGR conversion,
