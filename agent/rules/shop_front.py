@@ -76,7 +76,6 @@ class Params:
              "small against the pavement in front of it: a rack and two cartons, about 1 m2 on "
              "a 3 x 6 m strip, are 0.05-0.1 of it, a cup or a bag of litter far less; three goods "
              "on the harder set's pavement covered 0.13-0.31 of their zones")
-
     min_dwell_s: float = setting(
         10.0, ge=0,
         help="Seconds the share must stay at least min_fraction, counted from when the goods came "
@@ -164,7 +163,8 @@ class ShopFrontRule:
             blocked |= np.repeat(np.repeat(recent, scale, axis=0), scale, axis=1)[:zone.shape[0], :zone.shape[1]]
         standing = (self.zone.contains(np.array([[(b[0] + b[2]) / 2, b[3]] for b in boxes], np.float32))
                     if boxes else np.zeros(0, bool))
-        counted = [i for i, box in enumerate(boxes) if standing[i] and (box_mask(box, zone.shape, CELL) & ~blocked).any()]
+        counted = [i for i, box in enumerate(boxes)
+                   if standing[i] and (box_mask(box, zone.shape, CELL) & ~blocked).any()]
         boxes = np.array([boxes[i] for i in counted], np.float32).reshape(-1, 4)
         covered = box_mask(boxes, zone.shape, CELL) & ~blocked
         return Occupancy(min(1.0, covered.sum() / max(1, zone.sum())), boxes,
