@@ -15,10 +15,12 @@ Steps, each for a reason:
      differ in range by channel; one scale per tensor loses the small ones), uint8 activations:
      onnxruntime's x86 int8 kernels are built for u8 activations x s8 weights (VNNI); s8 x s8 measured
      no faster than fp32 here (36 vs 35 ms, 1 thread) while u8 x s8 took 14 ms. Calibrated with
-     min/max on CALIBRATION_FRAMES frames of vtest.avi made by the Detector's own
+     the CALIBRATION_PERCENTILE percentile on CALIBRATION_FRAMES frames of vtest.avi made by the Detector's own
      ``preprocess`` from the fp32 manifest: BGR, NanoDet's mean/std, plain resize, exactly what the
      model sees on the box. Frames are every CALIBRATION_STEP-th from CALIBRATION_FIRST, so a rerun
      picks the same ones; tests/test_detector_int8.py checks on frames none of these (index % 40 == 0).
+     Also on 16 bikes.mp4 frames and three darknet stills: vtest has no bicycle
+     (``calibration_tensors`` has the figures).
   4. The outputs stay float: the quantiser ends each head with a DequantizeLinear, output names kept,
      so the manifest's [[nanodet.heads]] still name them.
 
@@ -45,6 +47,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python tools/quantize_model.py`: make `agent` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime  # noqa: E402
@@ -59,6 +62,12 @@ from tools.scenario_kit import video_frames  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CALIBRATION_FIRST, CALIBRATION_STEP, CALIBRATION_FRAMES = 12, 25, 32  # frames 12, 37, ..., 787 of 795
+STREET_FRAMES = range(10, 400, 25)  # 16 frames of bikes.mp4: cyclists, parked bikes, a street
+OTHER_STILLS = ("person.jpg", "horses.jpg", "kite.jpg")  # darknet's, beside the footage
+# Activation ranges: this percentile of each tensor's values, not its min and max. The extra
+# calibration pictures widen some ranges with a few outliers, which cost small people their
+# precision with min/max.
+CALIBRATION_PERCENTILE = 99.999
 
 
 class FrameReader(CalibrationDataReader):
@@ -76,6 +85,18 @@ def calibration_tensors(footage: Path, detector) -> list[np.ndarray]:
     tensors = [detector.preprocess(frames[index])[0] for index in sorted(frames)]
     if len(tensors) != CALIBRATION_FRAMES:
         sys.exit(f"{footage}: only {len(tensors)} of {CALIBRATION_FRAMES} calibration frames (too short?)")
+    # vtest has people and no bicycle: calibrated on it alone, the int8 model scored the dog.jpg
+    # bicycle of the bikes and lift scenarios 0.21-0.27 against fp32's 0.52-0.63, under both
+    # rules' thresholds. bikes.mp4's street and three stills of other classes bring it to 0.47-0.48
+    # (with min/max ranges to 0.48-0.57, but 4 of vtest's 136 people lost; the percentile keeps
+    # them, 136 of 136). dog.jpg stays out: the tests paste its bicycle.
+    street = video_frames(footage.parent / "bikes.mp4", STREET_FRAMES)
+    tensors += [detector.preprocess(street[index])[0] for index in sorted(street)]
+    for still in OTHER_STILLS:
+        picture = cv2.imread(str(footage.parent / still), cv2.IMREAD_COLOR)
+        if picture is None:
+            sys.exit(f"{footage.parent / still}: cannot read the calibration still")
+        tensors.append(detector.preprocess(picture)[0])
     return tensors
 
 
@@ -144,15 +165,17 @@ def main() -> int:
         quantize_static(str(pre_path), str(out_onnx), FrameReader(tensors, sized.input_name),
                         quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+                        calibrate_method=CalibrationMethod.Percentile,
+                        extra_options={"CalibPercentile": CALIBRATION_PERCENTILE})
 
     sha256 = sha256_of(out_onnx)
     fp32_sha = sha256_of(src)
     size_note = "" if args.input_size == 416 else f"; input and head dims rewritten to {args.input_size}x{args.input_size}"
     source = (f"{src.name} (sha256 {fp32_sha}){size_note}, simplified by onnxsim {onnxsim.__version__.lstrip('v')}, "
               f"onnxruntime {onnxruntime.__version__} quant_pre_process + quantize_static (QDQ, int8 weights per "
-              f"channel, uint8 activations, MinMax on {CALIBRATION_FRAMES} vtest.avi frames {CALIBRATION_FIRST}+"
-              f"{CALIBRATION_STEP}k), onnx {onnx.__version__}; by tools/quantize_model.py")
+              f"channel, uint8 activations, {CALIBRATION_PERCENTILE} percentile on {CALIBRATION_FRAMES} vtest.avi "
+              f"frames {CALIBRATION_FIRST}+{CALIBRATION_STEP}k, {len(STREET_FRAMES)} bikes.mp4 frames and "
+              f"{', '.join(OTHER_STILLS)}), onnx {onnx.__version__}; by tools/quantize_model.py")
     write_manifest(args.manifest, args.out_dir / f"{args.name}.toml", args.name, out_onnx.name, sha256,
                    args.input_size, source)
     print(f"wrote {out_onnx} ({out_onnx.stat().st_size} bytes, sha256 {sha256}) and {args.name}.toml")
