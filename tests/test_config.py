@@ -126,7 +126,7 @@ def test_console_script_check_on_bundled_config():
     out = subprocess.run([exe, "check"], capture_output=True, text=True, cwd=NANODET_MANIFEST.parent.parent,
                          timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "model default: nanodet-g-416.onnx" in out.stdout
+    assert "model default: nanodet-g-416-int8.onnx" in out.stdout and ", int8" in out.stdout
     assert "zone keep_clear: 4 points, rule object_dwell" in out.stdout
 
 
