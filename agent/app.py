@@ -43,16 +43,18 @@ JANITOR_INTERVAL_S = 30.0
 def load_detectors(config: BoxConfig) -> dict[str, Detector]:
     """The models the cameras use, each loaded once and shared (sha256 checked at load)."""
     used = {cam.model for cam in config.cameras}
-    detectors = {
+    return {
         name: load_detector(m.manifest, m.threads, m.min_score, m.nms_iou)
         for name, m in config.models.items() if name in used
     }
-    flags = cpu_flags()
-    for name, detector in detectors.items():
-        risk = int8_risk(detector.manifest, platform.machine(), flags)
-        if risk:
-            log_event(log, "model_may_be_inaccurate_here", level=logging.WARNING, model=name, reason=risk)
-    return detectors
+
+
+def precision_risks(detectors: dict[str, Detector]) -> dict[str, str]:
+    """Per model name, why it may detect worse on this CPU than it was measured to (int8 on x86
+    without VNNI, :func:`agent.detect.manifest.int8_risk`); models without a risk are left out."""
+    flags, machine = cpu_flags(), platform.machine()
+    return {name: risk for name, detector in detectors.items()
+            if (risk := int8_risk(detector.manifest, machine, flags))}
 
 
 class Agent:
@@ -67,6 +69,8 @@ class Agent:
         self.topics = Topics(config.mqtt.prefix if config.mqtt else DEFAULT_PREFIX, config.agent.id)
         chunk_bytes = config.mqtt.chunk_bytes if config.mqtt else DEFAULT_CHUNK_BYTES
         self.detectors = load_detectors(config)
+        for name, risk in precision_risks(self.detectors).items():
+            log_event(log, "model_may_be_inaccurate_here", level=logging.WARNING, model=name, reason=risk)
         self.health = {cam.id: CameraHealth(cam.id, cam.model) for cam in config.cameras}
         settings = config.tickets
         # The ring keeps the pre-roll plus two GOPs of margin, so a clip can start at a keyframe.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import signal
 import sys
 import tempfile
@@ -14,10 +13,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from agent.app import Agent, load_detectors
+from agent.app import Agent, load_detectors, precision_risks
 from agent.clock import ManualClock
 from agent.config import BoxConfig, load_config
-from agent.detect.manifest import cpu_flags, int8_risk
 from agent.logs import setup_logging
 from agent.typedtoml import ConfigError
 
@@ -68,13 +66,13 @@ def cmd_run(config: BoxConfig, args) -> int:
 def cmd_check(config: BoxConfig, args) -> int:
     detectors = load_detectors(config)
     print(f"config {config.source_file}: agent {config.agent.id}")
+    risks = precision_risks(detectors)
     for name, det in detectors.items():
         print(f"model {name}: {det.manifest.file.name} sha256 {det.sha256[:12]}… ok, "
               f"{len(det.class_names)} classes, input {det.manifest.input_size[0]}x{det.manifest.input_size[1]}, "
               f"{det.manifest.precision.value}")
-        risk = int8_risk(det.manifest, platform.machine(), cpu_flags())
-        if risk:
-            print(f"  warning: {risk}")
+        if name in risks:
+            print(f"  warning: {risks[name]}")
     mqtt = config.mqtt
     print(f"mqtt: {mqtt.host}:{mqtt.port} prefix {mqtt.prefix}" if mqtt else "mqtt: none (store locally only)")
     print(f"storage: {config.storage.dir}")

@@ -12,6 +12,12 @@ from enum import Enum
 import numpy as np
 
 
+def bottom_centres(xyxy: np.ndarray) -> np.ndarray:
+    """(N, 2) points where the (N, 4) boxes touch the ground: Frigate's zone anchor."""
+    xyxy = np.asarray(xyxy, np.float32).reshape(-1, 4)
+    return np.stack([(xyxy[:, 0] + xyxy[:, 2]) / 2, xyxy[:, 3]], axis=1)
+
+
 @dataclass(frozen=True)
 class Frame:
     """One decoded picture of one camera.
@@ -67,7 +73,7 @@ class Detections:
 
     def bottom_centres(self) -> np.ndarray:
         """(N, 2) points where an object touches the ground: Frigate's zone anchor."""
-        return np.stack([(self.xyxy[:, 0] + self.xyxy[:, 2]) / 2, self.xyxy[:, 3]], axis=1)
+        return bottom_centres(self.xyxy)
 
 
 # COCO classes that move by themselves or are moved through a scene: the scene model masks them out

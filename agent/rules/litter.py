@@ -53,7 +53,7 @@ import numpy as np
 
 from agent.rules import Category, Need, register
 from agent.typedtoml import setting
-from agent.types import MOVER_CLASSES, Detections, EventKind, Observation, RuleEvent, StaticBlob
+from agent.types import MOVER_CLASSES, Detections, EventKind, Observation, RuleEvent, StaticBlob, bottom_centres
 from agent.zones import Zone
 
 # A static blob has no detector score: it is reported only after it has stayed still, and that
@@ -208,8 +208,7 @@ class LitterRule:
         sized = [b for b in blobs if low <= b.area_px <= high and not self._stands(b)]
         if not sized:
             return []
-        anchors = np.array([[(b.xyxy[0] + b.xyxy[2]) / 2, b.xyxy[3]] for b in sized])
-        return [b for b, inside in zip(sized, self.zone.contains(anchors)) if inside]
+        return [b for b, inside in zip(sized, self.zone.contains(bottom_centres(_boxes(sized)))) if inside]
 
     def _stands(self, blob: StaticBlob) -> bool:
         x0, y0, x1, y1 = blob.xyxy

@@ -57,7 +57,7 @@ import numpy as np
 from agent.rules import Category, Need, register
 from agent.rules.litter import BLOB_CONFIDENCE, RecentMovers, box_mask
 from agent.typedtoml import setting
-from agent.types import MOVER_CLASSES, EventKind, Observation, RuleEvent
+from agent.types import MOVER_CLASSES, EventKind, Observation, RuleEvent, bottom_centres
 from agent.zones import Zone
 
 GOODS_CLASSES = ("backpack", "bench", "bottle", "chair", "cup", "dining table", "handbag", "potted plant", "suitcase",
@@ -161,8 +161,7 @@ class ShopFrontRule:
         if recent is not None:  # RecentMovers' cells are whole multiples of ours
             scale = RecentMovers.CELL // CELL
             blocked |= np.repeat(np.repeat(recent, scale, axis=0), scale, axis=1)[:zone.shape[0], :zone.shape[1]]
-        standing = (self.zone.contains(np.array([[(b[0] + b[2]) / 2, b[3]] for b in boxes], np.float32))
-                    if boxes else np.zeros(0, bool))
+        standing = self.zone.contains(bottom_centres(np.array(boxes, np.float32)))
         counted = [i for i, box in enumerate(boxes)
                    if standing[i] and (box_mask(box, zone.shape, CELL) & ~blocked).any()]
         boxes = np.array([boxes[i] for i in counted], np.float32).reshape(-1, 4)
