@@ -32,6 +32,7 @@ from agent.storage import StorageJanitor
 from agent.tickets import TICKET_TABLES, ModelInfo, TicketBook, iso_utc
 from agent.topics import Topics
 from agent.transport import MqttTransport, Request
+from agent.types import Detections
 
 log = logging.getLogger("agent.app")
 
@@ -130,8 +131,10 @@ class Agent:
             for event in watch.update(now, health.last_frame_at, health.last_error):
                 latest = self.pipelines[camera].latest
                 # The last picture the camera gave, so the platform sees what went dark.
-                image = latest.image if latest is not None else np.zeros((576, 768, 3), np.uint8)
-                self.pipelines[camera].ticket(event, image)
+                if latest is not None:
+                    self.pipelines[camera].ticket(event, latest.image, latest.detections)
+                else:
+                    self.pipelines[camera].ticket(event, np.zeros((576, 768, 3), np.uint8), Detections.empty())
 
     def _tidy_storage(self) -> None:
         try:

@@ -21,7 +21,7 @@ from agent.scene import SceneModel
 from agent.tiling import Tiler
 from agent.track import Tracker
 from agent.tickets import TicketBook
-from agent.types import MOVER_CLASSES, EventKind, Frame, Observation, RuleEvent
+from agent.types import MOVER_CLASSES, Detections, EventKind, Frame, Observation, RuleEvent
 
 log = logging.getLogger("agent.pipeline")
 
@@ -103,11 +103,12 @@ class CameraPipeline:
 
     def _guard_view(self, obs: Observation) -> None:
         for event in self.view.update(obs.ts, obs.image):
-            self.ticket(event, obs.image)
+            self.ticket(event, obs.image, obs.detections)
 
-    def ticket(self, event: RuleEvent, image: np.ndarray, pictures: dict | None = None) -> dict | None:
+    def ticket(self, event: RuleEvent, image: np.ndarray, detections: Detections,
+               pictures: dict | None = None) -> dict | None:
         """Hand an event (a rule's or a camera fault's) to the ticket book and the ticket hook."""
-        doc = self.tickets.on_rule_event(event, image, pictures)
+        doc = self.tickets.on_rule_event(event, image, detections, pictures)
         if doc is not None and self.on_ticket is not None:
             self.on_ticket(doc)
         return doc
@@ -136,7 +137,7 @@ class CameraPipeline:
             # Rules may render extra evidence for their tickets (the crowd rule's heat map).
             pictures = (zr.rule.pictures(obs) if hasattr(zr.rule, "pictures")
                         and event.kind is not EventKind.CLEARED else None)
-            doc = self.ticket(event, obs.image, pictures)
+            doc = self.ticket(event, obs.image, obs.detections, pictures)
             if doc is not None and doc["event"] in ("opened", "reopened") and event.facts.get("alarm"):
                 # A local alarm (the lift's speaker, a barrier) on the topic the rule names.
                 self.tickets.send_alarm(doc, event.ts, zr.config.params.alarm_topic)
