@@ -28,6 +28,7 @@ from agent.ingest import CameraWorker
 from agent.logs import log_event
 from agent.outbox import Outbox
 from agent.pipeline import CameraPipeline
+from agent.privacy import PeopleTrail
 from agent.storage import StorageJanitor
 from agent.tickets import TICKET_TABLES, ModelInfo, TicketBook, iso_utc
 from agent.topics import Topics
@@ -75,11 +76,16 @@ class Agent:
         self.health = {cam.id: CameraHealth(cam.id, cam.model) for cam in config.cameras}
         settings = config.tickets
         # The ring keeps the pre-roll plus two GOPs of margin, so a clip can start at a keyframe.
-        self.rings = ({cam.id: PacketRing(keep_s=settings.clip_pre_s + settings.clip_post_s + 10.0)
-                       for cam in config.cameras} if settings.clips else {})
+        keep_s = settings.clip_pre_s + settings.clip_post_s + 10.0
+        self.rings = {cam.id: PacketRing(keep_s=keep_s) for cam in config.cameras} if settings.clips else {}
+        # Where people were in the ring's span, to hide them in clips: a picture further than 1.5
+        # analysis intervals from an analysed frame is hidden whole (agent/privacy.py).
+        self.trails = ({cam.id: PeopleTrail(keep_s, max_gap_s=1.5 / cam.analysis_fps) for cam in config.cameras}
+                       if settings.clips else {})
         self.books: dict[str, TicketBook] = {}
         self.pipelines: dict[str, CameraPipeline] = {}
-        self.clipper = Clipper(self.rings, self.books, self.clock, settings.clip_pre_s, settings.clip_post_s)
+        self.clipper = Clipper(self.rings, self.trails, self.books, self.clock, settings.clip_pre_s,
+                               settings.clip_post_s)
         hooks = [h for h in (self.clipper.on_ticket if settings.clips else None, on_ticket) if h is not None]
 
         def ticket_hook(doc: dict) -> None:
@@ -92,7 +98,7 @@ class Agent:
                                             self.topics, self.outbox, self.evidence, config.tickets, chunk_bytes,
                                             config.fault_categories)
             self.pipelines[cam.id] = CameraPipeline(cam, detector, self.books[cam.id], self.health[cam.id],
-                                                    storage / "reference", ticket_hook)
+                                                    storage / "reference", ticket_hook, self.trails.get(cam.id))
         self.commands = CommandHandler(config.agent.id, self.topics, self.outbox, self.evidence, self.clock,
                                        self.books, self.pipelines, chunk_bytes)
         self._requests: queue.Queue[Request | None] = queue.Queue(maxsize=1000)

@@ -16,6 +16,7 @@ from agent.detect import Detector
 from agent.faults import ViewGuard
 from agent.health import CameraHealth
 from agent.logs import log_event
+from agent.privacy import PeopleTrail
 from agent.rules import Need, Rule, build_rule, rule_types
 from agent.scene import SceneModel
 from agent.tiling import Tiler
@@ -41,9 +42,10 @@ class ZoneRule:
 
 class CameraPipeline:
     def __init__(self, camera: CameraConfig, detector: Detector, tickets: TicketBook, health: CameraHealth,
-                 reference_dir: Path, on_ticket: Callable[[dict], None] | None = None):
+                 reference_dir: Path, on_ticket: Callable[[dict], None] | None = None,
+                 trail: PeopleTrail | None = None):
         self.camera, self.detector, self.tickets, self.health = camera, detector, tickets, health
-        self.on_ticket = on_ticket
+        self.on_ticket, self.trail = on_ticket, trail
         self.view = (ViewGuard(camera.id, camera.tamper, camera.reference_image, reference_dir / f"{camera.id}.jpg")
                      if camera.view_check else None)
         self.zone_rules = [ZoneRule(zc, build_rule(zc.rule_type, zc.zone, zc.params)) for zc in camera.zones]
@@ -85,6 +87,8 @@ class CameraPipeline:
             obs = self.observe(frame)
             with self._latest_lock:
                 self._latest = obs
+            if self.trail is not None:
+                self.trail.add(obs.ts, obs.detections)
             if self.view is not None:
                 self._guard_view(obs)
             for zr in self.zone_rules:

@@ -11,7 +11,10 @@ the Haar cascade files, so a face is hidden only as part of its person's box.
 
 from __future__ import annotations
 
+import bisect
 import math
+import threading
+from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
@@ -91,6 +94,56 @@ def obscure(image: np.ndarray, boxes: np.ndarray, params: PrivacyParams) -> np.n
 def anonymise(image: np.ndarray, detections: Detections, params: PrivacyParams) -> np.ndarray:
     """The picture that may leave the box: ``image`` with the frame's people hidden."""
     return obscure(image, regions(detections, params, image.shape), params)
+
+
+class PeopleTrail:
+    """Where the detector saw people in one camera's recent analysed frames: what a clip, cut from
+    the compressed packets with many pictures between two analysed frames, needs to hide them.
+
+    A picture between two analysed frames hides the person boxes of both (a person moving at
+    constant speed stays inside the two boxes as long as they overlap); one further than
+    ``max_gap_s`` from any analysed frame is not known to be free of people: ``boxes_at`` says
+    None, and the whole picture is hidden. The camera thread adds, the clipper reads.
+    """
+
+    def __init__(self, keep_s: float, max_gap_s: float):
+        self.keep_s, self.max_gap_s = keep_s, max_gap_s
+        self._lock = threading.Lock()
+        self._ts: deque[float] = deque()
+        self._boxes: deque[np.ndarray] = deque()
+
+    def add(self, ts: float, detections: Detections) -> None:
+        with self._lock:
+            self._ts.append(ts)
+            self._boxes.append(detections.xyxy[detections.of_classes(PEOPLE)].astype(np.float32))
+            while self._ts and self._ts[0] < ts - self.keep_s:
+                self._ts.popleft()
+                self._boxes.popleft()
+
+    @property
+    def newest_ts(self) -> float | None:
+        with self._lock:
+            return self._ts[-1] if self._ts else None
+
+    def boxes_at(self, ts: float) -> np.ndarray | None:
+        """Person boxes (N, 4) to hide in the picture shown at ``ts``; None: unknown."""
+        with self._lock:
+            i = bisect.bisect_right(self._ts, ts)  # analysed frames [0, i) are at or before ts
+            near = [j for j in (i - 1, i) if 0 <= j < len(self._ts) and abs(self._ts[j] - ts) <= self.max_gap_s]
+            if not near:
+                return None
+            return np.concatenate([self._boxes[j] for j in near]).reshape(-1, 4)
+
+
+def clip_filter(trail: PeopleTrail, params: PrivacyParams):
+    """The picture filter (agent/clips.py) that hides people in a clip's pictures."""
+    def hide(picture: np.ndarray, ts: float) -> np.ndarray:
+        boxes = trail.boxes_at(ts)
+        if boxes is None:
+            h, w = picture.shape[:2]
+            boxes = np.array([[0, 0, w, h]], np.float32)
+        return obscure(picture, grow(boxes, params.margin, picture.shape), params)
+    return hide
 
 
 def _pixelate(patch: np.ndarray, block: int) -> np.ndarray:
