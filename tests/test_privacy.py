@@ -132,3 +132,199 @@ def test_privacy_tables_are_validated_at_load(tmp_path):
         bad.write_text(bad.read_text() + "\n" + extra)
         with pytest.raises(ConfigError, match=error):
             load_config(write_edge(tmp_path, [bad]))
+
+
+# --------------------------------------------------------------------------- the real agent on vtest
+
+ZONE = "[[0, 250], [768, 250], [768, 576], [0, 576]]"
+OFF = '\n[zones.plaza.privacy]\nmode = "off"\n'
+
+
+def core(tmp_path, extra=""):
+    cam = write_camera(tmp_path, "cam1", "/nonexistent.mp4", dwell=2, polygon=ZONE)
+    cam.write_text(cam.read_text() + extra)
+    return Agent(load_config(write_edge(tmp_path, [cam])), clock=ManualClock(START))
+
+
+def opened_with_its_frame(agent, frames):
+    """Feed frames until a ticket opens: its document and the observation it was made from."""
+    pipeline = agent.pipelines["cam1"]
+    seen = []
+    pipeline.on_ticket = lambda doc: seen.append((doc, pipeline.latest))
+    for i, image in enumerate(frames):
+        agent.clock._now = START + i * 0.5
+        pipeline.on_frame(Frame("cam1", agent.clock.now(), image))
+        opened = [(doc, obs) for doc, obs in seen if doc["event"] == "opened"]
+        if opened:
+            return opened[0]
+    raise AssertionError("people stand in the zone: a ticket must open")
+
+
+def as_jpeg(image, quality=85):
+    return cv2.imdecode(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])[1], cv2.IMREAD_COLOR)
+
+
+def people(obs, min_w=16, min_h=32):
+    """The detector's person boxes of the frame, large enough to measure, shrunk past the outlines."""
+    boxes = obs.detections.xyxy[obs.detections.of_classes({"person"})].astype(int)
+    return [(x1 + 3, y1 + 3, x2 - 3, y2 - 3) for x1, y1, x2, y2 in boxes if x2 - x1 >= min_w and y2 - y1 >= min_h]
+
+
+def far_from_people(obs, shape, params=PrivacyParams(), pad=16):
+    """Pixels outside every hidden region, with a JPEG block's worth and more to spare."""
+    mask = np.ones(shape[:2], bool)
+    for x1, y1, x2, y2 in regions(obs.detections, params, shape):
+        mask[max(0, y1 - pad):y2 + pad, max(0, x1 - pad):x2 + pad] = False
+    return mask
+
+
+def stored(agent, ticket_id, name):
+    return cv2.imread(str(agent.evidence.folder(ticket_id) / name))
+
+
+def assert_people_hidden(picture, reference, obs):
+    boxes = people(obs)
+    assert boxes, "vtest has people in every frame the zone rule ticketed"
+    for box in boxes:
+        x1, y1, x2, y2 = box
+        assert detail_kept(picture, reference, box) < 0.35, f"detail of the person at {box} survived"
+        assert mad(picture[y1:y2, x1:x2], reference[y1:y2, x1:x2]) > 6, f"the person at {box} barely changed"
+    far = far_from_people(obs, picture.shape)
+    assert far.mean() > 0.3, "enough of the picture is far from people to compare"
+    assert mad(picture, as_jpeg(reference), far) < 1.5, "pixels far from people are the frame's"
+
+
+def test_ticket_snapshot_hides_the_people_and_keeps_the_rest(tmp_path, vtest_2fps):
+    agent = core(tmp_path)
+    doc, obs = opened_with_its_frame(agent, vtest_2fps)
+    # What the snapshot would be without privacy: the raw frame, annotated the same way.
+    boxes = np.array(doc["boxes"], np.float32)
+    reference = annotate(obs.image, agent.config.camera("cam1").zones[0].zone, boxes, [doc["class"]] * len(boxes))
+    snapshot = stored(agent, doc["ticket_id"], "snapshot.jpg")
+    assert_people_hidden(snapshot, reference, obs)
+    # The raw frame stays on the box, as it was: it is named by no message.
+    assert mad(stored(agent, doc["ticket_id"], "frame.jpg"), as_jpeg(obs.image)) < 0.5
+    published = {m.payload_path for m, _ in agent.outbox.messages("evidence")}
+    assert str(agent.evidence.folder(doc["ticket_id"]) / "snapshot.jpg") in published
+    assert not any(path.endswith("frame.jpg") for path in published)
+
+
+def test_a_zone_whose_policy_says_off_keeps_the_people(tmp_path, vtest_2fps):
+    agent = core(tmp_path, OFF)
+    doc, obs = opened_with_its_frame(agent, vtest_2fps)
+    boxes = np.array(doc["boxes"], np.float32)
+    reference = annotate(obs.image, agent.config.camera("cam1").zones[0].zone, boxes, [doc["class"]] * len(boxes))
+    snapshot = stored(agent, doc["ticket_id"], "snapshot.jpg")
+    for box in people(obs):
+        assert detail_kept(snapshot, reference, box) > 0.8, f"the person at {box} is kept"
+    assert mad(snapshot, as_jpeg(reference)) < 1.5
+
+
+def command(agent, verb, **body):
+    doc = {"schema": "edge-agent/command", "schema_version": "1.0", "command_id": f"cmd-{verb}", "verb": verb, **body}
+    return agent.commands.handle(Request(f"cityops/test-box/cmd/{verb}", json.dumps(doc).encode(), None, None))
+
+
+def test_spot_check_snapshot_hides_the_people_even_where_a_zone_keeps_them(tmp_path, vtest_2fps):
+    agent = core(tmp_path, OFF)  # the zone's override is for its tickets; a spot check is no evidence of one
+    doc, _ = opened_with_its_frame(agent, vtest_2fps)
+    reply = command(agent, "snapshot", camera_id="cam1")
+    assert reply["ok"], reply
+    obs = agent.pipelines["cam1"].latest
+    zones = [zc.zone for zc in agent.config.camera("cam1").zones]
+    spot = stored(agent, "spot-cmd-snapshot", "snapshot.jpg")
+    assert_people_hidden(spot, annotate_detections(obs.image, zones, obs.detections), obs)
+
+
+def test_verification_picture_hides_the_people(tmp_path, vtest_2fps):
+    agent = core(tmp_path)
+    doc, _ = opened_with_its_frame(agent, vtest_2fps)
+    reply = command(agent, "verify", ticket_id=doc["ticket_id"])
+    assert reply["result"] == "still_present", reply
+    obs = agent.pipelines["cam1"].latest
+    shown = agent.pipelines["cam1"].rule_for("plaza", "object_dwell").present(obs)
+    reference = annotate(obs.image, agent.config.camera("cam1").zones[0].zone, shown, [doc["class"]] * len(shown))
+    assert_people_hidden(stored(agent, doc["ticket_id"], "snapshot_verify.jpg"), reference, obs)
+
+
+# --------------------------------------------------------------------------- clips
+
+def clip_of_first_ticket(tmp_path, footage, extra=""):
+    """Run the agent on vtest.mp4 (as fast as it goes, store-only) until the first ticket's clip
+    is attached; the clip's path and the agent."""
+    cam = write_camera(tmp_path, "cam1", str(footage["vtest.mp4"]), dwell=2, polygon=ZONE)
+    cam.write_text(cam.read_text() + extra)
+    agent = Agent(load_config(write_edge(tmp_path, [cam])))
+    stop = threading.Event()
+    runner = threading.Thread(target=agent.run, args=(stop,))
+    runner.start()
+
+    def clip_path():
+        for message, _ in agent.outbox.messages("ticket"):
+            for item in json.loads(message.payload)["evidence"]:
+                if item["kind"] == "clip":
+                    return agent.evidence.folder(json.loads(message.payload)["ticket_id"]) / "clip.mp4"
+        return None
+
+    try:
+        deadline = time.monotonic() + 120
+        while (path := clip_path()) is None:
+            assert time.monotonic() < deadline and runner.is_alive(), "no clip attached"
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        runner.join(60)
+    return path, agent
+
+
+def decode(path, first=0, count=None):
+    frames = []
+    with av.open(str(path)) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            if index >= first:
+                frames.append(frame.to_ndarray(format="bgr24"))
+            if count is not None and len(frames) >= count:
+                break
+    return frames
+
+
+def matching_source(clip_frames, source_path):
+    """The source's frames the clip shows: found by the clip's first frame (people hidden are a
+    small part of the picture, so the right frame is still by far the closest)."""
+    small = cv2.resize(clip_frames[0], None, fx=0.25, fy=0.25).astype(np.int16)
+    best, best_index = np.inf, 0
+    with av.open(str(source_path)) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            diff = np.abs(cv2.resize(frame.to_ndarray(format="bgr24"), None, fx=0.25, fy=0.25) - small).mean()
+            if diff < best:
+                best, best_index = diff, index
+    return decode(source_path, best_index, len(clip_frames))
+
+
+def test_clip_hides_the_people_in_its_pictures(tmp_path, footage):
+    path, agent = clip_of_first_ticket(tmp_path, footage)
+    clip = decode(path)
+    source = matching_source(clip, footage["vtest.mp4"])
+    assert len(clip) >= 50 and len(source) == len(clip)
+    detector = agent.detectors["default"]
+    hidden = total = 0
+    for picture, original in list(zip(clip, source))[::5]:
+        # People found afresh on each source picture, most of them between analysed frames.
+        boxes = detector.detect(original)
+        obs = type("Obs", (), {"detections": boxes})
+        for box in people(obs):
+            x1, y1, x2, y2 = box
+            total += 1
+            hidden += (detail_kept(picture, original, box) < 0.35
+                       and mad(picture[y1:y2, x1:x2], original[y1:y2, x1:x2]) > 6)
+        far = far_from_people(obs, picture.shape)
+        assert mad(picture, original, far) < 4, "away from people the clip is the stream (re-encoded)"
+    print(f"clip: {hidden} of {total} people found on the source pictures are hidden")
+    assert total >= 40 and hidden >= 0.9 * total
+
+
+def test_clip_of_a_zone_that_keeps_people_is_the_stream_itself(tmp_path, footage):
+    path, _ = clip_of_first_ticket(tmp_path, footage, OFF)
+    clip = decode(path)
+    source = matching_source(clip, footage["vtest.mp4"])
+    assert max(mad(a, b) for a, b in zip(clip, source)) < 0.5, "remuxed: the same pictures"
