@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from agent.app import Agent
+from agent.clips import cut_clip
 from agent.clock import ManualClock
 from agent.config import ConfigError, load_config
 from agent.evidence import annotate, annotate_detections
@@ -328,3 +329,22 @@ def test_clip_of_a_zone_that_keeps_people_is_the_stream_itself(tmp_path, footage
     clip = decode(path)
     source = matching_source(clip, footage["vtest.mp4"])
     assert max(mad(a, b) for a, b in zip(clip, source)) < 0.5, "remuxed: the same pictures"
+
+
+def test_a_clip_whose_pictures_are_filtered_is_transcoded_to_a_browser_mp4(footage, tmp_path):
+    from tests.test_clips import T0, assert_browser_mp4, ring_of
+
+    ring = ring_of(footage["vtest.mp4"])
+    seen = []
+
+    def hide_nothing(picture, ts):
+        seen.append(ts)
+        return picture
+
+    started = time.process_time()
+    info = cut_clip(ring, T0 + 25.3, T0 + 35.3, tmp_path / "clip.mp4", hide_nothing)
+    print(f"10 s clip decoded, filtered and encoded in {time.process_time() - started:.2f} s of CPU")
+    frames = assert_browser_mp4(info)
+    assert len(seen) == len(frames) == info.frames
+    assert seen[0] <= T0 + 25.3 < seen[1] and seen == sorted(seen), "from the picture shown at the start"
+    assert info.duration_s == pytest.approx(10.0, abs=0.25), "not from a keyframe: no GOP early"
