@@ -23,8 +23,10 @@ from agent.config import ConfigError, load_config
 from agent.evidence import annotate, annotate_detections
 from agent.privacy import PeopleTrail, PrivacyMode, PrivacyParams, anonymise, clip_filter, grow, regions
 from agent.transport import Request
-from agent.types import Detections, Frame
+from agent.types import Detections, EventKind, Frame
 from tests.helpers import write_camera, write_edge
+from tests.test_clips import T0, assert_browser_mp4, ring_of
+from tests.test_storage import book_in, event, noisy_frame
 
 START = 1_800_000_000.0
 NAMES = ("person", "bicycle")
@@ -165,32 +167,37 @@ def as_jpeg(image, quality=85):
     return cv2.imdecode(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])[1], cv2.IMREAD_COLOR)
 
 
-def people(obs, min_w=16, min_h=32):
-    """The detector's person boxes of the frame, large enough to measure, shrunk past the outlines."""
-    boxes = obs.detections.xyxy[obs.detections.of_classes({"person"})].astype(int)
+def people(detections, min_w=16, min_h=32):
+    """The detector's person boxes of a frame, large enough to measure, shrunk past the outlines."""
+    boxes = detections.xyxy[detections.of_classes({"person"})].astype(int)
     return [(x1 + 3, y1 + 3, x2 - 3, y2 - 3) for x1, y1, x2, y2 in boxes if x2 - x1 >= min_w and y2 - y1 >= min_h]
 
 
-def far_from_people(obs, shape, params=PrivacyParams(), pad=16):
+def far_from_people(detections, shape, params=PrivacyParams(), pad=16):
     """Pixels outside every hidden region, with a JPEG block's worth and more to spare."""
     mask = np.ones(shape[:2], bool)
-    for x1, y1, x2, y2 in regions(obs.detections, params, shape):
+    for x1, y1, x2, y2 in regions(detections, params, shape):
         mask[max(0, y1 - pad):y2 + pad, max(0, x1 - pad):x2 + pad] = False
     return mask
+
+
+def unanonymised(agent, image, boxes, label):
+    """What a ticket picture would be without privacy: the raw frame, annotated the same way."""
+    return annotate(image, agent.config.camera("cam1").zones[0].zone, boxes, [label] * len(boxes))
 
 
 def stored(agent, ticket_id, name):
     return cv2.imread(str(agent.evidence.folder(ticket_id) / name))
 
 
-def assert_people_hidden(picture, reference, obs):
-    boxes = people(obs)
+def assert_people_hidden(picture, reference, detections):
+    boxes = people(detections)
     assert boxes, "vtest has people in every frame the zone rule ticketed"
     for box in boxes:
         x1, y1, x2, y2 = box
         assert detail_kept(picture, reference, box) < 0.35, f"detail of the person at {box} survived"
         assert mad(picture[y1:y2, x1:x2], reference[y1:y2, x1:x2]) > 6, f"the person at {box} barely changed"
-    far = far_from_people(obs, picture.shape)
+    far = far_from_people(detections, picture.shape)
     assert far.mean() > 0.3, "enough of the picture is far from people to compare"
     assert mad(picture, as_jpeg(reference), far) < 1.5, "pixels far from people are the frame's"
 
@@ -198,11 +205,9 @@ def assert_people_hidden(picture, reference, obs):
 def test_ticket_snapshot_hides_the_people_and_keeps_the_rest(tmp_path, vtest_2fps):
     agent = core(tmp_path)
     doc, obs = opened_with_its_frame(agent, vtest_2fps)
-    # What the snapshot would be without privacy: the raw frame, annotated the same way.
-    boxes = np.array(doc["boxes"], np.float32)
-    reference = annotate(obs.image, agent.config.camera("cam1").zones[0].zone, boxes, [doc["class"]] * len(boxes))
+    reference = unanonymised(agent, obs.image, np.array(doc["boxes"], np.float32), doc["class"])
     snapshot = stored(agent, doc["ticket_id"], "snapshot.jpg")
-    assert_people_hidden(snapshot, reference, obs)
+    assert_people_hidden(snapshot, reference, obs.detections)
     # The raw frame stays on the box, as it was: it is named by no message.
     assert mad(stored(agent, doc["ticket_id"], "frame.jpg"), as_jpeg(obs.image)) < 0.5
     published = {m.payload_path for m, _ in agent.outbox.messages("evidence")}
@@ -213,10 +218,10 @@ def test_ticket_snapshot_hides_the_people_and_keeps_the_rest(tmp_path, vtest_2fp
 def test_a_zone_whose_policy_says_off_keeps_the_people(tmp_path, vtest_2fps):
     agent = core(tmp_path, OFF)
     doc, obs = opened_with_its_frame(agent, vtest_2fps)
-    boxes = np.array(doc["boxes"], np.float32)
-    reference = annotate(obs.image, agent.config.camera("cam1").zones[0].zone, boxes, [doc["class"]] * len(boxes))
+    reference = unanonymised(agent, obs.image, np.array(doc["boxes"], np.float32), doc["class"])
     snapshot = stored(agent, doc["ticket_id"], "snapshot.jpg")
-    for box in people(obs):
+    assert people(obs.detections)
+    for box in people(obs.detections):
         assert detail_kept(snapshot, reference, box) > 0.8, f"the person at {box} is kept"
     assert mad(snapshot, as_jpeg(reference)) < 1.5
 
@@ -234,7 +239,7 @@ def test_spot_check_snapshot_hides_the_people_even_where_a_zone_keeps_them(tmp_p
     obs = agent.pipelines["cam1"].latest
     zones = [zc.zone for zc in agent.config.camera("cam1").zones]
     spot = stored(agent, "spot-cmd-snapshot", "snapshot.jpg")
-    assert_people_hidden(spot, annotate_detections(obs.image, zones, obs.detections), obs)
+    assert_people_hidden(spot, annotate_detections(obs.image, zones, obs.detections), obs.detections)
 
 
 def test_verification_picture_hides_the_people(tmp_path, vtest_2fps):
@@ -244,8 +249,8 @@ def test_verification_picture_hides_the_people(tmp_path, vtest_2fps):
     assert reply["result"] == "still_present", reply
     obs = agent.pipelines["cam1"].latest
     shown = agent.pipelines["cam1"].rule_for("plaza", "object_dwell").present(obs)
-    reference = annotate(obs.image, agent.config.camera("cam1").zones[0].zone, shown, [doc["class"]] * len(shown))
-    assert_people_hidden(stored(agent, doc["ticket_id"], "snapshot_verify.jpg"), reference, obs)
+    reference = unanonymised(agent, obs.image, shown, doc["class"])
+    assert_people_hidden(stored(agent, doc["ticket_id"], "snapshot_verify.jpg"), reference, obs.detections)
 
 
 # --------------------------------------------------------------------------- clips
@@ -311,14 +316,13 @@ def test_clip_hides_the_people_in_its_pictures(tmp_path, footage):
     hidden = total = 0
     for picture, original in list(zip(clip, source))[::5]:
         # People found afresh on each source picture, most of them between analysed frames.
-        boxes = detector.detect(original)
-        obs = type("Obs", (), {"detections": boxes})
-        for box in people(obs):
+        found = detector.detect(original)
+        for box in people(found):
             x1, y1, x2, y2 = box
             total += 1
             hidden += (detail_kept(picture, original, box) < 0.35
                        and mad(picture[y1:y2, x1:x2], original[y1:y2, x1:x2]) > 6)
-        far = far_from_people(obs, picture.shape)
+        far = far_from_people(found, picture.shape)
         assert mad(picture, original, far) < 4, "away from people the clip is the stream (re-encoded)"
     print(f"clip: {hidden} of {total} people found on the source pictures are hidden")
     assert total >= 40 and hidden >= 0.9 * total
@@ -332,8 +336,6 @@ def test_clip_of_a_zone_that_keeps_people_is_the_stream_itself(tmp_path, footage
 
 
 def test_a_clip_whose_pictures_are_filtered_is_transcoded_to_a_browser_mp4(footage, tmp_path):
-    from tests.test_clips import T0, assert_browser_mp4, ring_of
-
     ring = ring_of(footage["vtest.mp4"])
     seen = []
 
@@ -348,3 +350,15 @@ def test_a_clip_whose_pictures_are_filtered_is_transcoded_to_a_browser_mp4(foota
     assert len(seen) == len(frames) == info.frames
     assert seen[0] <= T0 + 25.3 < seen[1] and seen == sorted(seen), "from the picture shown at the start"
     assert info.duration_s == pytest.approx(10.0, abs=0.25), "not from a keyframe: no GOP early"
+
+
+def test_pictures_a_rule_renders_from_the_frame_hide_the_same_people(tmp_path):
+    _, evidence, book = book_in(tmp_path)
+    frame, heatmap = noisy_frame(1), noisy_frame(2)
+    person = dets([[200, 100, 280, 300]])
+    doc = book.on_rule_event(event(EventKind.OPENED, 1000.0), frame, person, {"heatmap": heatmap})
+    stored_heatmap = cv2.imread(str(evidence.folder(doc["ticket_id"]) / "heatmap.jpg"))
+    assert detail_kept(stored_heatmap, heatmap, (200, 100, 280, 300)) < 0.1
+    assert detail_kept(stored_heatmap, heatmap, (400, 100, 600, 300)) > 0.8
+    with pytest.raises(ValueError, match="heatmap.*cannot be hidden"):
+        book.on_rule_event(event(EventKind.OPENED, 2000.0), frame, person, {"heatmap": heatmap[:100]})
