@@ -18,7 +18,7 @@ from agent.clipper import Clipper
 from agent.clips import PacketRing
 from agent.clock import Clock, SystemClock
 from agent.commands import CommandHandler
-from agent.config import BoxConfig
+from agent.config import BoxConfig, CameraConfig, ConfigError
 from agent.detect import Detector, load_detector
 from agent.detect.manifest import cpu_flags, int8_risk
 from agent.evidence import EvidenceStore
@@ -28,7 +28,7 @@ from agent.ingest import CameraWorker
 from agent.logs import log_event
 from agent.outbox import Outbox
 from agent.pipeline import CameraPipeline
-from agent.privacy import PeopleTrail
+from agent.privacy import PEOPLE, PeopleTrail
 from agent.storage import StorageJanitor
 from agent.tickets import TICKET_TABLES, ModelInfo, TicketBook, iso_utc
 from agent.topics import Topics
@@ -59,6 +59,15 @@ def precision_risks(detectors: dict[str, Detector]) -> dict[str, str]:
             if (risk := int8_risk(detector.manifest, machine, flags))}
 
 
+def check_privacy(camera: CameraConfig, detector: Detector) -> None:
+    """A camera that hides people needs a model that finds them: otherwise nobody would be hidden,
+    silently. Class names are known only once the model is loaded (they may be in its metadata)."""
+    hides = [camera.privacy] + [zc.privacy for zc in camera.zones if zc.privacy is not None]
+    if any(p.active for p in hides) and not PEOPLE & set(detector.class_names):
+        raise ConfigError(camera.source_file, "privacy", f"model {detector.name!r} has no class "
+                          f"{'/'.join(sorted(PEOPLE))}: nobody could be hidden (set mode = \"off\" to send people as seen)")
+
+
 class Agent:
     def __init__(self, config: BoxConfig, clock: Clock | None = None,
                  on_ticket: Callable[[dict], None] | None = None, storage_dir: Path | None = None):
@@ -71,6 +80,8 @@ class Agent:
         self.topics = Topics(config.mqtt.prefix if config.mqtt else DEFAULT_PREFIX, config.agent.id)
         chunk_bytes = config.mqtt.chunk_bytes if config.mqtt else DEFAULT_CHUNK_BYTES
         self.detectors = load_detectors(config)
+        for cam in config.cameras:
+            check_privacy(cam, self.detectors[cam.model])
         for name, risk in precision_risks(self.detectors).items():
             log_event(log, "model_may_be_inaccurate_here", level=logging.WARNING, model=name, reason=risk)
         self.health = {cam.id: CameraHealth(cam.id, cam.model) for cam in config.cameras}

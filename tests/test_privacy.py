@@ -25,8 +25,10 @@ from agent.privacy import PeopleTrail, PrivacyMode, PrivacyParams, anonymise, cl
 from agent.transport import Request
 from agent.types import Detections, EventKind, Frame
 from tests.helpers import write_camera, write_edge
+from tests.onnx_fixtures import make_yolo_like_onnx
 from tests.test_clips import T0, assert_browser_mp4, ring_of
 from tests.test_storage import book_in, event, noisy_frame
+from tools.import_model import yolo_manifest_text
 
 START = 1_800_000_000.0
 NAMES = ("person", "bicycle")
@@ -135,6 +137,17 @@ def test_privacy_tables_are_validated_at_load(tmp_path):
         bad.write_text(bad.read_text() + "\n" + extra)
         with pytest.raises(ConfigError, match=error):
             load_config(write_edge(tmp_path, [bad]))
+
+
+def test_a_camera_that_hides_people_refuses_a_model_that_cannot_find_them(tmp_path):
+    model = make_yolo_like_onnx(tmp_path / "bikes.onnx", np.zeros((1, 5, 1), np.float32), {0: "bicycle"})
+    manifest = tmp_path / "bikes.toml"
+    manifest.write_text(yolo_manifest_text(model, "bikes-only", "test fixture", "AGPL-3.0", tmp_path))
+    cam = write_camera(tmp_path, "cam1", "/nonexistent.mp4")
+    with pytest.raises(ConfigError, match=r"cam1\.toml: privacy: model 'bikes-only' has no class person"):
+        Agent(load_config(write_edge(tmp_path, [cam], manifest=manifest)))
+    cam.write_text(cam.read_text() + '\n[privacy]\nmode = "off"\n')
+    Agent(load_config(write_edge(tmp_path, [cam], manifest=manifest)))  # people sent as seen, knowingly
 
 
 # --------------------------------------------------------------------------- the real agent on vtest
