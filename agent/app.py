@@ -64,8 +64,9 @@ def check_privacy(camera: CameraConfig, detector: Detector) -> None:
     silently. Class names are known only once the model is loaded (they may be in its metadata)."""
     hides = [camera.privacy] + [zc.privacy for zc in camera.zones if zc.privacy is not None]
     if any(p.active for p in hides) and not PEOPLE & set(detector.class_names):
-        raise ConfigError(camera.source_file, "privacy", f"model {detector.name!r} has no class "
-                          f"{'/'.join(sorted(PEOPLE))}: nobody could be hidden (set mode = \"off\" to send people as seen)")
+        raise ConfigError(camera.source_file, "privacy",
+                          f"model {detector.name!r} has no class {'/'.join(sorted(PEOPLE))}: nobody could be "
+                          f"hidden (set mode = \"off\" to send people as seen)")
 
 
 class Agent:
