@@ -18,7 +18,7 @@ from agent.clipper import Clipper
 from agent.clips import PacketRing
 from agent.clock import Clock, SystemClock
 from agent.commands import CommandHandler
-from agent.config import BoxConfig
+from agent.config import BoxConfig, CameraConfig, ConfigError
 from agent.detect import Detector, load_detector
 from agent.detect.manifest import cpu_flags, int8_risk
 from agent.evidence import EvidenceStore
@@ -28,10 +28,12 @@ from agent.ingest import CameraWorker
 from agent.logs import log_event
 from agent.outbox import Outbox
 from agent.pipeline import CameraPipeline
+from agent.privacy import PEOPLE, PeopleTrail
 from agent.storage import StorageJanitor
 from agent.tickets import TICKET_TABLES, ModelInfo, TicketBook, iso_utc
 from agent.topics import Topics
 from agent.transport import MqttTransport, Request
+from agent.types import Detections
 
 log = logging.getLogger("agent.app")
 
@@ -57,6 +59,16 @@ def precision_risks(detectors: dict[str, Detector]) -> dict[str, str]:
             if (risk := int8_risk(detector.manifest, machine, flags))}
 
 
+def check_privacy(camera: CameraConfig, detector: Detector) -> None:
+    """A camera that hides people needs a model that finds them: otherwise nobody would be hidden,
+    silently. Class names are known only once the model is loaded (they may be in its metadata)."""
+    hides = [camera.privacy] + [zc.privacy for zc in camera.zones if zc.privacy is not None]
+    if any(p.active for p in hides) and not PEOPLE & set(detector.class_names):
+        raise ConfigError(camera.source_file, "privacy",
+                          f"model {detector.name!r} has no class {'/'.join(sorted(PEOPLE))}: nobody could be "
+                          f"hidden (set mode = \"off\" to send people as seen)")
+
+
 class Agent:
     def __init__(self, config: BoxConfig, clock: Clock | None = None,
                  on_ticket: Callable[[dict], None] | None = None, storage_dir: Path | None = None):
@@ -69,16 +81,23 @@ class Agent:
         self.topics = Topics(config.mqtt.prefix if config.mqtt else DEFAULT_PREFIX, config.agent.id)
         chunk_bytes = config.mqtt.chunk_bytes if config.mqtt else DEFAULT_CHUNK_BYTES
         self.detectors = load_detectors(config)
+        for cam in config.cameras:
+            check_privacy(cam, self.detectors[cam.model])
         for name, risk in precision_risks(self.detectors).items():
             log_event(log, "model_may_be_inaccurate_here", level=logging.WARNING, model=name, reason=risk)
         self.health = {cam.id: CameraHealth(cam.id, cam.model) for cam in config.cameras}
         settings = config.tickets
         # The ring keeps the pre-roll plus two GOPs of margin, so a clip can start at a keyframe.
-        self.rings = ({cam.id: PacketRing(keep_s=settings.clip_pre_s + settings.clip_post_s + 10.0)
-                       for cam in config.cameras} if settings.clips else {})
+        keep_s = settings.clip_pre_s + settings.clip_post_s + 10.0
+        self.rings = {cam.id: PacketRing(keep_s=keep_s) for cam in config.cameras} if settings.clips else {}
+        # Where people were in the ring's span, to hide them in clips: a picture further than 1.5
+        # analysis intervals from an analysed frame is hidden whole (agent/privacy.py).
+        self.trails = ({cam.id: PeopleTrail(keep_s, max_gap_s=1.5 / cam.analysis_fps) for cam in config.cameras}
+                       if settings.clips else {})
         self.books: dict[str, TicketBook] = {}
         self.pipelines: dict[str, CameraPipeline] = {}
-        self.clipper = Clipper(self.rings, self.books, self.clock, settings.clip_pre_s, settings.clip_post_s)
+        self.clipper = Clipper(self.rings, self.trails, self.books, self.clock, settings.clip_pre_s,
+                               settings.clip_post_s)
         hooks = [h for h in (self.clipper.on_ticket if settings.clips else None, on_ticket) if h is not None]
 
         def ticket_hook(doc: dict) -> None:
@@ -91,7 +110,7 @@ class Agent:
                                             self.topics, self.outbox, self.evidence, config.tickets, chunk_bytes,
                                             config.fault_categories)
             self.pipelines[cam.id] = CameraPipeline(cam, detector, self.books[cam.id], self.health[cam.id],
-                                                    storage / "reference", ticket_hook)
+                                                    storage / "reference", ticket_hook, self.trails.get(cam.id))
         self.commands = CommandHandler(config.agent.id, self.topics, self.outbox, self.evidence, self.clock,
                                        self.books, self.pipelines, chunk_bytes)
         self._requests: queue.Queue[Request | None] = queue.Queue(maxsize=1000)
@@ -130,8 +149,10 @@ class Agent:
             for event in watch.update(now, health.last_frame_at, health.last_error):
                 latest = self.pipelines[camera].latest
                 # The last picture the camera gave, so the platform sees what went dark.
-                image = latest.image if latest is not None else np.zeros((576, 768, 3), np.uint8)
-                self.pipelines[camera].ticket(event, image)
+                if latest is not None:
+                    self.pipelines[camera].ticket(event, latest.image, latest.detections)
+                else:
+                    self.pipelines[camera].ticket(event, np.zeros((576, 768, 3), np.uint8), Detections.empty())
 
     def _tidy_storage(self) -> None:
         try:

@@ -13,10 +13,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from agent.app import Agent, load_detectors, precision_risks
+from agent.app import Agent, check_privacy, load_detectors, precision_risks
 from agent.clock import ManualClock
 from agent.config import BoxConfig, load_config
 from agent.logs import setup_logging
+from agent.privacy import PrivacyParams
 from agent.typedtoml import ConfigError
 
 EXIT_CONFIG = 2
@@ -65,6 +66,8 @@ def cmd_run(config: BoxConfig, args) -> int:
 
 def cmd_check(config: BoxConfig, args) -> int:
     detectors = load_detectors(config)
+    for cam in config.cameras:
+        check_privacy(cam, detectors[cam.model])
     print(f"config {config.source_file}: agent {config.agent.id}")
     risks = precision_risks(detectors)
     for name, det in detectors.items():
@@ -78,17 +81,23 @@ def cmd_check(config: BoxConfig, args) -> int:
     print(f"storage: {config.storage.dir}")
     for cam in config.cameras:
         print(f"camera {cam.id}: {cam.url} model {cam.model} at {cam.analysis_fps:g} fps, "
-              f"grid {cam.grid_code} ({cam.lat}, {cam.lon})")
+              f"grid {cam.grid_code} ({cam.lat}, {cam.lon}), people in evidence: {_privacy(cam.privacy)}")
         for zc in cam.zones:
             params = ", ".join(f"{f.name}={_show(getattr(zc.params, f.name))}"
                                for f in dataclasses.fields(zc.params))
             print(f"  zone {zc.zone.id}: {len(zc.zone.polygon)} points, rule {zc.rule_type} ({params})")
+            if zc.privacy is not None:
+                print(f"    people in its tickets' evidence: {_privacy(zc.privacy)}")
             assumed = [name for name in zc.defaulted if name in SCENE_DEPENDENT]
             if assumed:
                 print(f"    assumes the defaults {', '.join(f'{n}={_show(getattr(zc.params, n))}' for n in assumed)}: "
                       "short, for a camera over a quiet street; set them in the camera file where "
                       "people wait, deliver or set things down for a while")
     return 0
+
+
+def _privacy(params: PrivacyParams) -> str:
+    return f"{params.mode.value} (block {params.block_px} px, margin {params.margin:g})" if params.active else "kept"
 
 
 def _utc(text: str) -> float:

@@ -5,6 +5,9 @@ The clipper keeps a small list of pending cuts and, on its own thread (a transco
 source costs ~1 s of CPU, which must not stall a camera), cuts each from the camera's packet ring
 when the ring has reached the end time, then the ticket book sends an ``updated`` message naming
 the clip. A camera that stops delivering gets the clip it has after ``give_up_s``.
+
+When the ticket's zone hides people (agent/privacy.py), the clip is transcoded with the people of
+the camera's :class:`PeopleTrail` pixelated in every picture, not remuxed.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from agent.clips import ClipUnavailable, PacketRing, cut_clip
 from agent.clock import Clock
 from agent.evidence import Evidence
 from agent.logs import log_event
+from agent.privacy import PeopleTrail, clip_filter
 from agent.tickets import TicketBook
 
 log = logging.getLogger("agent.clipper")
@@ -26,6 +30,7 @@ log = logging.getLogger("agent.clipper")
 @dataclass(frozen=True)
 class ClipJob:
     camera: str
+    zone: str
     ticket_id: str
     start_ts: float
     end_ts: float
@@ -33,9 +38,9 @@ class ClipJob:
 
 
 class Clipper:
-    def __init__(self, rings: dict[str, PacketRing], books: dict[str, TicketBook], clock: Clock,
-                 pre_s: float, post_s: float, give_up_s: float = 30.0):
-        self.rings, self.books, self.clock = rings, books, clock
+    def __init__(self, rings: dict[str, PacketRing], trails: dict[str, PeopleTrail], books: dict[str, TicketBook],
+                 clock: Clock, pre_s: float, post_s: float, give_up_s: float = 30.0):
+        self.rings, self.trails, self.books, self.clock = rings, trails, books, clock
         self.pre_s, self.post_s, self.give_up_s = pre_s, post_s, give_up_s
         self._jobs: list[ClipJob] = []
         self._lock = threading.Lock()
@@ -47,8 +52,8 @@ class Clipper:
             return
         ts = datetime.fromisoformat(doc["event_time"].replace("Z", "+00:00")).timestamp()
         with self._lock:
-            self._jobs.append(ClipJob(doc["camera_id"], doc["ticket_id"], ts - self.pre_s, ts + self.post_s,
-                                      self.clock.now()))
+            self._jobs.append(ClipJob(doc["camera_id"], doc["zone_id"], doc["ticket_id"], ts - self.pre_s,
+                                      ts + self.post_s, self.clock.now()))
         self._wake.set()
 
     def run(self, stop: threading.Event) -> None:
@@ -63,9 +68,11 @@ class Clipper:
             jobs = list(self._jobs)
         for job in jobs:
             ring = self.rings[job.camera]
-            newest = ring.newest_ts
+            # The people to hide in the last pictures are known once a frame after them is analysed.
+            newest = (ring.newest_ts, self.trails[job.camera].newest_ts)
+            arrived = None not in newest and min(newest) >= job.end_ts
             waited = self.clock.now() - job.requested_at
-            if not final and (newest is None or newest < job.end_ts) and waited < self.give_up_s:
+            if not final and not arrived and waited < self.give_up_s:
                 continue
             with self._lock:
                 self._jobs.remove(job)
@@ -75,8 +82,10 @@ class Clipper:
         book = self.books[job.camera]
         path = book.evidence.folder(job.ticket_id) / "clip.mp4"
         path.parent.mkdir(parents=True, exist_ok=True)
+        privacy = book.camera.privacy_for(job.zone)
+        hide = clip_filter(self.trails[job.camera], privacy) if privacy.active else None
         try:
-            info = cut_clip(ring, job.start_ts, job.end_ts, path)
+            info = cut_clip(ring, job.start_ts, job.end_ts, path, hide)
         except ClipUnavailable as exc:
             log_event(log, "clip_unavailable", level=logging.WARNING, camera=job.camera, ticket=job.ticket_id,
                       reason=str(exc))

@@ -4,7 +4,8 @@ Each camera keeps a :class:`PacketRing`: the last ``keep_s`` seconds of its demu
 copied out of PyAV's buffers so they outlive the connection they came from. When a rule needs a
 clip, :func:`cut_clip` writes the packets from the keyframe at or before the clip's start to its
 end into a browser-playable MP4. H.264 and H.265 are remuxed (no decode, no encode: a cut costs
-milliseconds of CPU); other codecs are transcoded to H.264, see :func:`cut_clip`.
+milliseconds of CPU); other codecs, and every clip whose pictures must be changed (people hidden,
+agent/privacy.py), are transcoded to H.264, see :func:`cut_clip`.
 
 Time. Packets are placed on the agent's timeline (``ts``, seconds, the same values rules see):
 ``ts = ts_offset + pts * time_base`` (:func:`packet_ts`), where ``ts_offset`` is the agent time of
@@ -28,12 +29,13 @@ import math
 import os
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
 
 DEFAULT_MAX_BYTES = 64 * 2**20
 # Codecs copied as they are, with the MP4 sample entry browsers accept (Safari plays H.265 only
@@ -231,25 +233,30 @@ class PacketRing:
         self._newest_ts = self._last_decode_ts = -math.inf
 
 
-def cut_clip(ring: PacketRing, start_ts: float, end_ts: float, out_path: Path) -> ClipInfo:
+PictureFilter = Callable[[np.ndarray, float], np.ndarray]  # (BGR picture, agent time) -> picture
+
+
+def cut_clip(ring: PacketRing, start_ts: float, end_ts: float, out_path: Path,
+             picture_filter: PictureFilter | None = None) -> ClipInfo:
     """Write the clip ``[start_ts, end_ts]`` (agent time) of ``ring`` to ``out_path`` as an MP4
     (``+faststart``, browser-playable), durably: temp file, fsync, rename.
 
     H.264/H.265 are remuxed from the keyframe at or before ``start_ts``, so the clip may start up
-    to one GOP early. Any other codec (e.g. MPEG-4 part 2) cannot play in a browser's MP4, so only
-    for such sources the clip's packets are decoded and encoded with libx264 (``veryfast``,
-    yuv420p): that costs real CPU, in the calling thread, and the clip starts at the frame at or
-    before ``start_ts``. Call it once the ring holds ``end_ts`` (``ring.newest_ts >= end_ts``);
-    before that the clip ends at the newest packet.
+    to one GOP early. Any other codec (e.g. MPEG-4 part 2) cannot play in a browser's MP4, and a
+    ``picture_filter`` (hiding people) must see every picture, so then the clip's packets are
+    decoded, filtered and encoded with libx264 (``veryfast``, yuv420p): that costs real CPU, in
+    the calling thread, and the clip starts at the frame at or before ``start_ts``. Call it once
+    the ring holds ``end_ts`` (``ring.newest_ts >= end_ts``); before that the clip ends at the
+    newest packet.
     """
     clip = ring.select(start_ts, end_ts)
     tmp = out_path.with_name(out_path.name + ".tmp")
     try:
         with av.open(str(tmp), "w", format="mp4", container_options={"movflags": "+faststart"}) as out:
-            if clip.source.codec in REMUX_TAGS:
+            if clip.source.codec in REMUX_TAGS and picture_filter is None:
                 muxed = _remux(clip, out)
             else:
-                muxed = _transcode(clip, start_ts, end_ts, out)
+                muxed = _transcode(clip, start_ts, end_ts, out, picture_filter)
         digest = hashlib.sha256()
         with open(tmp, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
@@ -314,8 +321,8 @@ def _remux(clip: ClipPackets, out: av.container.OutputContainer) -> _Muxed:
     return muxed
 
 
-def _transcode(clip: ClipPackets, start_ts: float, end_ts: float,
-               out: av.container.OutputContainer) -> _Muxed:
+def _transcode(clip: ClipPackets, start_ts: float, end_ts: float, out: av.container.OutputContainer,
+               picture_filter: PictureFilter | None) -> _Muxed:
     source = clip.source
     stream = out.add_stream("libx264", options={"preset": TRANSCODE_PRESET})
     stream.width, stream.height, stream.pix_fmt = source.width, source.height, "yuv420p"
@@ -324,6 +331,10 @@ def _transcode(clip: ClipPackets, start_ts: float, end_ts: float,
     for frame, ts in _frames_in_span(clip, start_ts, end_ts):
         if muxed is None:
             muxed, first_pts = _Muxed(ts), frame.pts
+        if picture_filter is not None:
+            decoded = frame
+            frame = av.VideoFrame.from_ndarray(picture_filter(decoded.to_ndarray(format="bgr24"), ts), format="bgr24")
+            frame.pts, frame.time_base = decoded.pts, decoded.time_base
         frame.pts -= first_pts
         for packet in stream.encode(frame):
             muxed.mux(out, packet)

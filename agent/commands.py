@@ -21,6 +21,7 @@ from agent.evidence import EvidenceStore, annotate_detections
 from agent.logs import log_event
 from agent.outbox import MessageProps, OutMessage, Outbox
 from agent.pipeline import CameraPipeline
+from agent.privacy import anonymise
 from agent.tickets import SCHEMA_VERSION, TicketBook, TicketError, iso_utc
 from agent.topics import Topics
 from agent.transport import Request
@@ -111,7 +112,7 @@ class CommandHandler:
         book = self._book_of_camera(command["camera_id"])
         zone = command.get("zone_id")
         if verb == "snapshot":
-            return self._snapshot(command, zone, now)
+            return self._snapshot(book, command, zone, now)
         if verb == "mute":
             until = now + command["duration_s"]
             book.mute(zone, until, now)
@@ -124,18 +125,20 @@ class CommandHandler:
         obs = self._fresh_observation(book.camera.id, now)
         rule = self.pipelines[book.camera.id].rule_for(ticket.zone, ticket.rule)
         boxes = rule.present(obs) if rule is not None else None
-        result, doc = book.verify(ticket_id, now, obs.image, boxes)
+        result, doc = book.verify(ticket_id, now, obs.image, obs.detections, boxes)
         return {"ok": True, "result": result, "ticket_id": ticket_id, "ticket_status": doc["status"],
                 "evidence": [e for e in doc["evidence"] if e["kind"] == "snapshot_verify"]}
 
-    def _snapshot(self, command: dict, zone: str | None, now: float) -> dict:
+    def _snapshot(self, book: TicketBook, command: dict, zone: str | None, now: float) -> dict:
         camera = command["camera_id"]
         pipeline = self.pipelines[camera]
         zones = [zr.config.zone for zr in pipeline.zone_rules if zone is None or zr.config.zone.id == zone]
         if zone is not None and not zones:
             raise CommandError("unknown_zone", f"camera {camera} has no zone {zone!r}")
         obs = self._fresh_observation(camera, now)
-        picture = annotate_detections(obs.image, zones, obs.detections)
+        # A spot check is no enforcement evidence: the camera's privacy, never a zone's override.
+        public = anonymise(obs.image, obs.detections, book.camera.privacy)
+        picture = annotate_detections(public, zones, obs.detections)
         # command_id is a safe topic level and folder name: the schema allows [A-Za-z0-9_-] only.
         item = self.evidence.save_jpeg(f"spot-{command['command_id']}", "snapshot", picture)
         topic = self.topics.snapshot(camera, command["command_id"])

@@ -23,6 +23,7 @@ import numpy as np
 
 from agent.detect.manifest import load_manifest
 from agent.faults import DEFAULT_CATEGORIES, Fault
+from agent.privacy import PrivacyParams
 from agent.rules import Category, rule_types
 from agent.scene import SceneParams
 from agent.storage import StorageLimits
@@ -160,6 +161,9 @@ class ZoneSection:
     category: CategorySection | None = setting(None, help="This zone's case class, if not the rule's")
     schedule: list[ScheduleSection] | None = setting(
         None, help="Weekly windows when the zone is watched; leave out to watch always")
+    privacy: PrivacyParams | None = setting(
+        None, help="How this zone's ticket pictures hide people, if not as the camera's [privacy] says "
+                   "(the whole table: keys left out take the defaults, not the camera's values)")
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,8 @@ class CameraFile:
     tiling: TilingParams | None = setting(None, help="Detect on overlapping tiles now and then (small objects)")
     zone_crops: ZoneCropParams = setting(
         factory=ZoneCropParams, help="Detect also on crops around zones whose rules look for small objects")
+    privacy: PrivacyParams = setting(
+        factory=PrivacyParams, help="How people are hidden in every picture and clip that leaves the box")
 
     def __post_init__(self):
         if not self.id or any(c in self.id for c in "/+#"):
@@ -200,6 +206,7 @@ class ZoneConfig:
     category: Category
     schedule: Schedule | None  # None: always watched
     defaulted: tuple[str, ...] = ()  # the rule's keys the camera file left out: the defaults hold
+    privacy: PrivacyParams | None = None  # None: the camera's
 
 
 @dataclass(frozen=True)
@@ -225,6 +232,15 @@ class CameraConfig:
     scene: SceneParams = SceneParams()
     tiling: TilingParams | None = None
     zone_crops: ZoneCropParams = ZoneCropParams()
+    privacy: PrivacyParams = PrivacyParams()
+
+    def privacy_for(self, zone_id: str | None) -> PrivacyParams:
+        """How pictures about ``zone_id`` hide people: the zone's override, else the camera's
+        (also for camera faults and spot checks, ``None``)."""
+        for zc in self.zones:
+            if zc.zone.id == zone_id and zc.privacy is not None:
+                return zc.privacy
+        return self.privacy
 
     @property
     def is_file(self) -> bool:
@@ -294,7 +310,7 @@ def _load_camera(path: Path, edge: EdgeFile, edge_path: Path) -> CameraConfig:
         grid_code=raw.location.grid_code, zones=zones, view_check=raw.view_check,
         telemetry_interval_s=raw.telemetry_interval_s,
         reference_image=raw.reference_image, tamper=raw.tamper, tracker=raw.tracker, scene=raw.scene,
-        tiling=raw.tiling, zone_crops=raw.zone_crops,
+        tiling=raw.tiling, zone_crops=raw.zone_crops, privacy=raw.privacy,
     )
 
 
@@ -318,4 +334,4 @@ def _load_zone(path: Path, zone_id: str, section: ZoneSection, edge: EdgeFile, t
         category = known[rule_type].category
     schedule = Schedule(tuple(w.window() for w in section.schedule), tz) if section.schedule else None
     defaulted = tuple(f.name for f in dataclasses.fields(params) if f.name not in rule)
-    return ZoneConfig(Zone(zone_id, polygon), rule_type, params, category, schedule, defaulted)
+    return ZoneConfig(Zone(zone_id, polygon), rule_type, params, category, schedule, defaulted, section.privacy)

@@ -16,12 +16,13 @@ from agent.detect import Detector
 from agent.faults import ViewGuard
 from agent.health import CameraHealth
 from agent.logs import log_event
+from agent.privacy import PeopleTrail
 from agent.rules import Need, Rule, build_rule, rule_types
 from agent.scene import SceneModel
 from agent.tiling import Tiler
 from agent.track import Tracker
 from agent.tickets import TicketBook
-from agent.types import MOVER_CLASSES, EventKind, Frame, Observation, RuleEvent
+from agent.types import MOVER_CLASSES, Detections, EventKind, Frame, Observation, RuleEvent
 
 log = logging.getLogger("agent.pipeline")
 
@@ -41,9 +42,10 @@ class ZoneRule:
 
 class CameraPipeline:
     def __init__(self, camera: CameraConfig, detector: Detector, tickets: TicketBook, health: CameraHealth,
-                 reference_dir: Path, on_ticket: Callable[[dict], None] | None = None):
+                 reference_dir: Path, on_ticket: Callable[[dict], None] | None = None,
+                 trail: PeopleTrail | None = None):
         self.camera, self.detector, self.tickets, self.health = camera, detector, tickets, health
-        self.on_ticket = on_ticket
+        self.on_ticket, self.trail = on_ticket, trail
         self.view = (ViewGuard(camera.id, camera.tamper, camera.reference_image, reference_dir / f"{camera.id}.jpg")
                      if camera.view_check else None)
         self.zone_rules = [ZoneRule(zc, build_rule(zc.rule_type, zc.zone, zc.params)) for zc in camera.zones]
@@ -85,6 +87,8 @@ class CameraPipeline:
             obs = self.observe(frame)
             with self._latest_lock:
                 self._latest = obs
+            if self.trail is not None:
+                self.trail.add(obs.ts, obs.detections)
             if self.view is not None:
                 self._guard_view(obs)
             for zr in self.zone_rules:
@@ -103,11 +107,12 @@ class CameraPipeline:
 
     def _guard_view(self, obs: Observation) -> None:
         for event in self.view.update(obs.ts, obs.image):
-            self.ticket(event, obs.image)
+            self.ticket(event, obs.image, obs.detections)
 
-    def ticket(self, event: RuleEvent, image: np.ndarray, pictures: dict | None = None) -> dict | None:
+    def ticket(self, event: RuleEvent, image: np.ndarray, detections: Detections,
+               pictures: dict | None = None) -> dict | None:
         """Hand an event (a rule's or a camera fault's) to the ticket book and the ticket hook."""
-        doc = self.tickets.on_rule_event(event, image, pictures)
+        doc = self.tickets.on_rule_event(event, image, detections, pictures)
         if doc is not None and self.on_ticket is not None:
             self.on_ticket(doc)
         return doc
@@ -136,7 +141,7 @@ class CameraPipeline:
             # Rules may render extra evidence for their tickets (the crowd rule's heat map).
             pictures = (zr.rule.pictures(obs) if hasattr(zr.rule, "pictures")
                         and event.kind is not EventKind.CLEARED else None)
-            doc = self.ticket(event, obs.image, pictures)
+            doc = self.ticket(event, obs.image, obs.detections, pictures)
             if doc is not None and doc["event"] in ("opened", "reopened") and event.facts.get("alarm"):
                 # A local alarm (the lift's speaker, a barrier) on the topic the rule names.
                 self.tickets.send_alarm(doc, event.ts, zr.config.params.alarm_topic)

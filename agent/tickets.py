@@ -30,9 +30,10 @@ from agent.evidence import Evidence, EvidenceStore, annotate
 from agent.faults import CAMERA_ZONE, WHOLE_PICTURE, Fault
 from agent.logs import log_event
 from agent.outbox import MessageProps, OutMessage, Outbox, Transaction
+from agent.privacy import anonymise, obscure, regions
 from agent.rules import Category
 from agent.topics import Topics
-from agent.types import EventKind, RuleEvent
+from agent.types import Detections, EventKind, RuleEvent
 
 SCHEMA_ID = "edge-agent/ticket"
 SCHEMA_VERSION = "1.0"
@@ -149,44 +150,51 @@ class TicketBook:
         return {(zone, rule): until for zone, rule, until in rows}
 
     # --- rule events --------------------------------------------------------------------------
-    def on_rule_event(self, event: RuleEvent, image: np.ndarray,
+    def on_rule_event(self, event: RuleEvent, image: np.ndarray, detections: Detections,
                       pictures: dict[str, np.ndarray] | None = None) -> dict | None:
         """Turn a rule's event into a ticket message; None when it says nothing new.
 
-        ``pictures``: extra evidence a rule renders for its opened/updated messages, by kind
-        (the crowd rule's heat map).
+        ``detections``: the frame's, whose people are hidden in every picture that is sent
+        (agent/privacy.py, as the zone's privacy says). ``pictures``: extra evidence a rule
+        renders from the frame for its opened/updated messages, by kind (the crowd rule's heat
+        map), the frame's size: the same regions are hidden in them.
         """
+        privacy = self.camera.privacy_for(event.zone)
+        hidden = regions(detections, privacy, image.shape)
+        public = obscure(image, hidden, privacy)
+        public_pictures = {kind: obscure(_frame_sized(kind, picture, image), hidden, privacy)
+                           for kind, picture in (pictures or {}).items()}
         with self._lock:
             latest = self.latest(event.zone, event.rule)
             if event.kind is EventKind.OPENED:
-                return self._opened(event, image, latest, pictures or {})
+                return self._opened(event, image, public, latest, public_pictures)
             if latest is None or latest.status is not Status.OPEN:
                 return None  # closed or rejected meanwhile, or opened before a restart and cleared since
             if event.kind is EventKind.UPDATED:
                 changed = sorted(k for k, v in event.facts.items() if latest.doc["facts"].get(k) != v)
                 return self._send(latest, "updated", Status.OPEN, event.ts, facts=event,
-                                  evidence=self._pictures(latest.id, pictures or {}),
+                                  evidence=self._pictures(latest.id, public_pictures),
                                   reason=",".join(changed) or "update")
-            snapshot = self._snapshot(latest.id, "snapshot_after", image, event, "(last seen)")
+            snapshot = self._snapshot(latest.id, "snapshot_after", public, event, "(last seen)")
             return self._send(latest, "cleared", Status.CLEARED, event.ts, facts=event, evidence=[snapshot])
 
     def _pictures(self, ticket_id: str, pictures: dict[str, np.ndarray]) -> list[Evidence]:
         return [self.evidence.save_jpeg(ticket_id, kind, picture) for kind, picture in pictures.items()]
 
-    def _opened(self, event: RuleEvent, image: np.ndarray, latest: Ticket | None,
+    def _opened(self, event: RuleEvent, image: np.ndarray, public: np.ndarray, latest: Ticket | None,
                 pictures: dict[str, np.ndarray]) -> dict | None:
         if latest is not None and latest.status is Status.OPEN:
             return None  # opened before a restart: the same condition, still the same ticket
         if (latest is not None and latest.status is Status.CLEARED
                 and event.ts - latest.changed_at <= self.settings.reopen_window_s):
-            snapshot = self._snapshot(latest.id, "snapshot", image, event)
+            snapshot = self._snapshot(latest.id, "snapshot", public, event)
             return self._send(latest, "reopened", Status.OPEN, event.ts, facts=event,
                               evidence=[snapshot, *self._pictures(latest.id, pictures)], reason="returned")
         ticket_id = uuid.uuid4().hex
         # The raw frame stays on the box (never published): if the platform rejects the ticket it
         # becomes a hard negative for training.
         self.evidence.save_jpeg(ticket_id, "frame", image)
-        snapshot = self._snapshot(ticket_id, "snapshot", image, event)
+        snapshot = self._snapshot(ticket_id, "snapshot", public, event)
         doc = self._first_document(ticket_id, event, image.shape)
         return self._send(Ticket(ticket_id, event.zone, event.rule, Status.OPEN, event.ts, doc), "opened",
                           Status.OPEN, event.ts, evidence=[snapshot, *self._pictures(ticket_id, pictures)])
@@ -221,15 +229,18 @@ class TicketBook:
                 self._store(tx, ticket, ticket.status, ts, doc)
             return self.get(ticket_id)
 
-    def verify(self, ticket_id: str, ts: float, image: np.ndarray, boxes: np.ndarray | None) -> tuple[str, dict]:
-        """The platform's 核查: ``boxes`` is what the zone's rule sees now (None: nothing)."""
+    def verify(self, ticket_id: str, ts: float, image: np.ndarray, detections: Detections,
+               boxes: np.ndarray | None) -> tuple[str, dict]:
+        """The platform's 核查: ``boxes`` is what the zone's rule sees now (None: nothing) in
+        ``image``, whose ``detections`` say where the people to hide are."""
         with self._lock:
             ticket = self.get(ticket_id)
             if ticket.status in ENDED:
                 raise TicketError("not_allowed", f"ticket {ticket_id} is {ticket.status.value}")
             result = "verified_cleared" if boxes is None else "still_present"
             shown = np.zeros((0, 4), np.float32) if boxes is None else boxes
-            picture = annotate(image, self.zones[ticket.zone], shown, [ticket.doc["class"]] * len(shown))
+            public = anonymise(image, detections, self.camera.privacy_for(ticket.zone))
+            picture = annotate(public, self.zones[ticket.zone], shown, [ticket.doc["class"]] * len(shown))
             snapshot = self.evidence.save_jpeg(ticket_id, "snapshot_verify", picture)
             verification = {"result": result, "time": iso_utc(ts)}
             if result == "verified_cleared":
@@ -385,6 +396,14 @@ def _set_mute(tx: Transaction, camera: str, zone: str, rule: str, until: float) 
 def _ticket(row: tuple) -> Ticket:
     ticket_id, zone, rule, status, changed_at, doc = row
     return Ticket(ticket_id, zone, rule, Status(status), changed_at, json.loads(doc))
+
+
+def _frame_sized(kind: str, picture: np.ndarray, frame: np.ndarray) -> np.ndarray:
+    # The people's boxes are in frame pixels: a picture of another size could not be anonymised.
+    if picture.shape[:2] != frame.shape[:2]:
+        raise ValueError(f"picture {kind!r} is {picture.shape[1]}x{picture.shape[0]}, "
+                         f"the frame {frame.shape[1]}x{frame.shape[0]}: its people cannot be hidden")
+    return picture
 
 
 def _boxes(boxes: np.ndarray) -> list[list[float]]:

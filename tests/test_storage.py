@@ -20,9 +20,10 @@ from agent.rules import Category
 from agent.storage import StorageJanitor, StorageLimits
 from agent.tickets import TICKET_TABLES, ModelInfo, TicketBook
 from agent.topics import Topics
-from agent.types import EventKind, RuleEvent
+from agent.types import Detections, EventKind, RuleEvent
 from agent.zones import Zone
 
+NOBODY = Detections.empty(("person",))
 ZONE = Zone("z", np.array([[0, 0], [100, 0], [100, 100], [0, 100]], np.float32))
 CAMERA = CameraConfig(id="cam", name="cam", url="x.mp4", source_file=None, model="m", analysis_fps=2,
                       read_timeout_s=5, realtime=False, loop=False, lat=31.0, lon=121.0, grid_code="g",
@@ -49,9 +50,9 @@ def event(kind, ts):
 
 
 def make_ticket(book, seed, ts, clear=True):
-    doc = book.on_rule_event(event(EventKind.OPENED, ts), noisy_frame(seed))
+    doc = book.on_rule_event(event(EventKind.OPENED, ts), noisy_frame(seed), NOBODY)
     if clear:
-        book.on_rule_event(event(EventKind.CLEARED, ts + 1), noisy_frame(seed + 1000))
+        book.on_rule_event(event(EventKind.CLEARED, ts + 1), noisy_frame(seed + 1000), NOBODY)
     return doc["ticket_id"]
 
 
@@ -93,7 +94,7 @@ def test_quota_prunes_oldest_ended_delivered_evidence_and_keeps_open_or_undelive
 def test_delivered_rows_and_ended_tickets_are_pruned_after_retention(tmp_path):
     outbox, _, book = book_in(tmp_path)
     old = make_ticket(book, 1, 1000.0)
-    book.verify(old, 1002.0, noisy_frame(3), None)  # closed
+    book.verify(old, 1002.0, noisy_frame(3), NOBODY, None)  # closed
     recent = make_ticket(book, 2, 5000.0, clear=False)
     outbox.mark_delivered([row[0] for row in outbox.query("SELECT id FROM messages")], now=5001.0)
     StorageJanitor(outbox, tmp_path / "evidence", StorageLimits(keep_delivered_s=100, min_free_mb=0)).run(now=5050.0)
@@ -118,8 +119,9 @@ def test_full_disk_during_writes_leaves_the_outbox_consistent(tiny_disk):
     stored, failure = [], None
     for i in range(40):
         try:
-            stored.append(book.on_rule_event(event(EventKind.OPENED, 1000.0 + i), noisy_frame(i))["ticket_id"])
-            book.on_rule_event(event(EventKind.CLEARED, 1000.5 + i), noisy_frame(i + 100))
+            stored.append(book.on_rule_event(event(EventKind.OPENED, 1000.0 + i), noisy_frame(i),
+                                             NOBODY)["ticket_id"])
+            book.on_rule_event(event(EventKind.CLEARED, 1000.5 + i), noisy_frame(i + 100), NOBODY)
         except (OSError, sqlite3.OperationalError) as exc:
             failure = exc
             break
@@ -153,5 +155,5 @@ def test_one_open_ticket_per_zone_even_when_an_older_ticket_changes_later(tmp_pa
     second = make_ticket(book, 2, 2000.0, clear=False)  # open
     clip = book.evidence.save(first, "clip.mp4", "clip", b"\x00" * 100, "video/mp4")
     assert book.attach(first, clip, ts=9999.0) is not None  # the older ticket changes last
-    assert book.on_rule_event(event(EventKind.OPENED, 3000.0), noisy_frame(3)) is None
+    assert book.on_rule_event(event(EventKind.OPENED, 3000.0), noisy_frame(3), NOBODY) is None
     assert book.latest("z", "object_dwell").id == second

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from agent.config import AgentSection, CameraFile, EdgeFile, LocationSection, ModelSection, MqttSection, \
     StorageSection, ZoneSection
+from agent.privacy import PrivacyParams
 from agent.rules import rule_types
 from agent.scene import SceneParams
 from agent.storage import StorageLimits
@@ -45,6 +46,7 @@ SECTIONS = [
     ("camera file [scene] (static new objects)", SceneParams),
     ("camera file [zone_crops] (small objects in bike zones)", ZoneCropParams),
     ("camera file [tiling] (grid tiles over the whole frame)", TilingParams),
+    ("camera file [privacy] and [zones.<id>.privacy] (people hidden in evidence)", PrivacyParams),
 ]
 
 
