@@ -5,7 +5,12 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+from agent.command_auth import CommandKey
+
 REPO = Path(__file__).resolve().parent.parent
+# The command key of every test box: tests that send commands sign with it (agent.command_auth.sign).
+COMMAND_KEY_HEX = "5e" * 32
+COMMAND_KEY = CommandKey(bytes.fromhex(COMMAND_KEY_HEX))
 NANODET_MANIFEST = REPO / "models" / "nanodet-g-416.toml"
 
 CAMERA_TOML = """\
@@ -45,6 +50,9 @@ dir = "{storage}"
 manifest = "{manifest}"
 threads = 2
 min_score = 0.35
+
+[commands]
+key_file = "{command_key}"
 {mqtt}
 """
 
@@ -68,8 +76,12 @@ def write_edge(folder: Path, cameras: list[Path], *, agent_id: str = "test-box",
         reconnect_min_s = 0.2
         reconnect_max_s = 2
     """) if mqtt_port else ""
+    key = folder / "command.key"
+    key.write_text(COMMAND_KEY_HEX + "\n")
+    key.chmod(0o600)
     path = folder / "edge.toml"
     path.write_text(EDGE_TOML.format(
         cameras=", ".join(f'"{c}"' for c in cameras), agent_id=agent_id, storage=folder / "var",
-        manifest=manifest, mqtt=mqtt))
+        manifest=manifest, mqtt=mqtt, command_key=key))
     return path
+
