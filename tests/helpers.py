@@ -50,10 +50,7 @@ dir = "{storage}"
 manifest = "{manifest}"
 threads = 2
 min_score = 0.35
-
-[commands]
-key_file = "{command_key}"
-{mqtt}
+{commands}{mqtt}
 """
 
 
@@ -67,7 +64,8 @@ def write_camera(folder: Path, camera_id: str, url: str, *, zone: str = "plaza",
 
 
 def write_edge(folder: Path, cameras: list[Path], *, agent_id: str = "test-box", mqtt_port: int | None = None,
-               prefix: str = "cityops", manifest: Path = NANODET_MANIFEST) -> Path:
+               prefix: str = "cityops", manifest: Path = NANODET_MANIFEST, command_key: bool = True) -> Path:
+    """``command_key``: write COMMAND_KEY_HEX to command.key (0600) and name it in [commands]."""
     mqtt = textwrap.dedent(f"""
         [mqtt]
         host = "127.0.0.1"
@@ -76,12 +74,15 @@ def write_edge(folder: Path, cameras: list[Path], *, agent_id: str = "test-box",
         reconnect_min_s = 0.2
         reconnect_max_s = 2
     """) if mqtt_port else ""
-    key = folder / "command.key"
-    key.write_text(COMMAND_KEY_HEX + "\n")
-    key.chmod(0o600)
+    commands = ""
+    if command_key:
+        key = folder / "command.key"
+        key.write_text(COMMAND_KEY_HEX + "\n")
+        key.chmod(0o600)
+        commands = f'\n[commands]\nkey_file = "{key}"\n'
     path = folder / "edge.toml"
     path.write_text(EDGE_TOML.format(
         cameras=", ".join(f'"{c}"' for c in cameras), agent_id=agent_id, storage=folder / "var",
-        manifest=manifest, mqtt=mqtt, command_key=key))
+        manifest=manifest, commands=commands, mqtt=mqtt))
     return path
 
