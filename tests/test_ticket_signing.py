@@ -12,7 +12,7 @@ from agent import schemas
 from agent.app import Agent
 from agent.clock import ManualClock
 from agent.config import load_config
-from agent.ticket_signing import KEY_FILE, DeviceKey, load_public, public_pem, verify
+from agent.ticket_signing import KEY_FILE, DeviceKey, load_public, public_pem, public_raw, verify
 from agent.types import Frame
 from tests.helpers import write_camera, write_edge
 
@@ -49,7 +49,7 @@ def test_ticket_messages_verify_and_name_the_sha256_of_the_bytes_sent(edge, vtes
     assert messages, "people stand in the zone: a ticket must open"
     # What the platform enrols: the PEM `edge-agent key` prints, or the status document's raw key.
     enrolled = load_public(public_pem(agent.device_key.public))
-    assert load_public(agent.status()["device_key"]["public_key"]).public_bytes_raw() == enrolled.public_bytes_raw()
+    assert public_raw(load_public(agent.status()["device_key"]["public_key"])) == public_raw(enrolled)
     sent = {}
     for message, _ in agent.outbox.messages("evidence"):
         sent[message.topic] = sent.get(message.topic, b"") + message.body()
