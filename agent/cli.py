@@ -104,9 +104,10 @@ def cmd_check(config: BoxConfig, args) -> int:
 
 
 def cmd_key(config: BoxConfig, args) -> int:
-    """The public half only: the private key never leaves the box."""
+    """The public half only, PEM on stdout (``edge-agent key > box.pub.pem``); the private key
+    never leaves the box."""
     key = DeviceKey.load_or_create(config.storage.dir / KEY_FILE)
-    print(f"# edge-agent {config.agent.id} device key {key.key_id} (Ed25519)")
+    print(f"edge-agent {config.agent.id}: device key {key.key_id} (Ed25519), {key.path}", file=sys.stderr)
     print(public_pem(key.public), end="")
     return 0
 
