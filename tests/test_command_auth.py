@@ -10,6 +10,7 @@ import pytest
 
 from agent import schemas
 from agent.app import Agent
+from agent.cli import main
 from agent.clock import ManualClock
 from agent.command_auth import CommandKey, sign
 from agent.config import load_config
@@ -175,3 +176,13 @@ def test_a_bad_command_key_stops_the_agent_at_load(box, content, reason):
 def test_the_key_never_shows_in_the_config(box):
     config = load_config(box)
     assert COMMAND_KEY_HEX not in repr(config) and "<secret>" in repr(config.command_key)
+
+
+def test_check_names_the_key_file_and_warns_when_others_can_read_it(box, capsys):
+    key = box.parent / "command.key"
+    assert main(["-c", str(box), "check"]) == 0
+    out = capsys.readouterr().out
+    assert f"commands: signed with the key in {key}" in out and "warning: the command key" not in out
+    key.chmod(0o644)
+    assert main(["-c", str(box), "check"]) == 0
+    assert f"warning: the command key is a secret: {key} has mode 0644; make it 0600" in capsys.readouterr().out
