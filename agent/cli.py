@@ -86,8 +86,17 @@ def cmd_check(config: BoxConfig, args) -> int:
         print(f"commands: signed with the key in {config.commands.key_file}, max skew {config.commands.max_skew_s:g} s")
         if loose := loose_permissions(config.commands.key_file):
             print(f"  warning: the command key is a secret: {loose}")
-    elif mqtt:
-        print("  warning: no [commands] key_file: every command from the platform will be refused")
+    else:
+        print("commands: no [commands] key_file, every command is refused")
+        if mqtt:
+            print("  warning: the platform cannot ack, verify or mute anything on this box")
+    device_key = config.storage.dir / KEY_FILE
+    if device_key.is_file():
+        print(f"device key: {device_key} (edge-agent key prints its public half)")
+        if loose := loose_permissions(device_key):
+            print(f"  warning: the device key is a secret: {loose}")
+    else:
+        print(f"device key: made on first start at {device_key}")
     for cam in config.cameras:
         print(f"camera {cam.id}: {cam.url} model {cam.model} at {cam.analysis_fps:g} fps, "
               f"grid {cam.grid_code} ({cam.lat}, {cam.lon})")

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from agent.command_auth import canonical_json
+from agent.typedtoml import ConfigError
 
 ALG = "Ed25519"
 KEY_FILE = Path("keys") / "device_ed25519.pem"  # under the storage dir
@@ -63,9 +64,14 @@ class DeviceKey:
         """Load the key at ``path``, or make one there if there is none yet."""
         if not path.exists():
             _create(path)
-        private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        try:
+            private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except (OSError, ValueError, TypeError) as exc:
+            # Never replaced silently: a new key would make the platform reject every ticket.
+            raise ConfigError(path, "", f"device key unreadable ({type(exc).__name__}); restore it from "
+                                        "backup, or delete it to make a new one and enrol that") from None
         if not isinstance(private, Ed25519PrivateKey):
-            raise ValueError(f"{path}: not an Ed25519 private key but {type(private).__name__}")
+            raise ConfigError(path, "", f"not an Ed25519 private key but {type(private).__name__}")
         return cls(private, path)
 
     def describe(self) -> dict:

@@ -13,6 +13,7 @@ from agent.app import Agent
 from agent.clock import ManualClock
 from agent.config import load_config
 from agent.ticket_signing import KEY_FILE, DeviceKey, load_public, public_pem, public_raw, verify
+from agent.typedtoml import ConfigError
 from agent.types import Frame
 from tests.helpers import write_camera, write_edge
 
@@ -84,3 +85,12 @@ def test_another_boxs_key_or_no_signature_fails(tmp_path):
     doc = other.sign({"ticket_id": "a" * 32})
     assert "enrolled key is" in verify(doc, mine.public)
     assert verify({"ticket_id": "a" * 32}, mine.public) == "no signature"
+
+
+def test_a_corrupt_device_key_stops_the_agent_and_is_not_replaced(tmp_path):
+    path = tmp_path / KEY_FILE
+    path.parent.mkdir()
+    path.write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(ConfigError, match="device key unreadable"):
+        DeviceKey.load_or_create(path)
+    assert "not a key" in path.read_text()
