@@ -10,7 +10,9 @@ Lifecycle (docs/messages.md)::
     opened -> updated* -> cleared -> reopened -> ... -> closed (verified gone)
     any state but closed -> rejected (the platform found a false positive)
 
-The document's shape is ``agent/schemas/ticket.schema.json``.
+The document's shape is ``agent/schemas/ticket.schema.json``. Each message is signed with the
+box's device key as it is stored for sending (:mod:`agent.ticket_signing`); the evidence items it
+names carry the sha256 of their files, so the signature covers the evidence too.
 """
 
 from __future__ import annotations
