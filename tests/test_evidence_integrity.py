@@ -67,7 +67,8 @@ def test_a_snapshot_changed_in_transit_is_rejected_and_the_genuine_one_accepted(
     device = DeviceKey.load_or_create(tmp_path / "var" / KEY_FILE)
     mitm = ManInTheMiddle(mosquitto.port)
     platform = RefPlatform("127.0.0.1", mosquitto.port, tmp_path / "platform.sqlite", prefix=PLATFORM,
-                           command_key=COMMAND_KEY, device_keys={"test-box": public_pem(device.public)}).start()
+                           command_keys={"test-box": COMMAND_KEY},
+                           device_keys={"test-box": public_pem(device.public)}).start()
     start = time.time()
     clock = ManualClock(start)
     agent = Agent(load_config(edge), clock=clock)

@@ -180,7 +180,7 @@ def agent(mosquitto):
 @pytest.fixture
 def platform(mosquitto, tmp_path):
     with RefPlatform(mosquitto.host, mosquitto.port, tmp_path / "platform.sqlite", command_timeout_s=5,
-                     command_key=COMMAND_KEY, device_keys=ENROLLED) as p:
+                     command_keys={AGENT: COMMAND_KEY}, device_keys=ENROLLED) as p:
         yield p
 
 
@@ -446,6 +446,8 @@ def test_failed_missing_and_broken_replies(platform, agent):
         platform.ack(new_ticket_id())
     with pytest.raises(ValueError, match="invalid command"):
         platform.mute(AGENT, CAMERA, duration_s=-1)
+    with pytest.raises(ValueError, match="no command key for agent 'other-box'"):
+        platform.mute("other-box", CAMERA, duration_s=60)
 
 
 def test_snapshot_command_stores_the_picture(platform, agent):
@@ -471,7 +473,7 @@ def test_auto_loop_acks_dispatches_handles_and_verifies_once_cleared(mosquitto, 
     agent.answer = lambda verb, command: {"result": "still_present" if verb == "handled" else RESULTS[verb],
                                           "ticket_status": "open"}
     with RefPlatform(mosquitto.host, mosquitto.port, tmp_path / "p.sqlite", auto_loop=True,
-                     command_timeout_s=5, command_key=COMMAND_KEY, device_keys=ENROLLED) as platform:
+                     command_timeout_s=5, command_keys={AGENT: COMMAND_KEY}, device_keys=ENROLLED) as platform:
         agent.ticket(ticket_doc(ticket_id, 1))
         eventually(lambda: platform.ticket(ticket_id) and platform.ticket(ticket_id)["platform_state"] == "handled",
                    "ack, dispatched, handled")
@@ -516,7 +518,7 @@ def test_command_line_runs_until_sigterm_and_prints_the_summary(mosquitto, agent
     (tmp_path / "fake-box.pem").write_text(ENROLLED[AGENT])
     proc = subprocess.Popen([sys.executable, str(REPO / "tools" / "ref_platform.py"), "--host", mosquitto.host,
                              "--port", str(mosquitto.port), "--prefix", PREFIX, "--db", str(db), "--group", "cli",
-                             "--command-key", "command.key", "--enrol", f"{AGENT}=fake-box.pem"],
+                             "--command-key", f"{AGENT}=command.key", "--enrol", f"{AGENT}=fake-box.pem"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
         line = ""

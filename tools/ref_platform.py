@@ -7,17 +7,18 @@ tickets, evidence, snapshots, telemetry and status, validates each against the s
 so it does every step the simple, correct way and says why.
 
 It trusts nothing it cannot check (docs/security-signing.md): every command it sends is signed with
-the agent's shared command key (HMAC-SHA256, ``agent.command_auth``), and a ticket message is
+the command key it shares with that agent (HMAC-SHA256, ``agent.command_auth``), and a ticket message is
 accepted only if it verifies against the Ed25519 public key enrolled for its agent; evidence is
 accepted only if its bytes hash to a sha256 named by such an authenticated message. Whatever fails
 is stored in ``rejected`` with the reason, never applied.
 
     python tools/ref_platform.py --host 127.0.0.1 --port 1883 --prefix cityops --db platform.sqlite \
-        --command-key box-17.key --enrol box-17=box-17.pub.pem
+        --command-key box-17=box-17.key --enrol box-17=box-17.pub.pem
     python tools/ref_platform.py ... --auto-loop      # demo: ack, dispatch, handle every new ticket
 
     from tools.ref_platform import RefPlatform
-    with RefPlatform("127.0.0.1", 1883, "platform.sqlite", command_key=key, device_keys={"box-17": pem}) as platform:
+    with RefPlatform("127.0.0.1", 1883, "platform.sqlite", command_keys={"box-17": key},
+                     device_keys={"box-17": pem}) as platform:
         reply = platform.ack(ticket_id, case_id="2024-000123")
 
 Several instances can share the load: they subscribe to tickets and evidence with one MQTT 5 shared
@@ -636,10 +637,11 @@ class CommandChannel:
     """
 
     def __init__(self, client: mqtt.Client, topics: TopicPlan, violations: Violations, timeout_s: float,
-                 key: CommandKey | None):
-        """``key``: the agents' command key; None sends commands unsigned, which agents refuse."""
+                 keys: dict[str, CommandKey]):
+        """``keys``: each agent's command key; an agent has its own, so a key taken from one box
+        commands that box only."""
         self.client, self.topics, self.violations, self.timeout_s = client, topics, violations, timeout_s
-        self.key = key
+        self.keys = keys
         self.command_schema = validator("command")
         self.reply_schema = validator("reply")
         self._waiting: dict[bytes, _Waiting] = {}
@@ -649,11 +651,12 @@ class CommandChannel:
         command_id = uuid.uuid4().hex
         command = {"schema": COMMAND_SCHEMA, "schema_version": COMMAND_SCHEMA_VERSION, "command_id": command_id,
                    "verb": verb, **body}
+        if agent not in self.keys:
+            raise ValueError(f"no command key for agent {agent!r}: it would refuse the command")
         topic = self.topics.command(agent, verb)
-        if self.key is not None:
-            # Signed last, over exactly what is sent; a fresh nonce per command, so a resend of
-            # the same body is a new command, never a replay.
-            command = sign(self.key, topic, command, int(time.time()), uuid.uuid4().hex)
+        # Signed last, over exactly what is sent; a fresh nonce per command, so a resend of the
+        # same body is a new command, never a replay.
+        command = sign(self.keys[agent], topic, command, int(time.time()), uuid.uuid4().hex)
         try:
             check_schema("command", self.command_schema, command)
         except ProtocolViolation as exc:
@@ -791,7 +794,8 @@ class RefPlatform:
     logged and the message is lost to this instance; a production platform would switch to
     ``manual_ack`` with a persistent session so the broker redelivers it.
 
-    ``command_key`` signs the commands; ``device_keys`` enrols agents' public keys (more with
+    ``command_keys`` are the agents' command keys, by agent id: commands to an agent without one
+    are not sent (``ValueError``). ``device_keys`` enrols agents' public keys (more with
     ``devices.enrol``): a ticket message of an agent without one is rejected.
 
     ``session_expiry_s`` > 0 with a fixed ``client_id`` keeps the subscriptions and queues messages
@@ -802,8 +806,8 @@ class RefPlatform:
     def __init__(self, host: str, port: int, db_path: str | os.PathLike[str], *, prefix: str = "cityops",
                  group: str = "ref-platform", client_id: str | None = None,
                  evidence_dir: str | os.PathLike[str] | None = None, auto_loop: bool = False,
-                 command_timeout_s: float = 15.0, session_expiry_s: int = 0, command_key: CommandKey | None = None,
-                 device_keys: dict[str, str | bytes] | None = None):
+                 command_timeout_s: float = 15.0, session_expiry_s: int = 0,
+                 command_keys: dict[str, CommandKey] | None = None, device_keys: dict[str, str | bytes] | None = None):
         self.host, self.port, self.session_expiry_s = host, port, session_expiry_s
         client_id = client_id or f"ref-platform-{uuid.uuid4().hex[:12]}"
         db_path = Path(db_path)
@@ -824,7 +828,8 @@ class RefPlatform:
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
-        self.commands = CommandChannel(self.client, self.topics, self.violations, command_timeout_s, command_key)
+        self.commands = CommandChannel(self.client, self.topics, self.violations, command_timeout_s,
+                                       dict(command_keys or {}))
         self.auto_loop = AutoLoop(self) if auto_loop else None
         self._subscribe_mid: int | None = None
         self._subscribed = threading.Event()
@@ -1036,9 +1041,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--session-expiry", type=int, default=0, metavar="S",
                         help="keep the session and queue messages at the broker for S seconds while away")
     parser.add_argument("--auto-loop", action="store_true", help="ack, dispatch and handle every new ticket (demo)")
-    parser.add_argument("--command-key", type=Path, metavar="FILE",
-                        help="the agents' command key (hex, as in their [commands] key_file); without it "
-                             "commands go out unsigned and agents refuse them")
+    parser.add_argument("--command-key", action="append", default=[], metavar="AGENT=FILE",
+                        help="an agent's command key (hex, the same as its [commands] key_file); repeatable; "
+                             "held in memory only, never in the database")
     parser.add_argument("--enrol", action="append", default=[], metavar="AGENT=PEMFILE",
                         help="enrol an agent's device public key (edge-agent key prints it); repeatable, "
                              "kept in the database")
@@ -1046,14 +1051,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     try:
-        command_key = load_key(args.command_key, "--command-key", "") if args.command_key else None
+        command_keys = {agent: load_key(Path(path), "--command-key", agent)
+                        for agent, path in (_pair("--command-key", spec) for spec in args.command_key)}
         device_keys = dict(_enrolment(spec) for spec in args.enrol)
     except (ConfigError, ValueError, OSError) as exc:
         log.error("%s", exc)
         return 2
     platform = RefPlatform(args.host, args.port, args.db, prefix=args.prefix, group=args.group,
                            client_id=args.client_id, evidence_dir=args.evidence_dir, auto_loop=args.auto_loop,
-                           session_expiry_s=args.session_expiry, command_key=command_key, device_keys=device_keys)
+                           session_expiry_s=args.session_expiry, command_keys=command_keys,
+                           device_keys=device_keys)
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
@@ -1069,10 +1076,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _enrolment(spec: str) -> tuple[str, bytes]:
+def _pair(option: str, spec: str) -> tuple[str, str]:
     agent, sep, path = spec.partition("=")
-    if not sep or not agent:
-        raise ValueError(f"--enrol {spec!r}: expected AGENT=PEMFILE")
+    if not sep or not agent or not path:
+        raise ValueError(f"{option} {spec!r}: expected AGENT=FILE")
+    return agent, path
+
+
+def _enrolment(spec: str) -> tuple[str, bytes]:
+    agent, path = _pair("--enrol", spec)
     data = Path(path).read_bytes()
     try:
         load_public(data)  # fail at start, naming the file, not at the first ticket
