@@ -17,6 +17,7 @@ from agent import __version__
 from agent.clipper import Clipper
 from agent.clips import PacketRing
 from agent.clock import Clock, SystemClock
+from agent.command_auth import NONCE_TABLE, CommandAuth
 from agent.commands import CommandHandler
 from agent.config import BoxConfig, CameraConfig, ConfigError
 from agent.detect import Detector, load_detector
@@ -30,6 +31,7 @@ from agent.outbox import Outbox
 from agent.pipeline import CameraPipeline
 from agent.privacy import PEOPLE, PeopleTrail
 from agent.storage import StorageJanitor
+from agent.ticket_signing import KEY_FILE, DeviceKey
 from agent.tickets import TICKET_TABLES, ModelInfo, TicketBook, iso_utc
 from agent.topics import Topics
 from agent.transport import MqttTransport, Request
@@ -75,8 +77,9 @@ class Agent:
         self.config = config
         self.clock = clock or SystemClock()
         storage = storage_dir or config.storage.dir
-        self.outbox = Outbox(storage / "outbox.sqlite", schemas=(TICKET_TABLES,))
+        self.outbox = Outbox(storage / "outbox.sqlite", schemas=(TICKET_TABLES, NONCE_TABLE))
         self.evidence = EvidenceStore(storage / "evidence", config.storage.jpeg_quality)
+        self.device_key = DeviceKey.load_or_create(storage / KEY_FILE)
         self.janitor = StorageJanitor(self.outbox, self.evidence.root, config.storage.limits)
         self.topics = Topics(config.mqtt.prefix if config.mqtt else DEFAULT_PREFIX, config.agent.id)
         chunk_bytes = config.mqtt.chunk_bytes if config.mqtt else DEFAULT_CHUNK_BYTES
@@ -108,15 +111,23 @@ class Agent:
             detector = self.detectors[cam.model]
             self.books[cam.id] = TicketBook(config.agent.id, cam, ModelInfo(detector.name, detector.sha256),
                                             self.topics, self.outbox, self.evidence, config.tickets, chunk_bytes,
-                                            config.fault_categories)
+                                            config.fault_categories, self.device_key)
             self.pipelines[cam.id] = CameraPipeline(cam, detector, self.books[cam.id], self.health[cam.id],
                                                     storage / "reference", ticket_hook, self.trails.get(cam.id))
         self.commands = CommandHandler(config.agent.id, self.topics, self.outbox, self.evidence, self.clock,
-                                       self.books, self.pipelines, chunk_bytes)
+                                       self.books, self.pipelines, chunk_bytes, self._command_auth())
         self._requests: queue.Queue[Request | None] = queue.Queue(maxsize=1000)
         self.transport = (MqttTransport(config.mqtt, self.topics, self.outbox, self.clock,
                                         on_command=self._enqueue_command, status=self.status)
                           if config.mqtt else None)
+
+    def _command_auth(self) -> CommandAuth | None:
+        if self.config.command_key is None:
+            if self.config.mqtt:
+                log_event(log, "commands_refused", level=logging.WARNING,
+                          reason="no [commands] key_file: every command from the platform will be refused")
+            return None
+        return CommandAuth(self.config.command_key, self.config.commands.max_skew_s, self.outbox)
 
     def status(self) -> dict:
         """What the retained status topic says about the box and each camera."""
@@ -129,7 +140,8 @@ class Agent:
             entry["suspended"] = self.pipelines[cam.id].suspended
             cameras.append(entry)
         storage = self.janitor.last.as_dict() if self.janitor.last is not None else None
-        return {"version": __version__, "outbox": self.outbox.counts(), "storage": storage, "cameras": cameras}
+        return {"version": __version__, "outbox": self.outbox.counts(), "storage": storage,
+                "device_key": self.device_key.describe(), "cameras": cameras}
 
     def _enqueue_command(self, request: Request) -> None:
         # Called on paho's network thread: hand over and return, never block it.

@@ -1,4 +1,5 @@
-"""``edge-agent``: run the agent, check a box's config, replay footage through a camera's rules."""
+"""``edge-agent``: run the agent, check a box's config, replay footage through a camera's rules,
+print the box's public key for enrolment on the platform."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from pathlib import Path
 
 from agent.app import Agent, check_privacy, load_detectors, precision_risks
 from agent.clock import ManualClock
+from agent.command_auth import loose_permissions
 from agent.config import BoxConfig, load_config
 from agent.logs import setup_logging
 from agent.privacy import PrivacyParams
+from agent.ticket_signing import KEY_FILE, DeviceKey, public_pem
 from agent.typedtoml import ConfigError
 
 EXIT_CONFIG = 2
@@ -40,12 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--start-time", type=_utc, default=None, metavar="ISO8601",
                         help="wall time of the file's first frame (default: now); fixes ticket times, "
                              "e.g. for comparing with ground truth")
+    sub.add_parser("key", help="print the box's public signing key (made if there is none yet) to enrol it "
+                               "on the platform")
     args = parser.parse_args(argv)
 
     try:
         config = load_config(args.config)
         setup_logging(config.agent.log_level, config.agent.log_format.value)
-        return {"run": cmd_run, "check": cmd_check, "replay": cmd_replay}[args.command](config, args)
+        commands = {"run": cmd_run, "check": cmd_check, "replay": cmd_replay, "key": cmd_key}
+        return commands[args.command](config, args)
     except ConfigError as exc:
         print(f"edge-agent: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -79,6 +85,21 @@ def cmd_check(config: BoxConfig, args) -> int:
     mqtt = config.mqtt
     print(f"mqtt: {mqtt.host}:{mqtt.port} prefix {mqtt.prefix}" if mqtt else "mqtt: none (store locally only)")
     print(f"storage: {config.storage.dir}")
+    if config.commands:
+        print(f"commands: signed with the key in {config.commands.key_file}, max skew {config.commands.max_skew_s:g} s")
+        if loose := loose_permissions(config.commands.key_file):
+            print(f"  warning: the command key is a secret: {loose}")
+    else:
+        print("commands: no [commands] key_file, every command is refused")
+        if mqtt:
+            print("  warning: the platform cannot ack, verify or mute anything on this box")
+    device_key = config.storage.dir / KEY_FILE
+    if device_key.is_file():
+        print(f"device key: {device_key} (edge-agent key prints its public half)")
+        if loose := loose_permissions(device_key):
+            print(f"  warning: the device key is a secret: {loose}")
+    else:
+        print(f"device key: made on first start at {device_key}")
     for cam in config.cameras:
         print(f"camera {cam.id}: {cam.url} model {cam.model} at {cam.analysis_fps:g} fps, "
               f"grid {cam.grid_code} ({cam.lat}, {cam.lon}), people in evidence: {_privacy(cam.privacy)}")
@@ -98,6 +119,15 @@ def cmd_check(config: BoxConfig, args) -> int:
 
 def _privacy(params: PrivacyParams) -> str:
     return f"{params.mode.value} (block {params.block_px} px, margin {params.margin:g})" if params.active else "kept"
+
+
+def cmd_key(config: BoxConfig, args) -> int:
+    """The public half only, PEM on stdout (``edge-agent key > box.pub.pem``); the private key
+    never leaves the box."""
+    key = DeviceKey.load_or_create(config.storage.dir / KEY_FILE)
+    print(f"edge-agent {config.agent.id}: device key {key.key_id} (Ed25519), {key.path}", file=sys.stderr)
+    print(public_pem(key.public), end="")
+    return 0
 
 
 def _utc(text: str) -> float:

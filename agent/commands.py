@@ -1,8 +1,9 @@
 """Commands from the platform: validated, carried out, answered.
 
-A command arrives on ``<prefix>/<agent>/cmd/<verb>``; its JSON is checked against
-``command.schema.json`` and the topic's verb before anything happens, so a malformed or unknown
-command gets an error reply and changes nothing. Replies go through the outbox like everything
+A command arrives on ``<prefix>/<agent>/cmd/<verb>``; its signature is checked
+(:mod:`agent.command_auth`), then its JSON against ``command.schema.json`` and the topic's verb,
+all before anything happens, so an unsigned, forged, stale, replayed, malformed or unknown command
+gets an error reply and changes nothing. Replies go through the outbox like everything
 else (durable, in order after the ticket messages the command caused) to the request's MQTT 5
 ResponseTopic with its CorrelationData.
 """
@@ -17,6 +18,7 @@ import jsonschema
 
 from agent import schemas
 from agent.clock import Clock
+from agent.command_auth import AuthError, CommandAuth
 from agent.evidence import EvidenceStore, annotate_detections
 from agent.logs import log_event
 from agent.outbox import MessageProps, OutMessage, Outbox
@@ -40,9 +42,12 @@ class CommandError(Exception):
 
 class CommandHandler:
     def __init__(self, agent_id: str, topics: Topics, outbox: Outbox, evidence: EvidenceStore, clock: Clock,
-                 books: dict[str, TicketBook], pipelines: dict[str, CameraPipeline], chunk_bytes: int):
+                 books: dict[str, TicketBook], pipelines: dict[str, CameraPipeline], chunk_bytes: int,
+                 auth: CommandAuth | None):
+        """``auth`` None: the box has no command key, so every command is refused."""
         self.agent_id, self.topics, self.outbox, self.evidence = agent_id, topics, outbox, evidence
         self.clock, self.books, self.pipelines, self.chunk_bytes = clock, books, pipelines, chunk_bytes
+        self.auth = auth
 
     def handle(self, request: Request) -> dict:
         """Carry out one command and store its reply; returns the reply document."""
@@ -50,9 +55,10 @@ class CommandHandler:
         command: dict = {}
         try:
             command = self._parse_json(request)
+            self._authenticate(request, command, now)
             self._validate(request, command)
             reply = self._dispatch(command, now)
-        except (CommandError, TicketError) as exc:
+        except (CommandError, AuthError, TicketError) as exc:
             reply = {"ok": False, "error": {"code": exc.code, "message": str(exc)}}
             log_event(log, "command_refused", level=logging.WARNING, topic=request.topic, code=exc.code,
                       reason=str(exc))
@@ -78,6 +84,12 @@ class CommandHandler:
         if not isinstance(command, dict):
             raise CommandError("bad_schema", f"payload on {request.topic} must be a JSON object")
         return command
+
+    def _authenticate(self, request: Request, command: dict, now: float) -> None:
+        if self.auth is None:
+            raise CommandError("no_command_key", f"agent {self.agent_id} has no [commands] key_file: "
+                                                 "it accepts no commands")
+        self.auth.check(request.topic, command, now)
 
     def _validate(self, request: Request, command: dict) -> None:
         errors = sorted(schemas.validator("command").iter_errors(command), key=lambda e: list(e.path))

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.command_auth import CommandKey, CommandsSection, load_key
 from agent.detect.manifest import load_manifest
 from agent.faults import DEFAULT_CATEGORIES, Fault
 from agent.privacy import PrivacyParams
@@ -142,6 +143,8 @@ class EdgeFile:
     models: dict[str, ModelSection] = setting(factory=dict, help="Detector models by name; cameras pick one")
     storage: StorageSection = setting(factory=StorageSection, help="Where tickets and evidence are kept")
     mqtt: MqttSection | None = setting(None, help="Leave out to store tickets locally only")
+    commands: CommandsSection | None = setting(
+        None, help="The key platform commands are signed with; leave out and every command is refused")
     tickets: TicketsSection = setting(factory=TicketsSection, help="Ticket lifecycle and evidence")
     categories: dict[str, CategorySection] = setting(
         factory=dict, help="Per rule type or camera fault: the platform case class its tickets carry")
@@ -257,6 +260,8 @@ class BoxConfig:
     cameras: tuple[CameraConfig, ...]
     tickets: TicketsSection
     fault_categories: dict[Fault, Category]
+    commands: CommandsSection | None = None
+    command_key: CommandKey | None = None  # loaded from commands.key_file; None: no command is accepted
 
     def camera(self, camera_id: str) -> CameraConfig:
         for cam in self.cameras:
@@ -284,8 +289,10 @@ def load_config(path: str | Path) -> BoxConfig:
         seen.add(cam.id)
     fault_categories = {f: edge.categories[f.value].category() if f.value in edge.categories else c
                         for f, c in DEFAULT_CATEGORIES.items()}
+    # Read at load, so a missing or short key stops the agent at start, not at its first command.
+    command_key = load_key(edge.commands.key_file, path) if edge.commands else None
     return BoxConfig(path, edge.agent, edge.storage, edge.mqtt, edge.models, cameras, edge.tickets,
-                     fault_categories)
+                     fault_categories, edge.commands, command_key)
 
 
 def _load_camera(path: Path, edge: EdgeFile, edge_path: Path) -> CameraConfig:

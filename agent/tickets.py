@@ -10,7 +10,9 @@ Lifecycle (docs/messages.md)::
     opened -> updated* -> cleared -> reopened -> ... -> closed (verified gone)
     any state but closed -> rejected (the platform found a false positive)
 
-The document's shape is ``agent/schemas/ticket.schema.json``.
+The document's shape is ``agent/schemas/ticket.schema.json``. Each message is signed with the
+box's device key as it is stored for sending (:mod:`agent.ticket_signing`); the evidence items it
+names carry the sha256 of their files, so the signature covers the evidence too.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from agent.logs import log_event
 from agent.outbox import MessageProps, OutMessage, Outbox, Transaction
 from agent.privacy import anonymise, obscure, regions
 from agent.rules import Category
+from agent.ticket_signing import DeviceKey
 from agent.topics import Topics
 from agent.types import Detections, EventKind, RuleEvent
 
@@ -109,8 +112,8 @@ class TicketBook:
 
     def __init__(self, agent_id: str, camera: CameraConfig, model: ModelInfo, topics: Topics,
                  outbox: Outbox, evidence: EvidenceStore, settings: TicketsSection, chunk_bytes: int,
-                 fault_categories: dict[Fault, Category]):
-        self.agent_id, self.camera, self.model = agent_id, camera, model
+                 fault_categories: dict[Fault, Category], signer: DeviceKey):
+        self.agent_id, self.camera, self.model, self.signer = agent_id, camera, model, signer
         self.topics, self.outbox, self.evidence = topics, outbox, evidence
         self.settings, self.chunk_bytes = settings, chunk_bytes
         self.zones = {z.zone.id: z.zone for z in camera.zones} | {CAMERA_ZONE: WHOLE_PICTURE}
@@ -366,8 +369,9 @@ class TicketBook:
         with self.outbox.transaction(ts) as tx:
             doc["seq"] = tx.next_counter(TICKET_SEQ)
             self._store(tx, ticket, status, ts, doc)
+            # Signed as sent; the stored doc stays unsigned, it is the base of the next message.
             tx.add(OutMessage(self.topics.tickets(self.camera.id), "ticket", "application/json", ticket.id,
-                              payload=json.dumps(doc, ensure_ascii=False).encode()))
+                              payload=json.dumps(self.signer.sign(doc), ensure_ascii=False).encode()))
             for item in evidence:
                 for message in item.messages(topics[item.kind], ticket.id, self.chunk_bytes):
                     tx.add(message)

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
+import uuid
 from pathlib import Path
 
+from agent.command_auth import CommandKey, sign
+
 REPO = Path(__file__).resolve().parent.parent
+# The command key of every test box: tests that send commands sign with it (agent.command_auth.sign).
+COMMAND_KEY_HEX = "5e" * 32
+COMMAND_KEY = CommandKey(bytes.fromhex(COMMAND_KEY_HEX))
+
+
+def signed(topic: str, doc: dict, now: float) -> bytes:
+    """``doc`` as the platform sends it on ``topic``: signed with the test box's command key at ``now``."""
+    return json.dumps(sign(COMMAND_KEY, topic, doc, int(now), uuid.uuid4().hex)).encode()
 NANODET_MANIFEST = REPO / "models" / "nanodet-g-416.toml"
 
 CAMERA_TOML = """\
@@ -45,7 +57,7 @@ dir = "{storage}"
 manifest = "{manifest}"
 threads = 2
 min_score = 0.35
-{mqtt}
+{commands}{mqtt}
 """
 
 
@@ -59,7 +71,8 @@ def write_camera(folder: Path, camera_id: str, url: str, *, zone: str = "plaza",
 
 
 def write_edge(folder: Path, cameras: list[Path], *, agent_id: str = "test-box", mqtt_port: int | None = None,
-               prefix: str = "cityops", manifest: Path = NANODET_MANIFEST) -> Path:
+               prefix: str = "cityops", manifest: Path = NANODET_MANIFEST, command_key: bool = True) -> Path:
+    """``command_key``: write COMMAND_KEY_HEX to command.key (0600) and name it in [commands]."""
     mqtt = textwrap.dedent(f"""
         [mqtt]
         host = "127.0.0.1"
@@ -68,8 +81,15 @@ def write_edge(folder: Path, cameras: list[Path], *, agent_id: str = "test-box",
         reconnect_min_s = 0.2
         reconnect_max_s = 2
     """) if mqtt_port else ""
+    commands = ""
+    if command_key:
+        key = folder / "command.key"
+        key.write_text(COMMAND_KEY_HEX + "\n")
+        key.chmod(0o600)
+        commands = f'\n[commands]\nkey_file = "{key}"\n'
     path = folder / "edge.toml"
     path.write_text(EDGE_TOML.format(
         cameras=", ".join(f'"{c}"' for c in cameras), agent_id=agent_id, storage=folder / "var",
-        manifest=manifest, mqtt=mqtt))
+        manifest=manifest, commands=commands, mqtt=mqtt))
     return path
+

@@ -15,7 +15,7 @@ import time
 import av
 
 from agent import schemas
-from tests.helpers import REPO, write_edge
+from tests.helpers import COMMAND_KEY, REPO, write_edge
 from tests.test_whole_loop import wait_for
 from tools.ref_platform import RefPlatform
 from tools.scenario_kit import ensure_built, load_recipe
@@ -34,8 +34,12 @@ def test_litter_ticket_goes_round_the_whole_loop(tmp_path, footage, mosquitto, r
     edge = write_edge(tmp_path, [camera], mqtt_port=mosquitto.port)
     edge.write_text(edge.read_text() + f"\n[tickets]\nclip_pre_s = {PRE_S}\nclip_post_s = {POST_S}\n")
 
+    # Enrolment as an installer does it: the box prints its public key, the platform stores it.
+    public = subprocess.run([sys.executable, "-m", "agent.cli", "-c", str(edge), "key"], capture_output=True,
+                            check=True, cwd=REPO).stdout
     platform = RefPlatform("127.0.0.1", mosquitto.port, tmp_path / "platform.sqlite",
-                           evidence_dir=tmp_path / "platform-evidence").start()
+                           evidence_dir=tmp_path / "platform-evidence", command_keys={"test-box": COMMAND_KEY},
+                           device_keys={"test-box": public}).start()
     log = open(tmp_path / "agent.log", "wb")
     agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "-c", str(edge), "run"], stdout=log,
                              stderr=subprocess.STDOUT, cwd=REPO)
@@ -70,6 +74,7 @@ def test_litter_ticket_goes_round_the_whole_loop(tmp_path, footage, mosquitto, r
 
     # Both sides agree the ticket ended closed, and every message and evidence item checked out.
     assert violations == [], violations
+    assert summary["rejected"] == 0, "every ticket message verified against the enrolled key"
     assert summary["evidence"]["unverified"] == 0 and summary["evidence"]["verified"] >= 4
     docs = [json.loads(doc) for (doc,) in _rows(tmp_path / "platform.sqlite", "SELECT doc FROM messages WHERE ticket_id = ? ORDER BY seq",
                                                  ticket_id)]

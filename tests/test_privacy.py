@@ -24,7 +24,7 @@ from agent.evidence import annotate, annotate_detections
 from agent.privacy import PeopleTrail, PrivacyMode, PrivacyParams, anonymise, clip_filter, grow, regions
 from agent.transport import Request
 from agent.types import Detections, EventKind, Frame
-from tests.helpers import write_camera, write_edge
+from tests.helpers import signed, write_camera, write_edge
 from tests.onnx_fixtures import make_yolo_like_onnx
 from tests.test_clips import T0, assert_browser_mp4, ring_of
 from tests.test_storage import book_in, event, noisy_frame
@@ -241,7 +241,8 @@ def test_a_zone_whose_policy_says_off_keeps_the_people(tmp_path, vtest_2fps):
 
 def command(agent, verb, **body):
     doc = {"schema": "edge-agent/command", "schema_version": "1.0", "command_id": f"cmd-{verb}", "verb": verb, **body}
-    return agent.commands.handle(Request(f"cityops/test-box/cmd/{verb}", json.dumps(doc).encode(), None, None))
+    topic = f"cityops/test-box/cmd/{verb}"
+    return agent.commands.handle(Request(topic, signed(topic, doc, agent.clock.now()), None, None))
 
 
 def test_spot_check_snapshot_hides_the_people_even_where_a_zone_keeps_them(tmp_path, vtest_2fps):

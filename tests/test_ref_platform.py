@@ -19,20 +19,27 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Callable
 
 import paho.mqtt.client as mqtt
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.command_auth import sign
 from agent.schemas import validator
-from tests.helpers import REPO
+from agent.ticket_signing import DeviceKey, public_pem
+from tests.helpers import COMMAND_KEY, COMMAND_KEY_HEX, REPO
 from tools.ref_platform import CommandTimeout, InvalidReply, RefPlatform, UnknownTicket
 
 AGENT = "fake-box"
 CAMERA = "cam-1"
 PREFIX = "cityops"
+# The fake agent's device key, in memory only; the platforms below enrol its public half.
+DEVICE = DeviceKey(Ed25519PrivateKey.generate(), Path("fake-box.pem"))
+ENROLLED = {AGENT: public_pem(DEVICE.public)}
 RESULTS = {"ack": "recorded", "dispatched": "recorded", "handled": "verified_cleared", "verify": "verified_cleared",
            "snapshot": "snapshot", "reject": "rejected", "mute": "muted", "unmute": "unmuted"}
 
@@ -76,6 +83,7 @@ def ticket_doc(ticket_id: str, seq: int, *, event: str = "opened", status: str =
         "status": status, "platform_state": platform_state,
         "category": {"major": "市容环境", "minor": "暴露垃圾", "code": "0101"},
     }
+    doc = DEVICE.sign(doc)
     validator("ticket").validate(doc)  # the fake agent itself keeps to the contract
     return doc
 
@@ -120,7 +128,8 @@ class FakeAgent:
         self.client.publish(topic, payload, qos=1, retain=retain, properties=props).wait_for_publish(10)
 
     def ticket(self, doc: dict) -> None:
-        self.publish(f"{PREFIX}/{AGENT}/{CAMERA}/tickets", json.dumps(doc, ensure_ascii=False),
+        """Publish ``doc`` signed as it is now (a test may have changed it since ticket_doc)."""
+        self.publish(f"{PREFIX}/{AGENT}/{CAMERA}/tickets", json.dumps(DEVICE.sign(doc), ensure_ascii=False),
                      user=[("kind", "ticket"), ("ticket_id", doc["ticket_id"])])
 
     def evidence(self, ticket_id: str, data: bytes, *, kind: str = "snapshot", chunks: int = 1,
@@ -170,7 +179,8 @@ def agent(mosquitto):
 
 @pytest.fixture
 def platform(mosquitto, tmp_path):
-    with RefPlatform(mosquitto.host, mosquitto.port, tmp_path / "platform.sqlite", command_timeout_s=5) as p:
+    with RefPlatform(mosquitto.host, mosquitto.port, tmp_path / "platform.sqlite", command_timeout_s=5,
+                     command_keys={AGENT: COMMAND_KEY}, device_keys=ENROLLED) as p:
         yield p
 
 
@@ -201,7 +211,7 @@ def test_ticket_and_evidence_in_three_chunks_are_stored_and_verified(platform, a
         assert f.read() == data
     assert stored["path"].endswith(".jpg")
     assert rows(platform, "SELECT count(*) FROM chunks")[0][0] == 0, "chunks are dropped once assembled"
-    assert platform.summary() == {"tickets": {"open": 1}, "messages": 1, "violations": 0,
+    assert platform.summary() == {"tickets": {"open": 1}, "messages": 1, "violations": 0, "rejected": 0,
                                   "evidence": {"verified": 1, "unverified": 0, "pending": 0}}
 
 
@@ -277,6 +287,53 @@ def test_evidence_whose_bytes_do_not_match_the_ticket_is_unverified(platform, ag
     # The violation is recorded just after the item is stored and matched.
     ((topic, reason),) = eventually(platform.violation_list, "the false sha256 claim recorded")
     assert topic.endswith(f"/evidence/{ticket_id}/snapshot") and "sha256" in reason
+
+
+def published(doc: dict) -> bytes:
+    return json.dumps(doc, ensure_ascii=False).encode()
+
+
+def test_ticket_messages_that_do_not_verify_are_rejected_and_kept(platform, agent):
+    topic = f"{PREFIX}/{AGENT}/{CAMERA}/tickets"
+    changed = ticket_doc(new_ticket_id(), 1)
+    changed["status"] = "closed"  # after signing: what a man in the middle would do
+    agent.publish(topic, published(changed))
+    unsigned = ticket_doc(new_ticket_id(), 2)
+    del unsigned["signature"]
+    agent.publish(topic, published(unsigned))
+    stranger = DeviceKey(Ed25519PrivateKey.generate(), Path("other.pem")).sign(ticket_doc(new_ticket_id(), 3))
+    agent.publish(topic, published(stranger))
+    not_enrolled = ticket_doc(new_ticket_id(), 4) | {"agent_id": "other-box"}
+    agent.publish(f"{PREFIX}/other-box/{CAMERA}/tickets", published(DEVICE.sign(not_enrolled)))
+    good = ticket_doc(new_ticket_id(), 5)
+    agent.ticket(good)
+
+    eventually(lambda: platform.ticket(good["ticket_id"]), "the good ticket after the bad ones")
+    eventually(lambda: len(platform.rejected_list()) == 4, "four rejections")
+    reasons = {ticket_id: reason for _, ticket_id, reason in platform.rejected_list()}
+    assert reasons == {changed["ticket_id"]: "signature does not verify", unsigned["ticket_id"]: "no signature",
+                       stranger["ticket_id"]: f"signed by key {stranger['signature']['key_id']!r}, enrolled key is "
+                                              f"{DEVICE.key_id}",
+                       not_enrolled["ticket_id"]: "agent 'other-box' has no enrolled device key"}
+    assert platform.summary()["tickets"] == {"open": 1} and platform.summary()["rejected"] == 4
+    (payload,) = rows(platform, "SELECT payload FROM rejected WHERE ticket_id = ?", changed["ticket_id"])[0]
+    assert json.loads(payload)["status"] == "closed", "kept as received, for inspection"
+
+
+def test_evidence_is_checked_only_against_signed_messages(platform, agent):
+    ticket_id, data = new_ticket_id(), picture(4_000, seed=6)
+    forged = picture(4_000, seed=7)
+    agent.ticket(ticket_doc(ticket_id, 1, evidence=[evidence_item(ticket_id, data)]))
+    # A forged message naming other bytes: rejected, so the forged bytes match nothing.
+    doc = ticket_doc(ticket_id, 2, event="updated", evidence=[evidence_item(ticket_id, forged)])
+    doc["evidence"][0]["sha256"] = hashlib.sha256(forged).hexdigest()
+    agent.publish(f"{PREFIX}/{AGENT}/{CAMERA}/tickets", published(doc | {"seq": 3}))
+    agent.evidence(ticket_id, forged)
+    agent.evidence(ticket_id, data)
+    eventually(lambda: platform.summary()["evidence"] == {"verified": 1, "unverified": 1, "pending": 0},
+               "the genuine item accepted, the forged one rejected")
+    verdict = {row["sha256"]: row["verified"] for row in platform.evidence_of(ticket_id)}
+    assert verdict == {hashlib.sha256(data).hexdigest(): 1, hashlib.sha256(forged).hexdigest(): 0}
 
 
 def test_status_is_stored_and_a_broken_one_recorded(platform, agent):
@@ -355,7 +412,11 @@ def test_command_and_reply_are_paired_by_correlation_data(platform, agent):
     assert platform.unmute(AGENT, CAMERA).result == "unmuted"
     assert platform.reject(ticket_id, duration_s=3600).result == "rejected"
     assert agent.verbs() == ["ack", "dispatched", "mute", "unmute", "reject"]
-    assert agent.commands[2].doc | {"command_id": "-"} == {
+    mute = agent.commands[2]
+    auth = mute.doc["auth"]
+    assert abs(auth["ts"] - time.time()) < 30 and len({c.doc["auth"]["nonce"] for c in agent.commands}) == 5
+    assert sign(COMMAND_KEY, mute.topic, mute.doc, auth["ts"], auth["nonce"]) == mute.doc, "signed with the key"
+    assert {k: v for k, v in mute.doc.items() if k != "auth"} | {"command_id": "-"} == {
         "schema": "edge-agent/command", "schema_version": "1.0", "command_id": "-", "verb": "mute",
         "camera_id": CAMERA, "zone_id": "plaza", "duration_s": 600}
     assert platform.ticket(ticket_id)["platform_state"] == "dispatched"
@@ -385,6 +446,8 @@ def test_failed_missing_and_broken_replies(platform, agent):
         platform.ack(new_ticket_id())
     with pytest.raises(ValueError, match="invalid command"):
         platform.mute(AGENT, CAMERA, duration_s=-1)
+    with pytest.raises(ValueError, match="no command key for agent 'other-box'"):
+        platform.mute("other-box", CAMERA, duration_s=60)
 
 
 def test_snapshot_command_stores_the_picture(platform, agent):
@@ -410,7 +473,7 @@ def test_auto_loop_acks_dispatches_handles_and_verifies_once_cleared(mosquitto, 
     agent.answer = lambda verb, command: {"result": "still_present" if verb == "handled" else RESULTS[verb],
                                           "ticket_status": "open"}
     with RefPlatform(mosquitto.host, mosquitto.port, tmp_path / "p.sqlite", auto_loop=True,
-                     command_timeout_s=5) as platform:
+                     command_timeout_s=5, command_keys={AGENT: COMMAND_KEY}, device_keys=ENROLLED) as platform:
         agent.ticket(ticket_doc(ticket_id, 1))
         eventually(lambda: platform.ticket(ticket_id) and platform.ticket(ticket_id)["platform_state"] == "handled",
                    "ack, dispatched, handled")
@@ -428,8 +491,8 @@ def test_auto_loop_acks_dispatches_handles_and_verifies_once_cleared(mosquitto, 
 def test_two_instances_in_one_group_store_each_ticket_once(mosquitto, agent, tmp_path):
     db = tmp_path / "shared.sqlite"
     count = 12
-    with RefPlatform(mosquitto.host, mosquitto.port, db, group="city") as first, \
-            RefPlatform(mosquitto.host, mosquitto.port, db, group="city") as second:
+    with RefPlatform(mosquitto.host, mosquitto.port, db, group="city", device_keys=ENROLLED) as first, \
+            RefPlatform(mosquitto.host, mosquitto.port, db, group="city") as second:  # enrolled in the shared db
         for n in range(count):
             ticket_id, data = new_ticket_id(), picture(3_000, seed=100 + n)
             agent.ticket(ticket_doc(ticket_id, n + 1, evidence=[evidence_item(ticket_id, data, chunks=3)]))
@@ -439,7 +502,7 @@ def test_two_instances_in_one_group_store_each_ticket_once(mosquitto, agent, tmp
                             and first.received["evidence"] + second.received["evidence"] == 3 * count),
                    "every message counted by the instance that handled it")
 
-        assert first.summary() == {"tickets": {"open": count}, "messages": count, "violations": 0,
+        assert first.summary() == {"tickets": {"open": count}, "messages": count, "violations": 0, "rejected": 0,
                                    "evidence": {"verified": count, "unverified": 0, "pending": 0}}
         tickets = (first.received["ticket"], second.received["ticket"])
         evidence = (first.received["evidence"], second.received["evidence"])
@@ -451,8 +514,11 @@ def test_two_instances_in_one_group_store_each_ticket_once(mosquitto, agent, tmp
 
 def test_command_line_runs_until_sigterm_and_prints_the_summary(mosquitto, agent, tmp_path):
     db = tmp_path / "cli.sqlite"
+    (tmp_path / "command.key").write_text(COMMAND_KEY_HEX)
+    (tmp_path / "fake-box.pem").write_text(ENROLLED[AGENT])
     proc = subprocess.Popen([sys.executable, str(REPO / "tools" / "ref_platform.py"), "--host", mosquitto.host,
-                             "--port", str(mosquitto.port), "--prefix", PREFIX, "--db", str(db), "--group", "cli"],
+                             "--port", str(mosquitto.port), "--prefix", PREFIX, "--db", str(db), "--group", "cli",
+                             "--command-key", f"{AGENT}=command.key", "--enrol", f"{AGENT}=fake-box.pem"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
         line = ""

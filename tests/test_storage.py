@@ -18,6 +18,7 @@ from agent.faults import DEFAULT_CATEGORIES
 from agent.outbox import Outbox
 from agent.rules import Category
 from agent.storage import StorageJanitor, StorageLimits
+from agent.ticket_signing import KEY_FILE, DeviceKey
 from agent.tickets import TICKET_TABLES, ModelInfo, TicketBook
 from agent.topics import Topics
 from agent.types import Detections, EventKind, RuleEvent
@@ -35,7 +36,8 @@ def book_in(folder):
     outbox = Outbox(folder / "outbox.sqlite", schemas=(TICKET_TABLES,))
     evidence = EvidenceStore(folder / "evidence", jpeg_quality=95)
     book = TicketBook("box", CAMERA, ModelInfo("m", "0" * 64), Topics("p", "box"), outbox, evidence,
-                      TicketsSection(reopen_window_s=0), 256 * 1024, DEFAULT_CATEGORIES)
+                      TicketsSection(reopen_window_s=0), 256 * 1024, DEFAULT_CATEGORIES,
+                      DeviceKey.load_or_create(folder / KEY_FILE))
     return outbox, evidence, book
 
 

@@ -19,6 +19,7 @@ import typing
 from enum import Enum
 from pathlib import Path
 
+from agent.command_auth import CommandsSection
 from agent.config import AgentSection, CameraFile, EdgeFile, LocationSection, ModelSection, MqttSection, \
     StorageSection, ZoneSection
 from agent.privacy import PrivacyParams
@@ -38,6 +39,7 @@ SECTIONS = [
     ("edge.toml [storage.limits]", StorageLimits),
     ("edge.toml [models.<name>]", ModelSection),
     ("edge.toml [mqtt]", MqttSection),
+    ("edge.toml [commands] (signed platform commands)", CommandsSection),
     ("camera file (top level)", CameraFile),
     ("camera file [location]", LocationSection),
     ("camera file [zones.<id>]", ZoneSection),

@@ -6,11 +6,19 @@ tickets, evidence, snapshots, telemetry and status, validates each against the s
 发现—立案—派遣—处置—核查—结案. It is the integration tests' peer and the example platform engineers read,
 so it does every step the simple, correct way and says why.
 
-    python tools/ref_platform.py --host 127.0.0.1 --port 1883 --prefix cityops --db platform.sqlite
+It trusts nothing it cannot check (docs/security-signing.md): every command it sends is signed with
+the command key it shares with that agent (HMAC-SHA256, ``agent.command_auth``), and a ticket message is
+accepted only if it verifies against the Ed25519 public key enrolled for its agent; evidence is
+accepted only if its bytes hash to a sha256 named by such an authenticated message. Whatever fails
+is stored in ``rejected`` with the reason, never applied.
+
+    python tools/ref_platform.py --host 127.0.0.1 --port 1883 --prefix cityops --db platform.sqlite \
+        --command-key box-17=box-17.key --enrol box-17=box-17.pub.pem
     python tools/ref_platform.py ... --auto-loop      # demo: ack, dispatch, handle every new ticket
 
     from tools.ref_platform import RefPlatform
-    with RefPlatform("127.0.0.1", 1883, "platform.sqlite") as platform:
+    with RefPlatform("127.0.0.1", 1883, "platform.sqlite", command_keys={"box-17": key},
+                     device_keys={"box-17": pem}) as platform:
         reply = platform.ack(ticket_id, case_id="2024-000123")
 
 Several instances can share the load: they subscribe to tickets and evidence with one MQTT 5 shared
@@ -20,7 +28,8 @@ waiting for its ticket — therefore lives in the database, never in an instance
 chunks of one item may well arrive at different instances.
 
 Layout: ``TopicPlan`` (topics in and out), ``Database`` (the shared SQLite file), ``Violations``,
-``TicketLedger``, ``EvidenceLocker``, ``AgentBoard`` (what the platform stores), ``CommandChannel``
+``Devices`` (enrolled keys, rejected messages), ``TicketLedger``, ``EvidenceLocker``, ``AgentBoard``
+(what the platform stores), ``CommandChannel``
 (commands and their replies), ``AutoLoop`` (the demo operator) and ``RefPlatform``, which wires
 them to one paho client.
 """
@@ -28,6 +37,7 @@ them to one paho client.
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import logging
@@ -39,6 +49,7 @@ import signal
 import sqlite3
 import tempfile
 import threading
+import time
 import uuid
 from collections import Counter
 from contextlib import contextmanager
@@ -55,7 +66,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from agent.command_auth import CommandKey, load_key, sign
 from agent.schemas import validator
+from agent.ticket_signing import key_id, load_public, public_raw, verify
+from agent.typedtoml import ConfigError
 
 log = logging.getLogger("ref_platform")
 
@@ -195,8 +209,9 @@ CREATE TABLE IF NOT EXISTS evidence (
     sha256      TEXT NOT NULL,        -- of the bytes we hold, not of what a header claimed
     size        INTEGER NOT NULL,
     path        TEXT NOT NULL,
-    verified    INTEGER,              -- NULL: ticket not seen yet; 1: a ticket message names this
-                                      -- kind, sha256 and size; 0: its ticket names no such item
+    verified    INTEGER,              -- NULL: ticket not seen yet; 1: accepted, a signed ticket message
+                                      -- names this kind, sha256 and size; 0: rejected, none does
+                                      -- (changed in transit, or a message naming it is still to come)
     received_at TEXT NOT NULL,
     UNIQUE (ticket_id, kind, sha256)
 );
@@ -240,6 +255,21 @@ CREATE TABLE IF NOT EXISTS violations (
     payload_sha256 TEXT NOT NULL,
     received_at    TEXT NOT NULL,
     UNIQUE (topic, reason, payload_sha256)   -- a redelivered bad message is one violation
+);
+CREATE TABLE IF NOT EXISTS devices (     -- enrolled device keys: who may sign tickets
+    agent       TEXT PRIMARY KEY,
+    public_key  TEXT NOT NULL,           -- base64 of the raw 32-byte Ed25519 key
+    key_id      TEXT NOT NULL,
+    enrolled_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rejected (    -- ticket messages that failed authentication, kept for inspection
+    id          INTEGER PRIMARY KEY,
+    topic       TEXT NOT NULL,
+    agent       TEXT NOT NULL,
+    ticket_id   TEXT,
+    reason      TEXT NOT NULL,
+    payload     BLOB NOT NULL,
+    received_at TEXT NOT NULL
 );
 """
 
@@ -292,6 +322,43 @@ class Violations:
         with self.db.transaction() as tx:
             tx.execute("INSERT OR IGNORE INTO violations (topic, reason, payload_sha256, received_at) "
                        "VALUES (?, ?, ?, ?)", (topic, reason, hashlib.sha256(payload).hexdigest(), utc_now()))
+
+
+class Devices:
+    """Enrolled device keys, and the ticket messages that did not verify against them.
+
+    A key is enrolled through a channel the platform trusts (the installer runs ``edge-agent key``
+    on the box), never taken from the agent's own status message: whoever can publish that could
+    then sign tickets. Keys live in the shared database so every instance checks the same ones."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    def enrol(self, agent: str, public: str | bytes) -> str:
+        """Enrol ``agent``'s public key (PEM or base64 raw); returns its key id."""
+        key = load_public(public)
+        raw = base64.b64encode(public_raw(key)).decode("ascii")
+        with self.db.transaction() as tx:
+            tx.execute("INSERT OR REPLACE INTO devices (agent, public_key, key_id, enrolled_at) VALUES (?, ?, ?, ?)",
+                       (agent, raw, key_id(key), utc_now()))
+        log.info("enrolled device key %s of agent %s", key_id(key), agent)
+        return key_id(key)
+
+    def check(self, agent: str, doc: dict) -> str | None:
+        """None when ``doc`` is signed by ``agent``'s enrolled key, else why it is not."""
+        rows = self.db.read("SELECT public_key FROM devices WHERE agent = ?", agent)
+        if not rows:
+            return f"agent {agent!r} has no enrolled device key"
+        return verify(doc, load_public(rows[0]["public_key"]))
+
+    def reject(self, incoming: Incoming, doc: dict | None, reason: str, payload: bytes) -> None:
+        ticket_id = doc.get("ticket_id") if doc else None
+        log.warning("ticket message on %s (ticket %s) rejected: %s", incoming.topic, ticket_id, reason)
+        with self.db.transaction() as tx:
+            tx.execute("INSERT INTO rejected (topic, agent, ticket_id, reason, payload, received_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?)",
+                       (incoming.topic, incoming.agent, ticket_id if isinstance(ticket_id, str) else None, reason,
+                        payload, utc_now()))
 
 
 class Outcome(Enum):
@@ -420,6 +487,10 @@ class EvidenceLocker:
                        "VALUES (?, ?, ?, ?, ?, ?)", (ticket_id, kind, sha256, len(data), str(path), utc_now()))
         log.info("evidence %s of ticket %s: %d bytes in %s", kind, ticket_id, len(data), path)
         self.match(ticket_id)
+        if self.db.read("SELECT 1 FROM evidence WHERE ticket_id = ? AND kind = ? AND sha256 = ? AND verified = 0",
+                        ticket_id, kind, sha256):
+            log.warning("evidence %s of ticket %s rejected: no signed message of the ticket names sha256 %s",
+                        kind, ticket_id, sha256)
         self._check_claim(header, sha256)
 
     def receive_snapshot(self, incoming: Incoming, payload: bytes, header: ItemHeader) -> None:
@@ -565,8 +636,12 @@ class CommandChannel:
     ``send`` must never be called from a paho callback.
     """
 
-    def __init__(self, client: mqtt.Client, topics: TopicPlan, violations: Violations, timeout_s: float):
+    def __init__(self, client: mqtt.Client, topics: TopicPlan, violations: Violations, timeout_s: float,
+                 keys: dict[str, CommandKey]):
+        """``keys``: each agent's command key; an agent has its own, so a key taken from one box
+        commands that box only."""
         self.client, self.topics, self.violations, self.timeout_s = client, topics, violations, timeout_s
+        self.keys = keys
         self.command_schema = validator("command")
         self.reply_schema = validator("reply")
         self._waiting: dict[bytes, _Waiting] = {}
@@ -576,6 +651,12 @@ class CommandChannel:
         command_id = uuid.uuid4().hex
         command = {"schema": COMMAND_SCHEMA, "schema_version": COMMAND_SCHEMA_VERSION, "command_id": command_id,
                    "verb": verb, **body}
+        if agent not in self.keys:
+            raise ValueError(f"no command key for agent {agent!r}: it would refuse the command")
+        topic = self.topics.command(agent, verb)
+        # Signed last, over exactly what is sent; a fresh nonce per command, so a resend of the
+        # same body is a new command, never a replay.
+        command = sign(self.keys[agent], topic, command, int(time.time()), uuid.uuid4().hex)
         try:
             check_schema("command", self.command_schema, command)
         except ProtocolViolation as exc:
@@ -591,8 +672,7 @@ class CommandChannel:
         try:
             # While disconnected paho queues the publish and sends it on reconnect; the timeout
             # below bounds the wait either way.
-            self.client.publish(self.topics.command(agent, verb), json.dumps(command, ensure_ascii=False), qos=1,
-                                properties=props)
+            self.client.publish(topic, json.dumps(command, ensure_ascii=False), qos=1, properties=props)
             if not waiting.done.wait(self.timeout_s if timeout_s is None else timeout_s):
                 raise CommandTimeout(f"no reply from {agent} to {verb} {command_id}")
         finally:
@@ -714,6 +794,10 @@ class RefPlatform:
     logged and the message is lost to this instance; a production platform would switch to
     ``manual_ack`` with a persistent session so the broker redelivers it.
 
+    ``command_keys`` are the agents' command keys, by agent id: commands to an agent without one
+    are not sent (``ValueError``). ``device_keys`` enrols agents' public keys (more with
+    ``devices.enrol``): a ticket message of an agent without one is rejected.
+
     ``session_expiry_s`` > 0 with a fixed ``client_id`` keeps the subscriptions and queues messages
     at the broker while the instance is away. Leave it 0 with generated client ids: a persistent
     session nobody comes back for keeps its share of the group's messages until it expires.
@@ -722,13 +806,17 @@ class RefPlatform:
     def __init__(self, host: str, port: int, db_path: str | os.PathLike[str], *, prefix: str = "cityops",
                  group: str = "ref-platform", client_id: str | None = None,
                  evidence_dir: str | os.PathLike[str] | None = None, auto_loop: bool = False,
-                 command_timeout_s: float = 15.0, session_expiry_s: int = 0):
+                 command_timeout_s: float = 15.0, session_expiry_s: int = 0,
+                 command_keys: dict[str, CommandKey] | None = None, device_keys: dict[str, str | bytes] | None = None):
         self.host, self.port, self.session_expiry_s = host, port, session_expiry_s
         client_id = client_id or f"ref-platform-{uuid.uuid4().hex[:12]}"
         db_path = Path(db_path)
         self.topics = TopicPlan(prefix, group, client_id)
         self.db = Database(db_path)
         self.violations = Violations(self.db)
+        self.devices = Devices(self.db)
+        for agent, public in (device_keys or {}).items():
+            self.devices.enrol(agent, public)
         self.ledger = TicketLedger(self.db)
         self.evidence = EvidenceLocker(self.db, Path(evidence_dir or db_path.with_suffix(".evidence")))
         self.agents = AgentBoard(self.db)
@@ -740,7 +828,8 @@ class RefPlatform:
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
-        self.commands = CommandChannel(self.client, self.topics, self.violations, command_timeout_s)
+        self.commands = CommandChannel(self.client, self.topics, self.violations, command_timeout_s,
+                                       dict(command_keys or {}))
         self.auto_loop = AutoLoop(self) if auto_loop else None
         self._subscribe_mid: int | None = None
         self._subscribed = threading.Event()
@@ -835,6 +924,16 @@ class RefPlatform:
         """The stored row of one ticket (columns of the ``tickets`` table), or None."""
         return self.ledger.ticket(ticket_id)
 
+    def evidence_of(self, ticket_id: str) -> list[dict]:
+        """The stored evidence rows of a ticket (verified 1: accepted, 0: rejected, NULL: pending)."""
+        return [dict(row) for row in self.db.read("SELECT * FROM evidence WHERE ticket_id = ? ORDER BY received_at",
+                                                  ticket_id)]
+
+    def rejected_list(self) -> list[tuple[str, str | None, str]]:
+        """(topic, ticket_id, reason) of every ticket message that failed authentication, oldest first."""
+        return [(row["topic"], row["ticket_id"], row["reason"])
+                for row in self.db.read("SELECT topic, ticket_id, reason FROM rejected ORDER BY id")]
+
     def violation_list(self) -> list[tuple[str, str]]:
         """(topic, reason) of every recorded violation, oldest first."""
         rows = self.db.read("SELECT topic, reason FROM violations ORDER BY id")
@@ -850,6 +949,7 @@ class RefPlatform:
         return {"tickets": tickets,
                 "messages": self.db.read("SELECT count(*) FROM messages")[0][0],
                 "violations": self.db.read("SELECT count(*) FROM violations")[0][0],
+                "rejected": self.db.read("SELECT count(*) FROM rejected")[0][0],
                 "evidence": dict(evidence)}
 
     # paho's network thread ------------------------------------------------------------------
@@ -893,7 +993,7 @@ class RefPlatform:
             case "reply":
                 self.commands.on_reply(msg)
             case "ticket":
-                self._on_ticket(incoming, decode_json(msg.payload))
+                self._on_ticket(incoming, decode_json(msg.payload), msg.payload)
             case "evidence":
                 self.evidence.receive_evidence(incoming, msg.payload, ItemHeader.of(msg))
             case "snapshot":
@@ -906,7 +1006,13 @@ class RefPlatform:
                     check_schema("status", self.status_schema, doc)
                     self.agents.status(incoming, doc)
 
-    def _on_ticket(self, incoming: Incoming, doc: dict) -> None:
+    def _on_ticket(self, incoming: Incoming, doc: dict, payload: bytes) -> None:
+        # Authenticity before anything else: an unsigned or altered message is rejected whole,
+        # so the evidence hashes it names are never trusted.
+        problem = self.devices.check(incoming.agent, doc)
+        if problem is not None:
+            self.devices.reject(incoming, doc, problem, payload)
+            return
         check_schema("ticket", self.ticket_schema, doc)
         if (doc["agent_id"], doc["camera_id"]) != (incoming.agent, incoming.camera):
             raise ProtocolViolation(f"ticket of {doc['agent_id']}/{doc['camera_id']} on the topic of "
@@ -935,12 +1041,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--session-expiry", type=int, default=0, metavar="S",
                         help="keep the session and queue messages at the broker for S seconds while away")
     parser.add_argument("--auto-loop", action="store_true", help="ack, dispatch and handle every new ticket (demo)")
+    parser.add_argument("--command-key", action="append", default=[], metavar="AGENT=FILE",
+                        help="an agent's command key (hex, the same as its [commands] key_file); repeatable; "
+                             "held in memory only, never in the database")
+    parser.add_argument("--enrol", action="append", default=[], metavar="AGENT=PEMFILE",
+                        help="enrol an agent's device public key (edge-agent key prints it); repeatable, "
+                             "kept in the database")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    try:
+        command_keys = {agent: load_key(Path(path), "--command-key", agent)
+                        for agent, path in (_pair("--command-key", spec) for spec in args.command_key)}
+        device_keys = dict(_enrolment(spec) for spec in args.enrol)
+    except (ConfigError, ValueError, OSError) as exc:
+        log.error("%s", exc)
+        return 2
     platform = RefPlatform(args.host, args.port, args.db, prefix=args.prefix, group=args.group,
                            client_id=args.client_id, evidence_dir=args.evidence_dir, auto_loop=args.auto_loop,
-                           session_expiry_s=args.session_expiry)
+                           session_expiry_s=args.session_expiry, command_keys=command_keys,
+                           device_keys=device_keys)
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
@@ -954,6 +1074,23 @@ def main(argv: list[str] | None = None) -> int:
     platform.stop()
     print(json.dumps(summary, ensure_ascii=False))
     return 0
+
+
+def _pair(option: str, spec: str) -> tuple[str, str]:
+    agent, sep, path = spec.partition("=")
+    if not sep or not agent or not path:
+        raise ValueError(f"{option} {spec!r}: expected AGENT=FILE")
+    return agent, path
+
+
+def _enrolment(spec: str) -> tuple[str, bytes]:
+    agent, path = _pair("--enrol", spec)
+    data = Path(path).read_bytes()
+    try:
+        load_public(data)  # fail at start, naming the file, not at the first ticket
+    except ValueError as exc:
+        raise ValueError(f"--enrol {spec!r}: not an Ed25519 public key: {exc}") from None
+    return agent, data
 
 
 if __name__ == "__main__":
