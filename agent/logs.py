@@ -1,4 +1,7 @@
-"""Structured logging: every line is an event name plus key=value fields (logfmt) or JSON."""
+"""Structured logging: every line is an event name plus key=value fields (logfmt) or JSON.
+
+Both formatters pass the finished line, traceback included, through :func:`agent.redact.redact`:
+the callers redact what they know to be risky, this catches what they did not think of."""
 
 from __future__ import annotations
 
@@ -6,6 +9,8 @@ import json
 import logging
 import sys
 import time
+
+from agent.redact import redact
 
 
 def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields) -> None:
@@ -24,7 +29,7 @@ class LogfmtFormatter(logging.Formatter):
         line = " ".join(f"{k}={_quote(v)}" for k, v in parts.items())
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line
+        return redact(line)
 
 
 class JsonFormatter(logging.Formatter):
@@ -33,7 +38,7 @@ class JsonFormatter(logging.Formatter):
                "event": record.getMessage(), **getattr(record, "fields", {})}
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, ensure_ascii=False, default=str)
+        return redact(json.dumps(doc, ensure_ascii=False, default=str))
 
 
 def _quote(value) -> str:
