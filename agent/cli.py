@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -17,6 +18,7 @@ from agent.app import Agent, load_detectors, precision_risks
 from agent.clock import ManualClock
 from agent.config import BoxConfig, load_config
 from agent.logs import setup_logging
+from agent.redact import redact
 from agent.typedtoml import ConfigError
 
 EXIT_CONFIG = 2
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(config.agent.log_level, config.agent.log_format.value)
         return {"run": cmd_run, "check": cmd_check, "replay": cmd_replay}[args.command](config, args)
     except ConfigError as exc:
-        print(f"edge-agent: config error: {exc}", file=sys.stderr)
+        print(f"edge-agent: config error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
 
 
@@ -74,10 +76,18 @@ def cmd_check(config: BoxConfig, args) -> int:
         if name in risks:
             print(f"  warning: {risks[name]}")
     mqtt = config.mqtt
-    print(f"mqtt: {mqtt.host}:{mqtt.port} prefix {mqtt.prefix}" if mqtt else "mqtt: none (store locally only)")
+    print(f"mqtt: {mqtt.host}:{mqtt.port} prefix {mqtt.prefix}, {mqtt.mode()}" if mqtt
+          else "mqtt: none (store locally only)")
+    if mqtt and mqtt.insecure():
+        print(f"  WARNING: {mqtt.insecure()}; messages can be read or forged on the network")
+    for key, path in config.secret_files():
+        mode = path.stat().st_mode
+        if mode & stat.S_IROTH:
+            print(f"  warning: {key} {path} is readable by every user on the box "
+                  f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it")
     print(f"storage: {config.storage.dir}")
     for cam in config.cameras:
-        print(f"camera {cam.id}: {cam.url} model {cam.model} at {cam.analysis_fps:g} fps, "
+        print(f"camera {cam.id}: {redact(cam.url)} model {cam.model} at {cam.analysis_fps:g} fps, "
               f"grid {cam.grid_code} ({cam.lat}, {cam.lon})")
         for zc in cam.zones:
             params = ", ".join(f"{f.name}={_show(getattr(zc.params, f.name))}"
