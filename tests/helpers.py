@@ -59,7 +59,9 @@ def write_camera(folder: Path, camera_id: str, url: str, *, zone: str = "plaza",
 
 
 def write_edge(folder: Path, cameras: list[Path], *, agent_id: str = "test-box", mqtt_port: int | None = None,
-               prefix: str = "cityops", manifest: Path = NANODET_MANIFEST) -> Path:
+               prefix: str = "cityops", manifest: Path = NANODET_MANIFEST, mqtt_extra: str = "",
+               extra: str = "") -> Path:
+    """``mqtt_extra``: more lines of the [mqtt] table; ``extra``: more tables after it."""
     mqtt = textwrap.dedent(f"""
         [mqtt]
         host = "127.0.0.1"
@@ -67,9 +69,9 @@ def write_edge(folder: Path, cameras: list[Path], *, agent_id: str = "test-box",
         prefix = "{prefix}"
         reconnect_min_s = 0.2
         reconnect_max_s = 2
-    """) if mqtt_port else ""
+    """) + textwrap.dedent(mqtt_extra) if mqtt_port else ""
     path = folder / "edge.toml"
     path.write_text(EDGE_TOML.format(
         cameras=", ".join(f'"{c}"' for c in cameras), agent_id=agent_id, storage=folder / "var",
-        manifest=manifest, mqtt=mqtt))
+        manifest=manifest, mqtt=mqtt) + textwrap.dedent(extra))
     return path
