@@ -28,7 +28,7 @@ import numpy as np
 
 from agent.detect.manifest import load_manifest
 from agent.faults import DEFAULT_CATEGORIES, Fault
-from agent.redact import add_secret
+from agent.redact import add_secret, redact
 from agent.rules import Category, rule_types
 from agent.scene import SceneParams
 from agent.storage import StorageLimits
@@ -305,12 +305,14 @@ class BoxConfig:
     mqtt_password: str | None = dataclasses.field(default=None, repr=False)  # read at load, never in TOML
 
     def secret_files(self) -> list[tuple[str, Path]]:
-        """(key, path) of the files holding this box's secrets, for the permission check."""
+        """(what, path) of the files holding this box's secrets, for the permission check: the
+        MQTT password and client key, and camera files whose URL carries a password."""
         mqtt = self.mqtt
-        if mqtt is None:
-            return []
-        return [(f"mqtt.{key}", path) for key, path in (("password_file", mqtt.password_file),
-                                                         ("tls_key", mqtt.tls_key)) if path is not None]
+        files = [] if mqtt is None else [
+            (f"mqtt.{key}", path) for key, path in (("password_file", mqtt.password_file), ("tls_key", mqtt.tls_key))
+            if path is not None]
+        return files + [(f"camera {cam.id} (its url holds a password)", cam.source_file)
+                        for cam in self.cameras if redact(cam.url) != cam.url]
 
     def camera(self, camera_id: str) -> CameraConfig:
         for cam in self.cameras:

@@ -254,3 +254,10 @@ def test_check_warns_on_world_readable_secret_files(tmp_path, capsys):
     assert main(["-c", str(edge), "check"]) == 0
     out = capsys.readouterr().out
     assert "mqtt.password_file" not in out and "warning: mqtt.tls_key" in out
+
+
+def test_check_warns_on_a_world_readable_camera_file_with_a_password_in_its_url(tmp_path, capsys):
+    cam = write_camera(tmp_path, "cam1", "rtsp://admin:S3cret@10.0.0.7/h264")
+    cam.chmod(0o644)
+    assert main(["-c", str(write_edge(tmp_path, [cam])), "check"]) == 0
+    assert f"warning: camera cam1 (its url holds a password) {cam} is readable by every user" in capsys.readouterr().out
