@@ -44,30 +44,26 @@ TROUBLE_LOG_INTERVAL_S = 60.0
 
 
 class TroubleLog:
-    """Logs a broker failure the first time, then the same failure at most once per interval with
-    how many repeats it stood for; a new kind of failure, or a success in between, logs at once."""
+    """Logs each kind of broker failure (event and reason) the first time, then at most once per
+    interval with how many repeats it stood for. Kept per kind, so failures that alternate (a
+    refused login, a flapping link) are held back as well."""
 
     def __init__(self, interval_s: float = TROUBLE_LOG_INTERVAL_S):
         self.interval_s = interval_s
-        self._last: tuple[str, str] | None = None
-        self._next_at = 0.0
-        self._repeats = 0
+        self._kinds: dict[tuple[str, str], tuple[float, int]] = {}  # -> (next line due, repeats held back)
         self._lock = threading.Lock()
+        self.suppressed = 0
 
     def __call__(self, event: str, reason: str, level: int = logging.ERROR) -> None:
         with self._lock:
             now = time.monotonic()
-            if (event, reason) == self._last and now < self._next_at:
-                self._repeats += 1
+            due, repeats = self._kinds.get((event, reason), (now, 0))
+            if now < due:
+                self._kinds[(event, reason)] = (due, repeats + 1)
+                self.suppressed += 1
                 return
-            repeats, self._repeats = self._repeats, 0
-            self._last, self._next_at = (event, reason), now + self.interval_s
-        fields = {"reason": reason, **({"repeats": repeats} if repeats else {})}
-        log_event(log, event, level=level, **fields)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._last, self._repeats = None, 0
+            self._kinds[(event, reason)] = (now + self.interval_s, 0)
+        log_event(log, event, level=level, reason=reason, **({"repeats": repeats} if repeats else {}))
 
 
 def tls_context(cfg: MqttSection) -> ssl.SSLContext:
@@ -109,9 +105,8 @@ class MqttTransport:
             protocol=mqtt.MQTTv5,
         )
         if cfg.tls:
+            # paho takes its "insecure" flag from the context's check_hostname: no tls_insecure_set.
             self.client.tls_set_context(tls_context(cfg))
-            # paho keeps its own "insecure" flag beside the context's; keep them agreeing.
-            self.client.tls_insecure_set(cfg.tls_insecure)
         if cfg.username:
             self.client.username_pw_set(cfg.username, password)
         self._trouble = TroubleLog()
@@ -135,7 +130,6 @@ class MqttTransport:
         if reason_code.is_failure:
             self._trouble("broker_refused", str(reason_code))
             return
-        self._trouble.clear()
         log_event(log, "broker_connected", host=self.cfg.host, port=self.cfg.port, transport=self.cfg.mode())
         # Subscribing here, not once at start, brings the subscription back after every reconnect.
         client.subscribe(self.topics.commands(), qos=1)
@@ -150,9 +144,13 @@ class MqttTransport:
         self._trouble("broker_unreachable", f"{type(exc).__name__}: {exc}" if exc else "connect failed")
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        was_connected = self._connected.is_set()
         self._connected.clear()
+        if not was_connected:
+            # The end of a refused login, already logged as broker_refused. Leaving the delay alone
+            # lets paho double it: a wrong password must not hit the broker every second forever.
+            return
         if not self._stop.is_set():
-            # A refused or failing handshake disconnects on every retry: the same limit applies.
             self._trouble("broker_disconnected", str(reason_code), logging.WARNING)
         # paho doubles its delay from min_delay; a random min_delay per outage spreads a fleet of
         # boxes over time, so a restarted broker is not hit by all of them at the same instant.
@@ -189,10 +187,10 @@ class MqttTransport:
 
     # lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
-        # Jitter the first connect so boxes powered on together do not arrive together.
         if (reason := self.cfg.insecure()) is not None:
             log_event(log, "mqtt_insecure", level=logging.WARNING, host=self.cfg.host, port=self.cfg.port,
                       reason=f"{reason}; messages can be read or forged on the network")
+        # Jitter the first connect so boxes powered on together do not arrive together.
         self._stop.wait(random.uniform(0, min(1.0, self.cfg.reconnect_min_s)))
         self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
         self.client.loop_start()
