@@ -361,9 +361,14 @@ def test_acl_example_lets_the_agent_work_and_keeps_it_inside_its_prefix(tmp_path
     wait_for(lambda: tickets_at(sub), 5, "the ticket at the platform")
     wait_for(lambda: any(m.topic == f"{PREFIX}/{AGENT}/status" for m in sub.messages), 5, "the retained status")
 
-    # The platform's command reaches the agent through the agent's read grant.
+    # The platform's command reaches the agent through the agent's read grant, and a reply goes
+    # to the reply topic the reference platform asks for.
     sub.publish(f"{PREFIX}/{AGENT}/cmd/ack", b'{"verb": "ack"}')
     wait_for(lambda: agent.commands, 5, "the command at the agent")
+    reply_topic = f"{PREFIX}/platform/ref-1/replies"
+    with agent.outbox.transaction(time.time()) as tx:
+        tx.add(OutMessage(reply_topic, "reply", "application/json", payload=b'{"ok": true}'))
+    wait_for(lambda: any(m.topic == reply_topic for m in sub.messages), 5, "the reply at the platform")
 
     # The same credentials cannot write for another box, nor read its commands.
     rogue = Client(broker, pki, AGENT, client_id="rogue-box")
