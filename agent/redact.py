@@ -13,6 +13,7 @@ kept: it helps an operator and is no secret), and every secret value the agent h
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 
@@ -32,7 +33,9 @@ def add_secret(value: str | None) -> None:
     """Mask ``value`` wherever it appears in redacted text from now on."""
     if value and len(value) >= MIN_SECRET_LEN:
         with _lock:
-            _secrets.add(value)
+            # Also as it appears inside a JSON string (the JSON log format), quotes and
+            # backslashes escaped.
+            _secrets.update({value, json.dumps(value, ensure_ascii=False)[1:-1]})
 
 
 def redact(text: str) -> str:

@@ -157,12 +157,15 @@ def test_a_command_failing_with_the_url_in_its_error_replies_without_the_passwor
     agent.outbox.close()
 
 
-def test_the_mqtt_password_read_at_start_is_masked_in_the_log(tmp_path, monkeypatch, logs):
-    monkeypatch.setenv("EDGE_TEST_MQTT_PASSWORD", "pw-from-env-93c1")
+@pytest.mark.parametrize("password", ["pw-from-env-93c1", 'pw-"quoted"\\93c2'],
+                         ids=["plain", "escaped in JSON"])
+def test_the_mqtt_password_read_at_start_is_masked_in_the_log(tmp_path, monkeypatch, logs, password):
+    monkeypatch.setenv("EDGE_TEST_MQTT_PASSWORD", password)
     cam = write_camera(tmp_path, "cam1", "/nonexistent/clip.mp4")
     edge = write_edge(tmp_path, [cam], mqtt_port=1883,
                       mqtt_extra='username = "box"\npassword_env = "EDGE_TEST_MQTT_PASSWORD"\n')
-    assert load_config(edge).mqtt_password == "pw-from-env-93c1"
-    log_event(logging.getLogger("agent.x"), "debugging", reason="sent pw-from-env-93c1 to the broker")
+    assert load_config(edge).mqtt_password == password
+    log_event(logging.getLogger("agent.x"), "debugging", reason=f"sent {password} to the broker")
     for name, out in logs.items():
-        assert "pw-from-env-93c1" not in out.getvalue() and "sent *** to the broker" in out.getvalue(), name
+        text = out.getvalue()
+        assert password[-4:] not in text and "sent *** to the broker" in text, f"{name}: {text}"
