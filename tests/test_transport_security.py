@@ -25,12 +25,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from agent.app import Agent as EdgeAgent
 from agent.clock import SystemClock
 from agent.config import BoxConfig, load_config
 from agent.outbox import OutMessage, Outbox
 from agent.topics import Topics
 from agent.transport import MqttTransport, Request
-from tests.conftest import Mosquitto, start_mosquitto
+from tests.conftest import Mosquitto, free_port, start_mosquitto
 from tests.helpers import REPO, write_camera, write_edge
 from tests.test_whole_loop import wait_for
 
@@ -198,15 +199,17 @@ class Client:
 
 # --------------------------------------------------------------------------- the agent's side
 
-def agent_config(tmp_path: Path, broker: Mosquitto, pki: Pki, mqtt_lines: str, *, password: bool = True) -> BoxConfig:
+def agent_config(tmp_path: Path, broker: Mosquitto, pki: Pki, mqtt_lines: str, *, password: bool = True,
+                 camera_url: str = "/nonexistent/clip.mp4", extra: str = "") -> BoxConfig:
     """An edge.toml naming the broker with ``mqtt_lines`` and, with ``password``, the agent's
     password in a file beside it (relative path, mode 0600)."""
     if password:
         (tmp_path / "mqtt.password").write_text(PASSWORDS[AGENT] + "\n")
         (tmp_path / "mqtt.password").chmod(0o600)
         mqtt_lines += f'\nusername = "{AGENT}"\npassword_file = "mqtt.password"\n'
-    cam = write_camera(tmp_path, "cam1", "/nonexistent/clip.mp4")
-    edge = write_edge(tmp_path, [cam], agent_id=AGENT, prefix=PREFIX, mqtt_port=broker.port, mqtt_extra=mqtt_lines)
+    cam = write_camera(tmp_path, "cam1", camera_url)
+    edge = write_edge(tmp_path, [cam], agent_id=AGENT, prefix=PREFIX, mqtt_port=broker.port, mqtt_extra=mqtt_lines,
+                      extra=extra)
     return load_config(edge)
 
 
@@ -384,3 +387,27 @@ def test_acl_example_lets_the_agent_work_and_keeps_it_inside_its_prefix(tmp_path
     assert not rogue.messages, "the agent's user read another box's commands"
     rogue.close()
     sub.close()
+
+
+def test_the_whole_agent_runs_over_mtls_under_the_acl(tmp_path, pki, secure_broker):
+    """edge-agent's own wiring (app.py): a dead camera's camera_offline ticket and the status reach
+    the platform over mTLS with the password from the file, under the documented ACL."""
+    broker = secure_broker(mtls=True)
+    sub = Client(broker, pki, PLATFORM, cert=True)
+    assert sub.accepted
+    sub.subscribe(f"{PREFIX}/#")
+    config = agent_config(tmp_path, broker, pki,
+                          verified(pki) + f'tls_cert = "{pki.client}"\ntls_key = "{pki.client_key}"\n',
+                          camera_url=f"rtsp://127.0.0.1:{free_port()}/x", extra="[tickets]\noffline_grace_s = 1\n")
+    agent = EdgeAgent(config)
+    stop = threading.Event()
+    runner = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    runner.start()
+    try:
+        wait_for(lambda: any(t.get("rule") == "camera_offline" for t in tickets_at(sub)), 30,
+                 "the camera_offline ticket at the platform")
+        assert any(m.topic == f"{PREFIX}/{AGENT}/status" for m in sub.messages)
+    finally:
+        stop.set()
+        runner.join(timeout=30)
+        sub.close()
