@@ -11,7 +11,6 @@ import ipaddress
 import json
 import logging
 import shutil
-import ssl
 import subprocess
 import threading
 import time
@@ -169,7 +168,7 @@ class Client:
         self.error: Exception | None = None
         try:
             self.client.connect(broker.host, broker.port)
-        except (OSError, ssl.SSLError) as exc:  # a refused handshake
+        except OSError as exc:  # a refused handshake (ssl.SSLError is an OSError)
             self.error = exc
             return
         self.client.loop_start()
