@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 
 from agent.redact import redact
@@ -54,3 +55,24 @@ def setup_logging(level: str = "INFO", fmt: str = "logfmt") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    log_uncaught_exceptions()
+
+
+def log_uncaught_exceptions() -> None:
+    """Python prints an exception nobody caught (a thread's, the main one's) straight to stderr,
+    past the formatters and their redaction; send it through the log instead."""
+    log = logging.getLogger("agent")
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is not SystemExit:
+            log.error("thread_crashed", exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+                      extra={"fields": {"thread": args.thread.name if args.thread else "?"}})
+
+    def main_hook(exc_type, exc_value, exc_traceback) -> None:
+        if issubclass(exc_type, KeyboardInterrupt):  # Ctrl-C is no crash
+            sys.__excepthook__(exc_type, exc_value, exc_traceback)
+            return
+        log.critical("crashed", exc_info=(exc_type, exc_value, exc_traceback), extra={"fields": {}})
+
+    threading.excepthook = thread_hook
+    sys.excepthook = main_hook

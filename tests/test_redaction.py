@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 import threading
 
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from agent.app import Agent
 from agent.cli import main
 from agent.config import load_config
-from agent.logs import JsonFormatter, LogfmtFormatter, log_event
+from agent.logs import JsonFormatter, LogfmtFormatter, log_event, log_uncaught_exceptions
 from agent.redact import add_secret, redact
 from agent.transport import Request
 from tests.conftest import free_port
@@ -91,6 +92,24 @@ def test_log_formatters_mask_what_callers_forgot(logs):
         assert text.count("rtsp://admin:***@cam/x") >= 2, name
     json_lines = [json.loads(line) for line in logs["json"].getvalue().splitlines() if line.startswith("{")]
     assert [d["event"] for d in json_lines] == ["oops", "failed"]  # still valid JSON after masking
+
+
+def test_an_exception_nobody_caught_is_logged_redacted(logs, monkeypatch):
+    """Python would print it to stderr itself, unredacted; setup_logging routes it through the log."""
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)  # restored after the test
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    log_uncaught_exceptions()
+
+    def crash():
+        raise ValueError("unexpected answer from rtsp://admin:S3cret@cam/x")
+
+    thread = threading.Thread(target=crash, name="camera-cam1")
+    thread.start()
+    thread.join()
+    for name, out in logs.items():
+        text = out.getvalue()
+        assert "thread_crashed" in text and "camera-cam1" in text and "rtsp://admin:***@cam/x" in text, name
+        assert SECRET not in text, name
 
 
 def test_a_failing_camera_with_credentials_leaks_nothing_to_broker_or_log(tmp_path, mosquitto, logs):
