@@ -118,7 +118,8 @@ class Agent:
                                        self.books, self.pipelines, chunk_bytes, self._command_auth())
         self._requests: queue.Queue[Request | None] = queue.Queue(maxsize=1000)
         self.transport = (MqttTransport(config.mqtt, self.topics, self.outbox, self.clock,
-                                        on_command=self._enqueue_command, status=self.status)
+                                        on_command=self._enqueue_command, status=self.status,
+                                        password=config.mqtt_password)
                           if config.mqtt else None)
 
     def _command_auth(self) -> CommandAuth | None:

@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -16,10 +17,10 @@ from pathlib import Path
 
 from agent.app import Agent, check_privacy, load_detectors, precision_risks
 from agent.clock import ManualClock
-from agent.command_auth import loose_permissions
 from agent.config import BoxConfig, load_config
 from agent.logs import setup_logging
 from agent.privacy import PrivacyParams
+from agent.redact import redact
 from agent.ticket_signing import KEY_FILE, DeviceKey, public_pem
 from agent.typedtoml import ConfigError
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         commands = {"run": cmd_run, "check": cmd_check, "replay": cmd_replay, "key": cmd_key}
         return commands[args.command](config, args)
     except ConfigError as exc:
-        print(f"edge-agent: config error: {exc}", file=sys.stderr)
+        print(f"edge-agent: config error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
 
 
@@ -83,25 +84,30 @@ def cmd_check(config: BoxConfig, args) -> int:
         if name in risks:
             print(f"  warning: {risks[name]}")
     mqtt = config.mqtt
-    print(f"mqtt: {mqtt.host}:{mqtt.port} prefix {mqtt.prefix}" if mqtt else "mqtt: none (store locally only)")
+    print(f"mqtt: {mqtt.host}:{mqtt.port} prefix {mqtt.prefix}, {mqtt.mode()}" if mqtt
+          else "mqtt: none (store locally only)")
+    if mqtt and mqtt.insecure():
+        print(f"  WARNING: {mqtt.insecure()}; messages can be read or forged on the network")
     print(f"storage: {config.storage.dir}")
     if config.commands:
         print(f"commands: signed with the key in {config.commands.key_file}, max skew {config.commands.max_skew_s:g} s")
-        if loose := loose_permissions(config.commands.key_file):
-            print(f"  warning: the command key is a secret: {loose}")
     else:
         print("commands: no [commands] key_file, every command is refused")
         if mqtt:
             print("  warning: the platform cannot ack, verify or mute anything on this box")
     device_key = config.storage.dir / KEY_FILE
+    secrets = config.secret_files()
     if device_key.is_file():
         print(f"device key: {device_key} (edge-agent key prints its public half)")
-        if loose := loose_permissions(device_key):
-            print(f"  warning: the device key is a secret: {loose}")
+        secrets.append(("device key", device_key))
     else:
         print(f"device key: made on first start at {device_key}")
+    for what, path in secrets:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:  # a secret is its owner's alone: group members are other users too
+            print(f"  warning: {what} {path} is readable by other users (mode {mode:04o}); chmod 600 it")
     for cam in config.cameras:
-        print(f"camera {cam.id}: {cam.url} model {cam.model} at {cam.analysis_fps:g} fps, "
+        print(f"camera {cam.id}: {redact(cam.url)} model {cam.model} at {cam.analysis_fps:g} fps, "
               f"grid {cam.grid_code} ({cam.lat}, {cam.lon}), people in evidence: {_privacy(cam.privacy)}")
         for zc in cam.zones:
             params = ", ".join(f"{f.name}={_show(getattr(zc.params, f.name))}"

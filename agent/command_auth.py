@@ -23,9 +23,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,12 +81,6 @@ def load_key(path: Path, source: str | Path, key: str = "commands.key_file") -> 
         raise ConfigError(source, key, f"command key in {path} is {len(secret)} bytes; at least "
                                        f"{MIN_KEY_BYTES} are needed (openssl rand -hex 32)")
     return CommandKey(secret)
-
-
-def loose_permissions(path: Path) -> str | None:
-    """Why ``path`` is readable by more than its owner, or None; `check` warns about it."""
-    mode = stat.S_IMODE(os.stat(path).st_mode)
-    return f"{path} has mode {mode:04o}; make it 0600" if mode & 0o077 else None
 
 
 def canonical_json(doc: dict) -> bytes:

@@ -24,6 +24,7 @@ from agent.logs import log_event
 from agent.outbox import MessageProps, OutMessage, Outbox
 from agent.pipeline import CameraPipeline
 from agent.privacy import anonymise
+from agent.redact import redact
 from agent.tickets import SCHEMA_VERSION, TicketBook, TicketError, iso_utc
 from agent.topics import Topics
 from agent.transport import Request
@@ -59,12 +60,12 @@ class CommandHandler:
             self._validate(request, command)
             reply = self._dispatch(command, now)
         except (CommandError, AuthError, TicketError) as exc:
-            reply = {"ok": False, "error": {"code": exc.code, "message": str(exc)}}
+            reply = {"ok": False, "error": {"code": exc.code, "message": redact(str(exc))}}
             log_event(log, "command_refused", level=logging.WARNING, topic=request.topic, code=exc.code,
                       reason=str(exc))
         except Exception as exc:  # a bug must cost one reply, not the command thread
             log.exception("command_failed", extra={"fields": {"topic": request.topic}})
-            reply = {"ok": False, "error": {"code": "internal", "message": f"{type(exc).__name__}: {exc}"}}
+            reply = {"ok": False, "error": {"code": "internal", "message": redact(f"{type(exc).__name__}: {exc}")}}
         # Echo the id and verb when the request carried them, even if it failed validation.
         echo = {key: value if isinstance(value, str) else None
                 for key, value in (("command_id", command.get("command_id")), ("verb", command.get("verb")))}

@@ -7,6 +7,10 @@ model the box does not define, and model files that are missing. Each failure is
 
 Relative paths in ``edge.toml`` are resolved against the directory holding ``edge.toml``, so the
 box's files move together.
+
+Secrets (the MQTT password) are never in the TOML: it names a file or an environment variable, read
+once here at start, and the value is registered with :mod:`agent.redact` so it is masked wherever
+it might be quoted.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from enum import Enum
+import ipaddress
 import os
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -25,6 +30,7 @@ from agent.command_auth import CommandKey, CommandsSection, load_key
 from agent.detect.manifest import load_manifest
 from agent.faults import DEFAULT_CATEGORIES, Fault
 from agent.privacy import PrivacyParams
+from agent.redact import add_secret, redact
 from agent.rules import Category, rule_types
 from agent.scene import SceneParams
 from agent.storage import StorageLimits
@@ -117,8 +123,17 @@ class MqttSection:
     port: int = setting(1883, ge=1, le=65535)
     prefix: str = setting("cityops", help="Topic prefix: <prefix>/<agent id>/...")
     client_id: str | None = setting(None, help="Defaults to edge-<agent id>")
+    tls: bool = setting(False, help="TLS to the broker, verifying its certificate (brokers listen on 8883)")
+    tls_ca: Path | None = setting(
+        None, help="CA certificate(s), PEM, the broker's certificate must chain to; default: the system's")
+    tls_cert: Path | None = setting(None, help="Client certificate, PEM, for mutual TLS; needs tls_key")
+    tls_key: Path | None = setting(None, help="The client certificate's private key, PEM; keep it mode 0600")
+    tls_insecure: bool = setting(
+        False, help="Allow a transport open to eavesdropping: TLS without verifying the broker, or plain "
+                    "MQTT to a host that is not loopback. Logged as a WARNING at every start")
     username: str | None = setting(None)
-    password: str | None = setting(None)
+    password_file: Path | None = setting(None, help="File whose first line is the MQTT password; mode 0600")
+    password_env: str | None = setting(None, help="Name of the environment variable holding the MQTT password")
     keepalive_s: int = setting(30, ge=5, le=3600)
     status_interval_s: float = setting(30.0, ge=1, help="How often the retained status is refreshed")
     chunk_bytes: int = setting(
@@ -126,6 +141,52 @@ class MqttSection:
     reconnect_min_s: float = setting(1.0, gt=0, help="First reconnect delay; doubles up to reconnect_max_s")
     reconnect_max_s: float = setting(60.0, gt=0)
     max_inflight: int = setting(20, ge=1, le=1000, help="Messages published and not yet acknowledged")
+
+    REFUSED_KEYS: ClassVar[dict[str, str]] = {
+        "password": "a password does not belong in a TOML file that may be committed; put it in a file "
+                    "(password_file, mode 0600) or the environment (password_env)"}
+
+    def __post_init__(self):
+        if not self.tls:
+            given = [k for k in ("tls_ca", "tls_cert", "tls_key") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"{given[0]}: needs tls = true")
+            if not self.loopback and not self.tls_insecure:
+                raise ValueError(f"plain MQTT to {self.host!r} crosses a network anyone on it can read and "
+                                 "forge: set tls = true (and port = 8883), or tls_insecure = true to accept that")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key: give both for a client certificate, or neither")
+        if self.password_file is not None and self.password_env is not None:
+            raise ValueError("password_file and password_env: give one of them")
+        if (self.password_file is not None or self.password_env is not None) and not self.username:
+            raise ValueError("username: a password needs a username")
+
+    @property
+    def loopback(self) -> bool:
+        """The broker runs on this box: its traffic never leaves the machine."""
+        try:
+            return self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # a host name; not resolved, so that a DNS answer cannot make it "local"
+            return False
+
+    def insecure(self) -> str | None:
+        """Why this transport can be read or impersonated on the network; None when it cannot."""
+        if self.tls and self.tls_insecure:
+            return "TLS without verifying the broker's certificate (tls_insecure = true)"
+        if not self.tls and not self.loopback:
+            return f"plain MQTT to {self.host} (tls_insecure = true): anyone on the path can read and forge it"
+        return None
+
+    def mode(self) -> str:
+        """The transport in one phrase, for ``check`` and the start log."""
+        if (reason := self.insecure()) is not None:
+            return f"INSECURE: {reason}"
+        if not self.tls:
+            return "plain MQTT to a loopback broker"
+        text = f"TLS verified against {self.tls_ca or 'the system CAs'}"
+        if self.tls_cert is not None:
+            text = f"mTLS (client certificate {self.tls_cert}), {text}"
+        return text
 
 
 @dataclass(frozen=True)
@@ -262,6 +323,20 @@ class BoxConfig:
     fault_categories: dict[Fault, Category]
     commands: CommandsSection | None = None
     command_key: CommandKey | None = None  # loaded from commands.key_file; None: no command is accepted
+    mqtt_password: str | None = dataclasses.field(default=None, repr=False)  # read at load, never in TOML
+
+    def secret_files(self) -> list[tuple[str, Path]]:
+        """(what, path) of the files holding this box's secrets, for the permission check: the
+        MQTT password and client key, the command key, and camera files whose URL carries a
+        password. (The device key lives in storage; `check` adds it once it exists.)"""
+        mqtt = self.mqtt
+        files = [] if mqtt is None else [
+            (f"mqtt.{key}", path) for key, path in (("password_file", mqtt.password_file), ("tls_key", mqtt.tls_key))
+            if path is not None]
+        if self.commands is not None:
+            files.append(("commands.key_file", self.commands.key_file))
+        return files + [(f"camera {cam.id} (its url holds a password)", cam.source_file)
+                        for cam in self.cameras if redact(cam.url) != cam.url]
 
     def camera(self, camera_id: str) -> CameraConfig:
         for cam in self.cameras:
@@ -289,10 +364,39 @@ def load_config(path: str | Path) -> BoxConfig:
         seen.add(cam.id)
     fault_categories = {f: edge.categories[f.value].category() if f.value in edge.categories else c
                         for f, c in DEFAULT_CATEGORIES.items()}
+    password = _mqtt_password(edge.mqtt, path) if edge.mqtt else None
+    add_secret(password)
     # Read at load, so a missing or short key stops the agent at start, not at its first command.
     command_key = load_key(edge.commands.key_file, path) if edge.commands else None
     return BoxConfig(path, edge.agent, edge.storage, edge.mqtt, edge.models, cameras, edge.tickets,
-                     fault_categories, edge.commands, command_key)
+                     fault_categories, edge.commands, command_key, password)
+
+
+def _mqtt_password(mqtt: MqttSection, path: Path) -> str | None:
+    """Check the TLS files are readable and read the password, so a box that cannot connect says
+    why at start rather than on each reconnect."""
+    for key in ("tls_ca", "tls_cert", "tls_key"):
+        file = getattr(mqtt, key)
+        if file is not None:
+            _read_file(file, path, f"mqtt.{key}")
+    if mqtt.password_file is not None:
+        lines = _read_file(mqtt.password_file, path, "mqtt.password_file").splitlines()
+        if not lines or not lines[0]:
+            raise ConfigError(path, "mqtt.password_file", f"{mqtt.password_file} is empty")
+        return lines[0]
+    if mqtt.password_env is not None:
+        value = os.environ.get(mqtt.password_env)
+        if not value:
+            raise ConfigError(path, "mqtt.password_env", f"environment variable {mqtt.password_env} is not set")
+        return value
+    return None
+
+
+def _read_file(file: Path, path: Path, key: str) -> str:
+    try:
+        return file.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, key, f"cannot read {file}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def _load_camera(path: Path, edge: EdgeFile, edge_path: Path) -> CameraConfig:

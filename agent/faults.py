@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from agent.logs import log_event
+from agent.redact import redact
 from agent.rules import Category
 from agent.tamper import TamperMonitor, TamperParams, Verdict, ViewReference
 from agent.types import EventKind, RuleEvent
@@ -129,7 +130,7 @@ class OfflineWatch:
         if self.offline_since is None and silent >= self.grace_s:
             self.offline_since = seen
             return [fault_event(Fault.OFFLINE, EventKind.OPENED, now, seen,
-                                {"silent_s": round(silent, 1), "last_error": last_error})]
+                                {"silent_s": round(silent, 1), "last_error": redact(last_error)})]
         if self.offline_since is not None and silent < self.grace_s:
             since, self.offline_since = self.offline_since, None
             return [fault_event(Fault.OFFLINE, EventKind.CLEARED, now, since,

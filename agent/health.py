@@ -1,4 +1,7 @@
-"""Counters and gauges per camera, read by the status topic and ``edge-agent check``."""
+"""Counters and gauges per camera, read by the status topic and ``edge-agent check``.
+
+Error reasons are stored redacted: they come from FFmpeg and quote the camera URL, password and
+all, and from here they go to the retained status and the ``camera_offline`` ticket."""
 
 from __future__ import annotations
 
@@ -6,6 +9,8 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+
+from agent.redact import redact
 
 
 @dataclass
@@ -33,7 +38,7 @@ class CameraHealth:
         with self._lock:
             self.connected_now = False
             self.disconnects += 1
-            self.last_error = reason
+            self.last_error = redact(reason)
 
     def frame_decoded(self, now: float) -> None:
         with self._lock:
@@ -43,7 +48,7 @@ class CameraHealth:
     def decode_failed(self, reason: str) -> None:
         with self._lock:
             self.decode_errors += 1
-            self.last_error = reason
+            self.last_error = redact(reason)
 
     def frame_analysed(self, now: float) -> None:
         with self._lock:
@@ -60,7 +65,7 @@ class CameraHealth:
     def analysis_failed(self, reason: str) -> None:
         with self._lock:
             self.analysis_errors += 1
-            self.last_error = reason
+            self.last_error = redact(reason)
 
     def snapshot(self, now: float, monotonic_now: float | None = None) -> dict:
         """``now`` on the agent's clock (frame ages); ``monotonic_now`` for the analysis rate."""

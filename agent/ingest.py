@@ -22,6 +22,7 @@ from agent.clock import Clock
 from agent.config import CameraConfig
 from agent.health import CameraHealth
 from agent.logs import log_event
+from agent.redact import redact
 from agent.types import Frame
 
 log = logging.getLogger("agent.ingest")
@@ -82,7 +83,7 @@ class CameraReader:
         with self._open() as container:
             stream = container.streams.video[0]
             self.health.connected(stream.codec_context.name, stream.width, stream.height)
-            log_event(log, "camera_connected", camera=self.camera.id, url=_redact(self.camera.url),
+            log_event(log, "camera_connected", camera=self.camera.id, url=redact(self.camera.url),
                       codec=stream.codec_context.name, size=f"{stream.width}x{stream.height}")
             if self.ring is not None:
                 self.ring.start_source(stream)
@@ -153,7 +154,7 @@ class CameraWorker(threading.Thread):
                 self.health.disconnected("ended")
                 return
             except (av.error.FFmpegError, OSError, ConnectionError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"
+                reason = redact(f"{type(exc).__name__}: {exc}")
                 self.health.disconnected(reason)
                 log_event(log, "camera_dropped", level=logging.WARNING, camera=self.camera.id,
                           reason=reason, retry_in_s=round(delay, 1))
@@ -162,11 +163,3 @@ class CameraWorker(threading.Thread):
             delay = min(delay * 2, RECONNECT_MAX_S)
             log_event(log, "camera_reconnecting", camera=self.camera.id)
 
-
-def _redact(url: str) -> str:
-    """Hide a password in rtsp://user:password@host URLs before logging."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.split("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
-    return url

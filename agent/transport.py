@@ -6,6 +6,12 @@ marks a row delivered only when its PUBACK arrives. After every (re)connect it s
 the oldest undelivered row: a message may then arrive twice, never not at all, and consumers dedupe
 by (ticket id, seq). Reconnecting is paho's own (``reconnect_delay_set``), with jitter added to the
 first attempt so a fleet of boxes does not stampede a restarted broker.
+
+TLS (``[mqtt] tls``) verifies the broker's certificate and host name against the configured CA,
+TLS 1.2 at least, with an optional client certificate. Verification is off only with
+``tls_insecure``, and then every start says so at WARNING. A broker that cannot be reached or
+refuses us is logged at once and then at most once a minute while it keeps failing the same way:
+a wrong CA fails every reconnect, and the log must still show what else happens on the box.
 """
 
 from __future__ import annotations
@@ -14,7 +20,10 @@ import json
 import logging
 import queue
 import random
+import ssl
+import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,6 +39,44 @@ from agent.tickets import SCHEMA_VERSION, iso_utc
 from agent.topics import Topics
 
 log = logging.getLogger("agent.transport")
+
+TROUBLE_LOG_INTERVAL_S = 60.0
+
+
+class TroubleLog:
+    """Logs each kind of broker failure (event and reason) the first time, then at most once per
+    interval with how many repeats it stood for. Kept per kind, so failures that alternate (a
+    refused login, a flapping link) are held back as well."""
+
+    def __init__(self, interval_s: float = TROUBLE_LOG_INTERVAL_S):
+        self.interval_s = interval_s
+        self._kinds: dict[tuple[str, str], tuple[float, int]] = {}  # -> (next line due, repeats held back)
+        self._lock = threading.Lock()
+        self.suppressed = 0
+
+    def __call__(self, event: str, reason: str, level: int = logging.ERROR) -> None:
+        with self._lock:
+            now = time.monotonic()
+            due, repeats = self._kinds.get((event, reason), (now, 0))
+            if now < due:
+                self._kinds[(event, reason)] = (due, repeats + 1)
+                self.suppressed += 1
+                return
+            self._kinds[(event, reason)] = (now + self.interval_s, 0)
+        log_event(log, event, level=level, reason=reason, **({"repeats": repeats} if repeats else {}))
+
+
+def tls_context(cfg: MqttSection) -> ssl.SSLContext:
+    """The client side of the broker connection: verify the broker, TLS 1.2+, our certificate if any."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
+                                         cafile=str(cfg.tls_ca) if cfg.tls_ca else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cfg.tls_cert is not None:
+        context.load_cert_chain(str(cfg.tls_cert), str(cfg.tls_key))
+    if cfg.tls_insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 @dataclass(frozen=True)
@@ -47,7 +94,9 @@ class MqttTransport:
 
     def __init__(self, cfg: MqttSection, topics: Topics, outbox: Outbox, clock: Clock,
                  on_command: Callable[[Request], None] | None = None,
-                 status: Callable[[], dict] | None = None):
+                 status: Callable[[], dict] | None = None, password: str | None = None):
+        """``password`` is the one :func:`agent.config.load_config` read from the file or
+        environment the config names (``BoxConfig.mqtt_password``)."""
         self.cfg, self.topics, self.outbox, self.clock = cfg, topics, outbox, clock
         self.on_command, self.status = on_command, status
         self.client = mqtt.Client(
@@ -55,12 +104,17 @@ class MqttTransport:
             client_id=cfg.client_id or f"edge-{topics.agent}",
             protocol=mqtt.MQTTv5,
         )
+        if cfg.tls:
+            # paho takes its "insecure" flag from the context's check_hostname: no tls_insecure_set.
+            self.client.tls_set_context(tls_context(cfg))
         if cfg.username:
-            self.client.username_pw_set(cfg.username, cfg.password)
+            self.client.username_pw_set(cfg.username, password)
+        self._trouble = TroubleLog()
         self.client.will_set(topics.status(), json.dumps(self._status_doc("offline")), qos=1, retain=True)
         self.client.reconnect_delay_set(min_delay=cfg.reconnect_min_s, max_delay=cfg.reconnect_max_s)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_publish = self._on_publish
         self.client.on_message = self._on_message
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -74,19 +128,30 @@ class MqttTransport:
     # paho's network thread ------------------------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
-            log_event(log, "broker_refused", level=logging.ERROR, reason=str(reason_code))
+            self._trouble("broker_refused", str(reason_code))
             return
-        log_event(log, "broker_connected", host=self.cfg.host, port=self.cfg.port)
+        log_event(log, "broker_connected", host=self.cfg.host, port=self.cfg.port, transport=self.cfg.mode())
         # Subscribing here, not once at start, brings the subscription back after every reconnect.
         client.subscribe(self.topics.commands(), qos=1)
         self.publish_status("online")
         self._generation += 1
         self._connected.set()
 
+    def _on_connect_fail(self, client, userdata):
+        # paho calls this from inside its ``except OSError`` around the connect, without the
+        # error; it is still the one being handled. ssl errors (a wrong CA) are OSErrors too.
+        exc = sys.exc_info()[1]
+        self._trouble("broker_unreachable", f"{type(exc).__name__}: {exc}" if exc else "connect failed")
+
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        was_connected = self._connected.is_set()
         self._connected.clear()
+        if not was_connected:
+            # The end of a refused login, already logged as broker_refused. Leaving the delay alone
+            # lets paho double it: a wrong password must not hit the broker every second forever.
+            return
         if not self._stop.is_set():
-            log_event(log, "broker_disconnected", level=logging.WARNING, reason=str(reason_code))
+            self._trouble("broker_disconnected", str(reason_code), logging.WARNING)
         # paho doubles its delay from min_delay; a random min_delay per outage spreads a fleet of
         # boxes over time, so a restarted broker is not hit by all of them at the same instant.
         client.reconnect_delay_set(min_delay=self.cfg.reconnect_min_s * random.uniform(0.5, 1.5),
@@ -122,6 +187,9 @@ class MqttTransport:
 
     # lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
+        if (reason := self.cfg.insecure()) is not None:
+            log_event(log, "mqtt_insecure", level=logging.WARNING, host=self.cfg.host, port=self.cfg.port,
+                      reason=f"{reason}; messages can be read or forged on the network")
         # Jitter the first connect so boxes powered on together do not arrive together.
         self._stop.wait(random.uniform(0, min(1.0, self.cfg.reconnect_min_s)))
         self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)

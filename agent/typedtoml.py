@@ -4,6 +4,10 @@ Frigate's lesson: forbid unknown keys and carry bounds on the fields, so a missp
 out of range fails when the agent starts, with one line naming the file, the key and the reason.
 Bounds and help text live in ``field(metadata=...)`` via :func:`setting`, where a calibration tool
 can read them too.
+
+A dataclass may also name keys it refuses with a reason, in a ``REFUSED_KEYS`` class variable
+(``{key: reason}``): a key that used to exist, or one that must not be there (a password in a TOML
+file that ends up in a repository), fails with that reason instead of "unknown key".
 """
 
 from __future__ import annotations
@@ -118,6 +122,9 @@ class _Converter:
             self.fail(key, f"expected a table, got {type(value).__name__}")
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        for name, reason in getattr(cls, "REFUSED_KEYS", {}).items():
+            if name in value:
+                self.fail(f"{key}.{name}" if key else name, reason)
         unknown = sorted(set(value) - set(fields))
         if unknown:
             where = f"{key}.{unknown[0]}" if key else unknown[0]

@@ -7,6 +7,8 @@
     mosquitto      function a started Mosquitto: .host .port .url .stop() .start()
                             (.start() after .stop() restarts on the SAME port)
                             .running .log_path
+    start_mosquitto         the factory behind it: start_mosquitto(workdir, security=lines)
+                            starts one with other listener settings (TLS, passwords, ACL)
     rtsp_server    function factory: rtsp_server({"/cam1": path, ...}, shared=False)
                             -> a started RtspServer: .urls {mount: url} .proc
                             .host .port .stop() .start() (same port) .running
@@ -115,7 +117,9 @@ class Mosquitto:
 
     host = "127.0.0.1"
 
-    def __init__(self, workdir: Path, port: int | None = None):
+    def __init__(self, workdir: Path, port: int | None = None, security: tuple[str, ...] = ("allow_anonymous true",)):
+        """``security``: config lines for the listener (TLS files, passwords, ACL); the default is
+        an open broker."""
         self.workdir = workdir
         self.port = port or free_port(self.host)
         self.conf_path = workdir / "mosquitto.conf"
@@ -124,7 +128,7 @@ class Mosquitto:
         self._exe = _mosquitto_binary()
         lines = [
             f"listener {self.port} {self.host}",
-            "allow_anonymous true",
+            *security,
             # Persistent, so a subscriber's session and its queued QoS 1 messages survive a
             # broker restart, as on a production broker.
             "persistence true",
@@ -177,22 +181,21 @@ class Mosquitto:
         return f"<Mosquitto {self.host}:{self.port} running={self.running}>"
 
 
-@pytest.fixture
-def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    workdir = tmp_path_factory.mktemp("mosquitto")
-    broker = None
+def start_mosquitto(workdir: Path, security: tuple[str, ...] = ("allow_anonymous true",)) -> Mosquitto:
     last: Exception | None = None
     for _ in range(3):  # a free port can be taken between probing and binding
-        broker = Mosquitto(workdir)
+        broker = Mosquitto(workdir, security=security)
         try:
-            broker.start()
-            break
+            return broker.start()
         except RuntimeError as e:
             last = e
             broker.stop()
-            broker = None
-    if broker is None:
-        pytest.fail(f"could not start mosquitto: {last}", pytrace=False)
+    pytest.fail(f"could not start mosquitto: {last}", pytrace=False)
+
+
+@pytest.fixture
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    broker = start_mosquitto(tmp_path_factory.mktemp("mosquitto"))
     try:
         yield broker
     finally:

@@ -71,8 +71,10 @@ def write_camera(folder: Path, camera_id: str, url: str, *, zone: str = "plaza",
 
 
 def write_edge(folder: Path, cameras: list[Path], *, agent_id: str = "test-box", mqtt_port: int | None = None,
-               prefix: str = "cityops", manifest: Path = NANODET_MANIFEST, command_key: bool = True) -> Path:
-    """``command_key``: write COMMAND_KEY_HEX to command.key (0600) and name it in [commands]."""
+               prefix: str = "cityops", manifest: Path = NANODET_MANIFEST, command_key: bool = True,
+               mqtt_extra: str = "", extra: str = "") -> Path:
+    """``command_key``: write COMMAND_KEY_HEX to command.key (0600) and name it in [commands];
+    ``mqtt_extra``: more lines of the [mqtt] table; ``extra``: more tables after it."""
     mqtt = textwrap.dedent(f"""
         [mqtt]
         host = "127.0.0.1"
@@ -80,7 +82,7 @@ def write_edge(folder: Path, cameras: list[Path], *, agent_id: str = "test-box",
         prefix = "{prefix}"
         reconnect_min_s = 0.2
         reconnect_max_s = 2
-    """) if mqtt_port else ""
+    """) + textwrap.dedent(mqtt_extra) if mqtt_port else ""
     commands = ""
     if command_key:
         key = folder / "command.key"
@@ -90,6 +92,6 @@ def write_edge(folder: Path, cameras: list[Path], *, agent_id: str = "test-box",
     path = folder / "edge.toml"
     path.write_text(EDGE_TOML.format(
         cameras=", ".join(f'"{c}"' for c in cameras), agent_id=agent_id, storage=folder / "var",
-        manifest=manifest, commands=commands, mqtt=mqtt))
+        manifest=manifest, commands=commands, mqtt=mqtt) + textwrap.dedent(extra))
     return path
 

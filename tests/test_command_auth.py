@@ -182,7 +182,7 @@ def test_check_names_the_key_file_and_warns_when_others_can_read_it(box, capsys)
     key = box.parent / "command.key"
     assert main(["-c", str(box), "check"]) == 0
     out = capsys.readouterr().out
-    assert f"commands: signed with the key in {key}" in out and "warning: the command key" not in out
+    assert f"commands: signed with the key in {key}" in out and "warning: commands.key_file" not in out
     key.chmod(0o644)
     assert main(["-c", str(box), "check"]) == 0
-    assert f"warning: the command key is a secret: {key} has mode 0644; make it 0600" in capsys.readouterr().out
+    assert f"warning: commands.key_file {key} is readable by other users (mode 0644); chmod 600 it" in capsys.readouterr().out

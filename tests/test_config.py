@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main
-from agent.config import load_config
+from agent.config import ConfigError, load_config
 from agent.detect.manifest import load_manifest
 from agent.rules.object_dwell import Params
 from tests.helpers import NANODET_MANIFEST, write_camera, write_edge
@@ -148,3 +148,116 @@ def test_check_names_the_dwell_defaults_a_zone_relies_on(box, capsys):
     assert main(["-c", str(edge), "check"]) == 0
     out = capsys.readouterr().out
     assert "assumes the defaults min_dwell_s=5.0, clear_after_s=10.0" in out, out
+
+
+# --- [mqtt] transport security ----------------------------------------------------------------
+
+def _mqtt_box(tmp_path, lines: str = "", host: str = "127.0.0.1"):
+    cam = write_camera(tmp_path, "cam1", "/nonexistent/clip.mp4")
+    edge = write_edge(tmp_path, [cam], mqtt_port=1883, mqtt_extra=lines, command_key=False)
+    _replace(edge, 'host = "127.0.0.1"', f'host = "{host}"')
+    return edge
+
+
+def _secret(tmp_path, name: str, text: str = "pw-1234\n", mode: int = 0o600):
+    path = tmp_path / name
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+MQTT_BROKEN = [
+    ("password in TOML", "127.0.0.1", 'username = "box"\npassword = "S3cret"\n',
+     r"edge\.toml: mqtt\.password: a password does not belong in a TOML file .*password_file.*password_env"),
+    ("plain MQTT to a remote broker", "broker.city.example", "",
+     r"mqtt: plain MQTT to 'broker\.city\.example' .*set tls = true .*tls_insecure = true"),
+    ("TLS file without tls", "127.0.0.1", 'tls_ca = "ca.pem"\n', r"mqtt: tls_ca: needs tls = true"),
+    ("client certificate without key", "127.0.0.1", 'tls = true\ntls_cert = "c.pem"\n',
+     r"mqtt: tls_cert and tls_key: give both"),
+    ("two password sources", "127.0.0.1", 'username = "box"\npassword_file = "pw"\npassword_env = "PW"\n',
+     r"mqtt: password_file and password_env: give one"),
+    ("password without username", "127.0.0.1", 'password_env = "PW"\n', r"mqtt: username: a password needs a username"),
+    ("password file missing", "127.0.0.1", 'username = "box"\npassword_file = "nope.pw"\n',
+     r"mqtt\.password_file: cannot read .*nope\.pw: No such file"),
+    ("password variable unset", "127.0.0.1", 'username = "box"\npassword_env = "EDGE_TEST_UNSET_PW"\n',
+     r"mqtt\.password_env: environment variable EDGE_TEST_UNSET_PW is not set"),
+    ("CA file missing", "127.0.0.1", 'tls = true\ntls_ca = "nope-ca.pem"\n', r"mqtt\.tls_ca: cannot read .*nope-ca\.pem"),
+]
+
+
+@pytest.mark.parametrize("case, host, lines, expected", MQTT_BROKEN, ids=[b[0] for b in MQTT_BROKEN])
+def test_mqtt_security_mistakes_fail_at_load(tmp_path, capsys, monkeypatch, case, host, lines, expected):
+    monkeypatch.delenv("EDGE_TEST_UNSET_PW", raising=False)
+    edge = _mqtt_box(tmp_path, lines, host)
+    assert main(["-c", str(edge), "check"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and re.search(expected, err), err
+    assert "S3cret" not in err
+
+
+def test_empty_password_file_is_refused(tmp_path):
+    _secret(tmp_path, "pw", "\n")
+    with pytest.raises(ConfigError, match=r"mqtt\.password_file: .*pw is empty"):
+        load_config(_mqtt_box(tmp_path, 'username = "box"\npassword_file = "pw"\n'))
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.53", "localhost", "::1"])
+def test_plain_mqtt_to_a_loopback_broker_is_fine(tmp_path, capsys, host):
+    edge = _mqtt_box(tmp_path, host=host)
+    assert load_config(edge).mqtt.insecure() is None
+    assert main(["-c", str(edge), "check"]) == 0
+    out = capsys.readouterr().out
+    assert f"mqtt: {host}:1883 prefix cityops, plain MQTT to a loopback broker" in out and "WARNING" not in out
+
+
+def test_tls_to_a_remote_broker_and_the_insecure_flag_as_check_shows_them(tmp_path, capsys):
+    edge = _mqtt_box(tmp_path, "tls = true\n", host="broker.city.example")
+    assert main(["-c", str(edge), "check"]) == 0
+    assert "prefix cityops, TLS verified against the system CAs" in capsys.readouterr().out
+    _replace(edge, "tls = true\n", "tls = true\ntls_insecure = true\n")
+    assert main(["-c", str(edge), "check"]) == 0
+    out = capsys.readouterr().out
+    assert "INSECURE: TLS without verifying the broker's certificate" in out
+    assert "  WARNING: TLS without verifying" in out
+    _replace(edge, "tls = true\n", "")
+    assert main(["-c", str(edge), "check"]) == 0
+    assert "INSECURE: plain MQTT to broker.city.example" in capsys.readouterr().out
+
+
+def test_secrets_are_read_from_files_relative_to_edge_toml_or_the_environment(tmp_path, monkeypatch):
+    (tmp_path / "secrets").mkdir()
+    _secret(tmp_path / "secrets", "mqtt.pw", "pw-from-file\nignored second line\n")
+    ca = _secret(tmp_path / "secrets", "ca.pem", "not parsed at load\n", 0o644)
+    config = load_config(_mqtt_box(tmp_path, f'tls = true\ntls_ca = "secrets/ca.pem"\nusername = "box"\n'
+                                             'password_file = "secrets/mqtt.pw"\n'))
+    assert config.mqtt.tls_ca == ca and config.mqtt_password == "pw-from-file"
+    assert "pw-from-file" not in repr(config)
+    monkeypatch.setenv("EDGE_TEST_PW", "pw-from-env")
+    config = load_config(_mqtt_box(tmp_path, 'username = "box"\npassword_env = "EDGE_TEST_PW"\n'))
+    assert config.mqtt_password == "pw-from-env" and config.secret_files() == []
+
+
+def test_check_warns_on_world_readable_secret_files(tmp_path, capsys):
+    pw = _secret(tmp_path, "mqtt.pw", mode=0o644)
+    key = _secret(tmp_path, "client.key", "key\n", 0o600)
+    _secret(tmp_path, "client.pem", "cert\n", 0o644)  # a certificate is public: no warning
+    edge = _mqtt_box(tmp_path, 'tls = true\ntls_cert = "client.pem"\ntls_key = "client.key"\n'
+                               'username = "box"\npassword_file = "mqtt.pw"\n')
+    assert load_config(edge).secret_files() == [("mqtt.password_file", pw), ("mqtt.tls_key", key)]
+    assert main(["-c", str(edge), "check"]) == 0
+    out = capsys.readouterr().out
+    assert f"warning: mqtt.password_file {pw} is readable by other users (mode 0644); chmod 600 it" in out
+    warnings = [line for line in out.splitlines() if "readable by other users" in line]
+    assert len(warnings) == 1 and "mqtt.tls_key" not in out
+    pw.chmod(0o600)
+    key.chmod(0o604)
+    assert main(["-c", str(edge), "check"]) == 0
+    out = capsys.readouterr().out
+    assert "mqtt.password_file" not in out and "warning: mqtt.tls_key" in out
+
+
+def test_check_warns_on_a_world_readable_camera_file_with_a_password_in_its_url(tmp_path, capsys):
+    cam = write_camera(tmp_path, "cam1", "rtsp://admin:S3cret@10.0.0.7/h264")
+    cam.chmod(0o644)
+    assert main(["-c", str(write_edge(tmp_path, [cam])), "check"]) == 0
+    assert f"warning: camera cam1 (its url holds a password) {cam} is readable by other users" in capsys.readouterr().out

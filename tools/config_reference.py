@@ -114,6 +114,9 @@ def table(cls) -> list[str]:
         meaning = f.metadata.get("help") or docs.get(f.name, "")
         rows.append(f"| `{f.name}` | {type_name(hints[f.name])} | {default_text(f)} | {bounds_text(f)} "
                     f"| {meaning.replace('|', '/')} |")
+    refused = getattr(cls, "REFUSED_KEYS", {})
+    if refused:
+        rows += ["", *(f"Refused: `{name}`: {reason}." for name, reason in refused.items())]
     return rows
 
 

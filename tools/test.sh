@@ -5,7 +5,7 @@
 #     ./tools/test.sh [pytest args...]
 #
 # 1. apt-get installs what is missing (skipped when everything is there):
-#    mosquitto, python3-venv, git, and for the RTSP test server (run by the
+#    mosquitto (also ships mosquitto_passwd, which the TLS tests use), python3-venv, git, and for the RTSP test server (run by the
 #    SYSTEM python, /usr/bin/python3): python3-gi gir1.2-gst-rtsp-server-1.0
 #    gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
 # 2. creates .venv if missing and installs the project with its test extra
