@@ -33,14 +33,24 @@ def start(edge, log):
                             stderr=subprocess.STDOUT, cwd=REPO)
 
 
-def stored(tmp_path):
+def outbox_rows(tmp_path, sql: str) -> list[tuple]:
+    """Rows of the agent's outbox, read beside the running agent; none until the agent has made
+    its file and tables (the file appears a moment before the tables do)."""
     if not (tmp_path / "var" / "outbox.sqlite").exists():
         return []
     db = sqlite3.connect(tmp_path / "var" / "outbox.sqlite")
     try:
-        return db.execute("SELECT id, topic, kind, delivered_at FROM messages ORDER BY id").fetchall()
+        return db.execute(sql).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
     finally:
         db.close()
+
+
+def stored(tmp_path):
+    return outbox_rows(tmp_path, "SELECT id, topic, kind, delivered_at FROM messages ORDER BY id")
 
 
 def pending(tmp_path):
@@ -48,13 +58,7 @@ def pending(tmp_path):
 
 
 def ticket_messages(tmp_path):
-    if not (tmp_path / "var" / "outbox.sqlite").exists():
-        return []
-    db = sqlite3.connect(tmp_path / "var" / "outbox.sqlite")
-    try:
-        return [json.loads(p) for (p,) in db.execute("SELECT payload FROM messages WHERE kind = 'ticket' ORDER BY id")]
-    finally:
-        db.close()
+    return [json.loads(p) for (p,) in outbox_rows(tmp_path, "SELECT payload FROM messages WHERE kind = 'ticket' ORDER BY id")]
 
 
 def check_everything_arrived_in_order(tmp_path, sub):
