@@ -3,7 +3,7 @@ for sending, so what leaves the box shows where a person was, not who.
 
 Applied to the raw frame before annotation is drawn, so the boxes and labels on top stay readable.
 The regions are the detector's person boxes of that frame, grown by a margin: a person the detector
-missed is not hidden (docs/security-privacy.md gives the measured miss rate).
+missed is not hidden (docs/security.md gives the measured miss rate).
 
 Faces alone are not detected: opencv-python-headless 5.x ships neither ``CascadeClassifier`` nor
 the Haar cascade files, so a face is hidden only as part of its person's box.

@@ -6,7 +6,7 @@ tickets, evidence, snapshots, telemetry and status, validates each against the s
 发现—立案—派遣—处置—核查—结案. It is the integration tests' peer and the example platform engineers read,
 so it does every step the simple, correct way and says why.
 
-It trusts nothing it cannot check (docs/security-signing.md): every command it sends is signed with
+It trusts nothing it cannot check (docs/security.md): every command it sends is signed with
 the command key it shares with that agent (HMAC-SHA256, ``agent.command_auth``), and a ticket message is
 accepted only if it verifies against the Ed25519 public key enrolled for its agent; evidence is
 accepted only if its bytes hash to a sha256 named by such an authenticated message. Whatever fails
