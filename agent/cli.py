@@ -109,6 +109,9 @@ def cmd_check(config: BoxConfig, args) -> int:
     for cam in config.cameras:
         print(f"camera {cam.id}: {redact(cam.url)} model {cam.model} at {cam.analysis_fps:g} fps, "
               f"grid {cam.grid_code} ({cam.lat}, {cam.lon}), people in evidence: {_privacy(cam.privacy)}")
+        if cam.password_in_file:
+            print("  warning: its url holds the camera's password: move it to password_file or password_env, "
+                  "camera files get copied and committed")
         for zc in cam.zones:
             params = ", ".join(f"{f.name}={_show(getattr(zc.params, f.name))}"
                                for f in dataclasses.fields(zc.params))

@@ -21,6 +21,7 @@ from enum import Enum
 import ipaddress
 import os
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from typing import Any, ClassVar
 
@@ -233,8 +234,12 @@ class ZoneSection:
 @dataclass(frozen=True)
 class CameraFile:
     id: str = setting(help="Camera id, unique on the box; part of topics and tickets")
-    url: str = setting(help="rtsp://... or a video file path (relative to the camera file)")
+    url: str = setting(help="rtsp://user@host/... or a video file path (relative to the camera file); "
+                            "its password goes in password_file or password_env")
     location: LocationSection = setting(help="Where the camera looks: lat, lon, grid_code")
+    password_file: Path | None = setting(
+        None, help="File whose first line is the camera's password, put into the url at start; mode 0600")
+    password_env: str | None = setting(None, help="Name of the environment variable holding the camera's password")
     model: str = setting("default", help="Name of a [models.<name>] table of edge.toml")
     name: str = setting("", help="A human name for the camera")
     analysis_fps: float = setting(2.0, gt=0, le=30, help="Frames analysed per second")
@@ -260,6 +265,8 @@ class CameraFile:
     def __post_init__(self):
         if not self.id or any(c in self.id for c in "/+#"):
             raise ValueError(f"id: must be non-empty without '/', '+' or '#', got {self.id!r}")
+        if self.password_file is not None and self.password_env is not None:
+            raise ValueError("password_file and password_env: give one of them")
 
 
 @dataclass(frozen=True)
@@ -277,7 +284,7 @@ class ZoneConfig:
 class CameraConfig:
     id: str
     name: str
-    url: str
+    url: str = dataclasses.field(repr=False)  # may hold the camera's password
     source_file: Path
     model: str
     analysis_fps: float
@@ -297,6 +304,8 @@ class CameraConfig:
     tiling: TilingParams | None = None
     zone_crops: ZoneCropParams = ZoneCropParams()
     privacy: PrivacyParams = PrivacyParams()
+    password_file: Path | None = None  # the camera's password comes from here
+    password_in_file: bool = False  # the camera file's url itself holds a password: that file is a secret
 
     def privacy_for(self, zone_id: str | None) -> PrivacyParams:
         """How pictures about ``zone_id`` hide people: the zone's override, else the camera's
@@ -335,8 +344,12 @@ class BoxConfig:
             if path is not None]
         if self.commands is not None:
             files.append(("commands.key_file", self.commands.key_file))
-        return files + [(f"camera {cam.id} (its url holds a password)", cam.source_file)
-                        for cam in self.cameras if redact(cam.url) != cam.url]
+        for cam in self.cameras:
+            if cam.password_file is not None:
+                files.append((f"camera {cam.id} password_file", cam.password_file))
+            if cam.password_in_file:
+                files.append((f"camera {cam.id} (its url holds a password)", cam.source_file))
+        return files
 
     def camera(self, camera_id: str) -> CameraConfig:
         for cam in self.cameras:
@@ -379,15 +392,20 @@ def _mqtt_password(mqtt: MqttSection, path: Path) -> str | None:
         file = getattr(mqtt, key)
         if file is not None:
             _read_file(file, path, f"mqtt.{key}")
-    if mqtt.password_file is not None:
-        lines = _read_file(mqtt.password_file, path, "mqtt.password_file").splitlines()
+    return _read_secret(mqtt.password_file, mqtt.password_env, path, "mqtt.")
+
+
+def _read_secret(file: Path | None, env: str | None, path: Path, prefix: str = "") -> str | None:
+    """The password a config names by ``password_file`` (its first line) or ``password_env``."""
+    if file is not None:
+        lines = _read_file(file, path, f"{prefix}password_file").splitlines()
         if not lines or not lines[0]:
-            raise ConfigError(path, "mqtt.password_file", f"{mqtt.password_file} is empty")
+            raise ConfigError(path, f"{prefix}password_file", f"{file} is empty")
         return lines[0]
-    if mqtt.password_env is not None:
-        value = os.environ.get(mqtt.password_env)
+    if env is not None:
+        value = os.environ.get(env)
         if not value:
-            raise ConfigError(path, "mqtt.password_env", f"environment variable {mqtt.password_env} is not set")
+            raise ConfigError(path, f"{prefix}password_env", f"environment variable {env} is not set")
         return value
     return None
 
@@ -407,6 +425,11 @@ def _load_camera(path: Path, edge: EdgeFile, edge_path: Path) -> CameraConfig:
     url = raw.url
     if "://" not in url and not Path(url).is_absolute():
         url = os.path.normpath(path.parent / url)
+    password_in_file = redact(url) != url
+    password = _read_secret(raw.password_file, raw.password_env, path)
+    if password is not None:
+        url = _with_password(url, password, path)
+        add_secret(password)
     known = rule_types()
     unknown = sorted(set(edge.categories) - set(known) - {f.value for f in Fault})
     if unknown:
@@ -422,7 +445,20 @@ def _load_camera(path: Path, edge: EdgeFile, edge_path: Path) -> CameraConfig:
         telemetry_interval_s=raw.telemetry_interval_s,
         reference_image=raw.reference_image, tamper=raw.tamper, tracker=raw.tracker, scene=raw.scene,
         tiling=raw.tiling, zone_crops=raw.zone_crops, privacy=raw.privacy,
+        password_file=raw.password_file, password_in_file=password_in_file,
     )
+
+
+def _with_password(url: str, password: str, path: Path) -> str:
+    """``scheme://user@host/...`` with the password put in, quoted as a URL needs it."""
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not parts.scheme or "://" not in url or not at or not userinfo:
+        raise ConfigError(path, "url", "a camera password needs a url with a user: rtsp://user@host/...")
+    if ":" in userinfo:
+        raise ConfigError(path, "url", "holds a password as well as password_file/password_env: keep one "
+                                       "(the file or the environment)")
+    return urlunsplit(parts._replace(netloc=f"{userinfo}:{quote(password, safe='')}@{hostport}"))
 
 
 def _load_zone(path: Path, zone_id: str, section: ZoneSection, edge: EdgeFile, tz: ZoneInfo) -> ZoneConfig:

@@ -261,3 +261,46 @@ def test_check_warns_on_a_world_readable_camera_file_with_a_password_in_its_url(
     cam.chmod(0o644)
     assert main(["-c", str(write_edge(tmp_path, [cam])), "check"]) == 0
     assert f"warning: camera cam1 (its url holds a password) {cam} is readable by other users" in capsys.readouterr().out
+
+
+def test_a_camera_password_comes_from_a_file_or_the_environment_into_the_url(tmp_path, monkeypatch, capsys):
+    pw = _secret(tmp_path, "cam1.pw", "S3cret/@:x\n")  # characters a URL must quote
+    cam = write_camera(tmp_path, "cam1", "rtsp://admin@10.0.0.7:554/h264")
+    cam.write_text(cam.read_text().replace('url = ', 'password_file = "cam1.pw"\nurl = ', 1))
+    edge = write_edge(tmp_path, [cam])
+    config = load_config(edge)
+    camera = config.camera("cam1")
+    assert camera.url == "rtsp://admin:S3cret%2F%40%3Ax@10.0.0.7:554/h264"
+    assert "S3cret" not in repr(camera) and ("camera cam1 password_file", pw) in config.secret_files()
+    assert main(["-c", str(edge), "check"]) == 0
+    out = capsys.readouterr().out
+    assert "S3cret" not in out and "camera cam1: rtsp://admin:***@10.0.0.7:554/h264" in out
+    assert "holds the camera's password" not in out
+
+    monkeypatch.setenv("EDGE_TEST_CAM_PW", "from-env-42")
+    cam.write_text(cam.read_text().replace('password_file = "cam1.pw"', 'password_env = "EDGE_TEST_CAM_PW"'))
+    assert load_config(edge).camera("cam1").url == "rtsp://admin:from-env-42@10.0.0.7:554/h264"
+
+
+@pytest.mark.parametrize("url, lines, message", [
+    ("rtsp://10.0.0.7/h264", 'password_env = "HOME"', "url: a camera password needs a url with a user"),
+    ("rtsp://admin:Pw0ld93@10.0.0.7/h264", 'password_env = "HOME"', "url: holds a password as well as"),
+    ("rtsp://admin@10.0.0.7/h264", 'password_env = "EDGE_TEST_UNSET_93"', "password_env: environment variable"),
+    ("rtsp://admin@10.0.0.7/h264", 'password_file = "missing.pw"', "password_file: cannot read"),
+    ("rtsp://admin@10.0.0.7/h264", 'password_env = "HOME"\npassword_file = "x.pw"', "give one of them"),
+])
+def test_camera_password_mistakes_name_the_key(tmp_path, url, lines, message):
+    cam = write_camera(tmp_path, "cam1", url)
+    cam.write_text(cam.read_text().replace('url = ', f'{lines}\nurl = ', 1))
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
+        load_config(write_edge(tmp_path, [cam]))
+    assert str(cam) in str(err.value) and "Pw0ld93" not in str(err.value)
+
+
+def test_check_asks_to_move_a_camera_password_out_of_the_url(tmp_path, capsys):
+    cam = write_camera(tmp_path, "cam1", "rtsp://admin:S3cret@10.0.0.7/h264")
+    cam.chmod(0o600)
+    assert main(["-c", str(write_edge(tmp_path, [cam])), "check"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: its url holds the camera's password: move it to password_file or password_env" in out
+    assert "S3cret" not in out
