@@ -142,6 +142,8 @@ def test_bad_datums_and_origins_are_refused():
     points = local_points(PIXEL_QUAD)
     with pytest.raises(CalibrationError, match="datum"):
         fit(points, "UTM", ORIGIN, FRAME)
+    with pytest.raises(CalibrationError, match=r"point 2: pixel \(700, 540\) lies outside the 640x560 picture"):
+        fit(points, LOCAL_M, ORIGIN, (640, 560))
     with pytest.raises(CalibrationError, match="origin"):
         fit(points, LOCAL_M, None, FRAME)
     # metres given as if they were degrees
