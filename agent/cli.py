@@ -1,9 +1,11 @@
 """``edge-agent``: run the agent, check a box's config, replay footage through a camera's rules,
-print the box's public key for enrolment on the platform."""
+print the box's public key for enrolment on the platform; for technicians without the page,
+calibrate a camera's ground from a table of points and take an annotated snapshot."""
 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import signal
@@ -15,16 +17,27 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import cv2
+
+from agent import calibration
 from agent.app import Agent, check_privacy, load_detectors, precision_risks
-from agent.clock import ManualClock
+from agent.calibration import LOCAL_M, WGS84, CalibrationError, GroundPoint
+from agent.camera_calibration import store
+from agent.clock import ManualClock, SystemClock
 from agent.config import BoxConfig, load_config
+from agent.evidence import spot_check
+from agent.ingest import grab_frame
 from agent.logs import setup_logging
+from agent.pipeline import camera_tiler
 from agent.privacy import PrivacyParams
 from agent.redact import redact
 from agent.ticket_signing import KEY_FILE, DeviceKey, public_pem
 from agent.typedtoml import ConfigError
 
 EXIT_CONFIG = 2
+EXIT_FAILED = 1
+# Ground point tables: the header names the datum.
+CSV_COLUMNS = {("x_px", "y_px", "lat", "lon"): WGS84, ("x_px", "y_px", "x_m", "y_m"): LOCAL_M}
 # Rule keys whose right value depends on the street more than on the rule: `check` names them
 # when a camera file leaves them at their defaults.
 SCENE_DEPENDENT = frozenset({"min_dwell_s", "clear_after_s"})
@@ -46,16 +59,33 @@ def main(argv: list[str] | None = None) -> int:
                              "e.g. for comparing with ground truth")
     sub.add_parser("key", help="print the box's public signing key (made if there is none yet) to enrol it "
                                "on the platform")
+    calibrate = sub.add_parser("calibrate", help="fit a camera's ground calibration from a table of points, "
+                                                 "save it and the frame as the view reference")
+    calibrate.add_argument("camera", help="camera id")
+    calibrate.add_argument("--points", type=Path, required=True,
+                           help="CSV with a header: x_px,y_px,lat,lon or x_px,y_px,x_m,y_m")
+    calibrate.add_argument("--datum", choices=calibration.DATUMS, help="default: what the header names")
+    calibrate.add_argument("--origin", type=_lat_lon, metavar="LAT,LON",
+                           help="lat,lon of the local frame's (0, 0); needed for x_m,y_m points")
+    snapshot = sub.add_parser("snapshot", help="one frame from a camera with its zones and detections, people "
+                                               "hidden as in evidence")
+    snapshot.add_argument("camera", help="camera id")
+    snapshot.add_argument("--out", type=Path, required=True, help="picture to write (.jpg or .png)")
     args = parser.parse_args(argv)
 
     try:
-        config = load_config(args.config)
+        # A broken calibration must not stop its own repair.
+        config = load_config(args.config, strict_calibration=args.command != "calibrate")
         setup_logging(config.agent.log_level, config.agent.log_format.value)
-        commands = {"run": cmd_run, "check": cmd_check, "replay": cmd_replay, "key": cmd_key}
+        commands = {"run": cmd_run, "check": cmd_check, "replay": cmd_replay, "key": cmd_key,
+                    "calibrate": cmd_calibrate, "snapshot": cmd_snapshot}
         return commands[args.command](config, args)
     except ConfigError as exc:
         print(f"edge-agent: config error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
+    except (CalibrationError, ConnectionError) as exc:
+        print(f"edge-agent: {args.command}: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def print_ticket(doc: dict) -> None:
@@ -109,6 +139,10 @@ def cmd_check(config: BoxConfig, args) -> int:
     for cam in config.cameras:
         print(f"camera {cam.id}: {redact(cam.url)} model {cam.model} at {cam.analysis_fps:g} fps, "
               f"grid {cam.grid_code} ({cam.lat}, {cam.lon}), people in evidence: {_privacy(cam.privacy)}")
+        if cam.calibration is not None:
+            cal = cam.calibration
+            print(f"  ground calibration: {cam.calibration_file} version {cal.version}, {len(cal.points)} points "
+                  f"on {cal.frame_size[0]}x{cal.frame_size[1]}, rms {cal.rms_px:.2f} px")
         if cam.password_in_file:
             print("  warning: its url holds the camera's password: move it to password_file or password_env, "
                   "camera files get copied and committed")
@@ -174,6 +208,78 @@ def cmd_replay(config: BoxConfig, args) -> int:
     print(f"replay: {health['frames_decoded']} frames decoded, {health['frames_analysed']} analysed, "
           f"{len(tickets)} ticket messages in {elapsed:.1f} s", file=sys.stderr)
     return 0 if health["analysis_errors"] == 0 else 1
+
+
+def cmd_calibrate(config: BoxConfig, args) -> int:
+    """Fit, show the error of every point, save the calibration (next version, old one kept as
+    .bak), name it in the camera file if it is not yet, and keep the frame as the view reference."""
+    cam = config.camera(args.camera)
+    points, datum = _read_points(args.points, args.datum)
+    frame = grab_frame(cam, SystemClock())
+    height, width = frame.image.shape[:2]
+    fitted = calibration.fit(points, datum, args.origin, (width, height))
+    print(f"calibrate {cam.id}: {len(points)} points on its {width}x{height} picture, datum {datum}")
+    for i, (point, error) in enumerate(zip(fitted.points, fitted.errors_px), 1):
+        print(f"  point {i}: pixel ({point.pixel[0]:g}, {point.pixel[1]:g}) ground "
+              f"({point.ground[0]:g}, {point.ground[1]:g}) error {error:.2f} px")
+    print(f"  rms {fitted.rms_px:.2f} px")
+    stored = store(config, cam, fitted, frame.image)
+    print(f"saved {stored.path} version {stored.calibration.version}"
+          + (f" (the old one: {stored.backup.name})" if stored.backup else ""))
+    if stored.camera_file_changed:
+        print(f"{cam.source_file}: calibration = {stored.path.name!r} added (the old file: {cam.source_file.name}.bak)")
+    print(f"view reference: {stored.reference} (a running agent takes both at its next start)")
+    return 0
+
+
+def _lat_lon(text: str) -> tuple[float, float]:
+    try:
+        lat, lon = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not lat,lon: {text!r}") from None
+    return lat, lon
+
+
+def _read_points(path: Path, datum: str | None) -> tuple[list[GroundPoint], str]:
+    """The CSV's points and the datum its header names (which --datum, if given, must agree with)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, "", f"cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    header = tuple(c.strip() for c in rows[0]) if rows else ()
+    if header not in CSV_COLUMNS:
+        raise ConfigError(path, "line 1", f"header must be {' or '.join(','.join(c) for c in CSV_COLUMNS)}, "
+                                          f"got {','.join(header) or 'nothing'}")
+    if datum is not None and datum != CSV_COLUMNS[header]:
+        raise ConfigError(path, "line 1", f"--datum {datum} but the header names {CSV_COLUMNS[header]} columns")
+    points = []
+    for line, row in enumerate(rows[1:], 2):
+        if not any(c.strip() for c in row):
+            continue
+        try:
+            x, y, a, b = (float(c) for c in row)
+        except ValueError:
+            raise ConfigError(path, f"line {line}", f"expected 4 numbers, got {','.join(row)}") from None
+        points.append(GroundPoint((x, y), (a, b)))
+    return points, CSV_COLUMNS[header]
+
+
+def cmd_snapshot(config: BoxConfig, args) -> int:
+    """What the agent sees now: the frame with zones and the detector's boxes, people hidden as
+    the camera's privacy says (as the platform's snapshot command does)."""
+    cam = config.camera(args.camera)
+    detector = load_detectors(dataclasses.replace(config, cameras=(cam,)))[cam.model]
+    check_privacy(cam, detector)
+    frame = grab_frame(cam, SystemClock())
+    detections = camera_tiler(cam, detector).detect(detector, frame.image, frame.ts)
+    picture = spot_check(frame.image, [zc.zone for zc in cam.zones], detections, cam.privacy)
+    if not cv2.imwrite(str(args.out), picture):
+        raise ConfigError(args.out, "", "cannot write the picture (is the folder there, the suffix .jpg or .png?)")
+    height, width = frame.image.shape[:2]
+    print(f"snapshot {cam.id}: {args.out} ({width}x{height}), {len(detections)} detections, "
+          f"{len(cam.zones)} zones")
+    return 0
 
 
 if __name__ == "__main__":
