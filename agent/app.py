@@ -47,10 +47,15 @@ JANITOR_INTERVAL_S = 30.0
 def load_detectors(config: BoxConfig) -> dict[str, Detector]:
     """The models the cameras use, each loaded once and shared (sha256 checked at load)."""
     used = {cam.model for cam in config.cameras}
-    return {
-        name: load_detector(m.manifest, m.threads, m.min_score, m.nms_iou)
+    detectors = {
+        name: load_detector(m.manifest, m.threads, m.min_score, m.nms_iou, m.providers)
         for name, m in config.models.items() if name in used
     }
+    for name, detector in detectors.items():
+        if detector.missing_providers:
+            log_event(log, "model_provider_missing", level=logging.WARNING, model=name,
+                      missing=",".join(detector.missing_providers), running_on=detector.providers[0])
+    return detectors
 
 
 def precision_risks(detectors: dict[str, Detector]) -> dict[str, str]:

@@ -110,7 +110,10 @@ def cmd_check(config: BoxConfig, args) -> int:
     for name, det in detectors.items():
         print(f"model {name}: {det.manifest.file.name} sha256 {det.sha256[:12]}… ok, "
               f"{len(det.class_names)} classes, input {det.manifest.input_size[0]}x{det.manifest.input_size[1]}, "
-              f"{det.manifest.precision.value}")
+              f"{det.manifest.precision.value}, runs on {det.providers[0]}")
+        if det.missing_providers:
+            print(f"  warning: {', '.join(det.missing_providers)} not in this onnxruntime build; "
+                  f"running on {det.providers[0]}")
         if name in risks:
             print(f"  warning: {risks[name]}")
     mqtt = config.mqtt

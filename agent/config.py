@@ -198,6 +198,10 @@ class ModelSection:
     threads: int = setting(2, ge=1, le=64, help="onnxruntime intra-op threads")
     min_score: float = setting(0.3, ge=0, le=1, help="Detections below this are dropped by the decoder")
     nms_iou: float = setting(0.5, gt=0, le=1, help="Per-class non-maximum suppression IoU")
+    providers: list[str] = setting(
+        factory=lambda: ["CPUExecutionProvider"],
+        help="onnxruntime execution providers in order of preference, e.g. [\"OpenVINOExecutionProvider\"]; "
+             "those this onnxruntime build lacks are skipped, and the CPU is always the last resort")
 
 
 @dataclass(frozen=True)

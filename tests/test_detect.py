@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.detect import load_detector
+from agent.cli import main
+from agent.detect import choose_providers, load_detector
 from agent.detect.manifest import cpu_flags, int8_risk, load_manifest
 from agent.detect import nanodet
-from tests.helpers import NANODET_MANIFEST, REPO
+from agent.typedtoml import ConfigError
+from tests.helpers import NANODET_MANIFEST, REPO, write_camera, write_edge
 from tests.onnx_fixtures import make_yolo_like_onnx
 from tools.import_model import yolo_manifest_text
 
@@ -106,3 +108,34 @@ def test_cpu_flags_are_read_from_the_flags_lines(tmp_path):
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_vnni\n\nprocessor\t: 1\nflags\t\t: fpu avx2\n")
     assert cpu_flags(cpuinfo) == {"fpu", "avx2", "avx512_vnni"}
     assert cpu_flags(tmp_path / "missing") == set()
+
+
+# --- execution providers (issue 10): a model setting, CPU the fallback ------------------------
+
+def test_choose_providers_keeps_the_order_asked_and_ends_with_the_cpu():
+    known = ["CUDAExecutionProvider", "OpenVINOExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers(["OpenVINOExecutionProvider", "CUDAExecutionProvider"],
+                            ["CUDAExecutionProvider", "OpenVINOExecutionProvider", "CPUExecutionProvider"], known) == (
+        ["OpenVINOExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"], [])
+    assert choose_providers(["CUDAExecutionProvider"], ["CPUExecutionProvider"], known) == (
+        ["CPUExecutionProvider"], ["CUDAExecutionProvider"])
+    with pytest.raises(ValueError, match="unknown execution provider 'CudaProvider'"):
+        choose_providers(["CudaProvider"], ["CPUExecutionProvider"], known)
+
+
+def test_a_provider_this_build_lacks_falls_back_to_the_cpu_and_check_says_so(tmp_path, capsys):
+    detector = load_detector(NANODET_MANIFEST, threads=1, providers=["CUDAExecutionProvider"])
+    assert detector.providers == ["CPUExecutionProvider"]
+    assert detector.missing_providers == ["CUDAExecutionProvider"]
+    assert len(detector.detect(np.zeros((576, 768, 3), np.uint8))) == 0  # it runs
+    edge = write_edge(tmp_path, [write_camera(tmp_path, "cam1", "/nonexistent/clip.mp4")])
+    edge.write_text(edge.read_text().replace("threads = 2", 'threads = 2\nproviders = ["CUDAExecutionProvider"]'))
+    assert main(["-c", str(edge), "check"]) == 0
+    out = capsys.readouterr().out
+    assert "runs on CPUExecutionProvider" in out
+    assert "warning: CUDAExecutionProvider not in this onnxruntime build; running on CPUExecutionProvider" in out
+
+
+def test_an_unknown_provider_name_is_a_config_error_naming_the_key():
+    with pytest.raises(ConfigError, match=r"providers: unknown execution provider 'CUDA'"):
+        load_detector(NANODET_MANIFEST, threads=1, providers=["CUDA"])

@@ -39,15 +39,34 @@ class Letterbox:
         return out
 
 
+CPU = "CPUExecutionProvider"
+
+
+def choose_providers(wanted: list[str], available: list[str], known: list[str]) -> tuple[list[str], list[str]]:
+    """(the providers to ask onnxruntime for, the wanted ones this build lacks). A name onnxruntime
+    does not know at all is a typo, not a missing build: ValueError. The CPU always comes last, so
+    a box whose accelerator library is missing still runs, slower, and says so."""
+    unknown = [p for p in wanted if p not in known]
+    if unknown:
+        raise ValueError(f"unknown execution provider {unknown[0]!r} (onnxruntime knows: {', '.join(known)})")
+    chosen = [p for p in wanted if p in available and p != CPU]
+    return chosen + [CPU], [p for p in wanted if p not in available]
+
+
 class Detector:
     def __init__(self, manifest: ModelManifest, manifest_path: Path, threads: int = 2,
-                 min_score: float = 0.3, nms_iou: float = 0.5):
+                 min_score: float = 0.3, nms_iou: float = 0.5, providers: list[str] | None = None):
         verify_model_file(manifest, manifest_path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(str(manifest.file), options, providers=["CPUExecutionProvider"])
+            chosen, self.missing_providers = choose_providers(
+                providers or [CPU], ort.get_available_providers(), ort.get_all_providers())
+        except ValueError as exc:
+            raise ConfigError(manifest_path, "providers", str(exc)) from None
+        try:
+            self.session = ort.InferenceSession(str(manifest.file), options, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
             raise ConfigError(manifest.file, "", f"onnxruntime cannot load the model: {exc}") from None
         self.manifest = manifest
@@ -70,6 +89,11 @@ class Detector:
     @property
     def name(self) -> str:
         return self.manifest.name
+
+    @property
+    def providers(self) -> list[str]:
+        """What the session really runs on, best first (onnxruntime may drop one it cannot start)."""
+        return self.session.get_providers()
 
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         m = self.manifest
@@ -116,6 +140,7 @@ def nms(xyxy: np.ndarray, score: np.ndarray, class_id: np.ndarray, min_score: fl
     return np.asarray(keep, dtype=np.int64).reshape(-1)
 
 
-def load_detector(manifest_path: Path, threads: int = 2, min_score: float = 0.3, nms_iou: float = 0.5) -> Detector:
+def load_detector(manifest_path: Path, threads: int = 2, min_score: float = 0.3, nms_iou: float = 0.5,
+                  providers: list[str] | None = None) -> Detector:
     manifest = load_manifest(manifest_path)
-    return Detector(manifest, manifest_path, threads, min_score, nms_iou)
+    return Detector(manifest, manifest_path, threads, min_score, nms_iou, providers)
