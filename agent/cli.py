@@ -44,6 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--start-time", type=_utc, default=None, metavar="ISO8601",
                         help="wall time of the file's first frame (default: now); fixes ticket times, "
                              "e.g. for comparing with ground truth")
+    page = sub.add_parser("calibrate-ui", help="serve the technician's calibration page (zones, rules, ground "
+                                                "points, live preview); loopback only unless given a token")
+    page.add_argument("--camera", action="append", default=[], metavar="ID", help="only this camera (repeatable)")
+    page.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1); any other "
+                                                          "needs a token")
+    page.add_argument("--port", type=int, default=8088)
+    page.add_argument("--token-file", type=Path, help="file whose first line is the page's token (mode 0600); "
+                                                      "default: the EDGE_UI_TOKEN environment variable")
     sub.add_parser("key", help="print the box's public signing key (made if there is none yet) to enrol it "
                                "on the platform")
     args = parser.parse_args(argv)
@@ -51,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         setup_logging(config.agent.log_level, config.agent.log_format.value)
-        commands = {"run": cmd_run, "check": cmd_check, "replay": cmd_replay, "key": cmd_key}
+        commands = {"run": cmd_run, "check": cmd_check, "replay": cmd_replay, "key": cmd_key,
+                    "calibrate-ui": cmd_calibrate_ui}
         return commands[args.command](config, args)
     except ConfigError as exc:
         print(f"edge-agent: config error: {redact(str(exc))}", file=sys.stderr)
@@ -136,6 +145,23 @@ def cmd_key(config: BoxConfig, args) -> int:
     key = DeviceKey.load_or_create(config.storage.dir / KEY_FILE)
     print(f"edge-agent {config.agent.id}: device key {key.key_id} (Ed25519), {key.path}", file=sys.stderr)
     print(public_pem(key.public), end="")
+    return 0
+
+
+def cmd_calibrate_ui(config: BoxConfig, args) -> int:
+    from agent.calibration_page import PageSettings, read_token, serve
+
+    try:
+        settings = PageSettings(args.bind, args.port, read_token(args.token_file), tuple(args.camera))
+        for camera_id in settings.cameras:
+            config.camera(camera_id)
+    except ValueError as exc:
+        print(f"edge-agent: calibrate-ui: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    serve(config, settings, stop=stop)
     return 0
 
 

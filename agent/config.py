@@ -45,6 +45,15 @@ from agent.zones import Zone
 __all__ = ["ConfigError", "BoxConfig", "CameraConfig", "load_config", "read_toml"]
 
 
+def is_loopback(host: str) -> bool:
+    """``host`` is this machine: ``localhost`` or a literal loopback address. A host name is not
+    resolved, so that a DNS answer cannot make a remote host "local"."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class LogFormat(str, Enum):
     LOGFMT = "logfmt"
     JSON = "json"
@@ -165,10 +174,7 @@ class MqttSection:
     @property
     def loopback(self) -> bool:
         """The broker runs on this box: its traffic never leaves the machine."""
-        try:
-            return self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
-        except ValueError:  # a host name; not resolved, so that a DNS answer cannot make it "local"
-            return False
+        return is_loopback(self.host)
 
     def insecure(self) -> str | None:
         """Why this transport can be read or impersonated on the network; None when it cannot."""
@@ -250,6 +256,10 @@ class CameraFile:
     loop: bool = setting(False, help="Files only: start again at the end")
     telemetry_interval_s: float = setting(10.0, ge=1, help="How often rules with telemetry (crowd) publish it")
     zones: dict[str, ZoneSection] = setting(factory=dict, help="Zones by id, each with its rule")
+    frame_size: tuple[int, int] | None = setting(
+        None, help="[width, height] of the picture the zone polygons were drawn on (the calibration page writes it)")
+    calibration: Path | None = setting(
+        None, help="The camera's ground calibration file (relative to the camera file), written by the calibration page")
     view_check: bool = setting(True, help="Compare the view with the calibration reference (moved, covered)")
     reference_image: Path | None = setting(
         None, help="Calibration reference frame; default: the first frame seen, saved in storage")
@@ -383,6 +393,14 @@ def load_config(path: str | Path) -> BoxConfig:
     command_key = load_key(edge.commands.key_file, path) if edge.commands else None
     return BoxConfig(path, edge.agent, edge.storage, edge.mqtt, edge.models, cameras, edge.tickets,
                      fault_categories, edge.commands, command_key, password)
+
+
+def load_camera(path: str | Path, edge_path: str | Path) -> CameraConfig:
+    """One camera file checked exactly as :func:`load_config` checks the box's cameras: the
+    calibration page validates a camera file before it replaces the one in use."""
+    edge_path = Path(edge_path)
+    edge = load_dataclass(EdgeFile, read_toml(edge_path), edge_path, base_dir=edge_path.parent)
+    return _load_camera(Path(path), edge, edge_path)
 
 
 def _mqtt_password(mqtt: MqttSection, path: Path) -> str | None:

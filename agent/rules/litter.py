@@ -224,6 +224,17 @@ class LitterRule:
         litter = self._visible(self._on_ground(obs.static_blobs), obs.detections)
         return _boxes(litter) if litter else None
 
+    def state_text(self, obs: Observation) -> str:
+        """What the rule is waiting for, for the calibration page's preview (call after update)."""
+        if self._open:
+            return f"ticket open: {self._count} object(s)"
+        since = self._watching_since if self._watching_since is not None else obs.ts
+        litter = self._visible(self._on_ground(obs.static_blobs), obs.detections)
+        if not litter:
+            return "no litter candidate"
+        dwell = max(obs.ts - max(b.static_since, since) for b in litter)
+        return f"litter candidate {dwell:.0f} s / {self.params.min_dwell_s:g} s"
+
     def update(self, obs: Observation) -> list[RuleEvent]:
         p, ts = self.params, obs.ts
         if self._watching_since is None:
