@@ -289,7 +289,11 @@ def _polygon(value, key: str) -> list[list[float]]:
     if not isinstance(value, list):
         raise PageError(HTTPStatus.UNPROCESSABLE_ENTITY, f"{key}: expected a list of points", key)
     # A tenth of a pixel is finer than a mouse: keep the file readable.
-    return [[round(x, 1), round(y, 1)] for x, y in (_pair(p, f"{key}[{i}]") for i, p in enumerate(value))]
+    def tidy(v: float) -> float | int:
+        v = round(v, 1)
+        return int(v) if v.is_integer() else v
+
+    return [[tidy(x), tidy(y)] for x, y in (_pair(p, f"{key}[{i}]") for i, p in enumerate(value))]
 
 
 class Handler(BaseHTTPRequestHandler):

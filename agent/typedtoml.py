@@ -187,12 +187,13 @@ def _optional(tp: Any) -> bool:
 
 
 def _kind(tp: Any) -> str:
-    """One of number, integer, boolean, string, list (of strings), choice:<a>|<b>, or other."""
+    """One of number, integer, boolean, string, list:<kind of its items>, choice:<a>|<b>, or other."""
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         tp = next(a for a in typing.get_args(tp) if a is not type(None))
     origin = typing.get_origin(tp)
     if origin in (list, tuple, frozenset):
-        return "list"
+        items = {a for a in typing.get_args(tp) if a is not Ellipsis}
+        return f"list:{_kind(items.pop())}" if len(items) == 1 else "other"
     if isinstance(tp, type) and issubclass(tp, Enum):
         return "choice:" + "|".join(str(m.value) for m in tp)
     return {float: "number", int: "integer", bool: "boolean", str: "string", Path: "string"}.get(tp, "other")

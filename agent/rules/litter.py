@@ -227,7 +227,7 @@ class LitterRule:
     def state_text(self, obs: Observation) -> str:
         """What the rule is waiting for, for the calibration page's preview (call after update)."""
         if self._open:
-            return f"ticket open: {self._count} object(s)"
+            return f"dwell reached (a ticket is open): {self._count} object(s)"
         since = self._watching_since if self._watching_since is not None else obs.ts
         litter = self._visible(self._on_ground(obs.static_blobs), obs.detections)
         if not litter:

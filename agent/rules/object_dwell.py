@@ -67,7 +67,7 @@ class ObjectDwellRule:
         """What the rule is waiting for, for the calibration page's preview (call after update)."""
         what = "/".join(sorted(self.params.classes))
         if self._open:
-            return f"ticket open: {what} in the zone"
+            return f"dwell reached (a ticket is open): {what} in the zone"
         if self._first_seen is None:
             return f"no {what} in the zone"
         return f"{what} in the zone {obs.ts - self._first_seen:.0f} s / {self.params.min_dwell_s:g} s"

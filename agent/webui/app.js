@@ -292,7 +292,11 @@ function collectRule() {
     const type = input.dataset.type;
     if (type === "number" || type === "integer") rule[input.name] = Number.isFinite(Number(text)) ? Number(text) : text;
     else if (type === "boolean") rule[input.name] = text === "true";
-    else if (type === "list") rule[input.name] = text.split(",").map(s => s.trim()).filter(Boolean);
+    else if (type.startsWith("list:")) {
+      const items = text.split(",").map(s => s.trim()).filter(Boolean);
+      const numeric = type === "list:number" || type === "list:integer";
+      rule[input.name] = numeric ? items.map(s => (Number.isFinite(Number(s)) ? Number(s) : s)) : items;
+    }
     else rule[input.name] = text;
   }
   zone.rule = rule;
