@@ -27,6 +27,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from agent import calibration
+from agent.calibration import CalibrationError, GroundCalibration
 from agent.command_auth import CommandKey, CommandsSection, load_key
 from agent.detect.manifest import load_manifest
 from agent.faults import DEFAULT_CATEGORIES, Fault
@@ -243,6 +245,9 @@ class CameraFile:
     url: str = setting(help="rtsp://user@host/... or a video file path (relative to the camera file); "
                             "its password goes in password_file or password_env")
     location: LocationSection = setting(help="Where the camera looks: lat, lon, grid_code")
+    calibration: Path | None = setting(
+        None, help="Ground calibration file (<camera>.calibration.toml, relative to the camera file): "
+                   "tickets then carry the object's lat/lon and crowd zones their area in m²")
     password_file: Path | None = setting(
         None, help="File whose first line is the camera's password, put into the url at start; mode 0600")
     password_env: str | None = setting(None, help="Name of the environment variable holding the camera's password")
@@ -316,6 +321,7 @@ class CameraConfig:
     privacy: PrivacyParams = PrivacyParams()
     password_file: Path | None = None  # the camera's password comes from here
     password_in_file: bool = False  # the camera file's url itself holds a password: that file is a secret
+    calibration: GroundCalibration | None = None  # pixels -> ground; None: tickets carry the camera's lat/lon
 
     def privacy_for(self, zone_id: str | None) -> PrivacyParams:
         """How pictures about ``zone_id`` hide people: the zone's override, else the camera's
@@ -454,7 +460,8 @@ def _load_camera(path: Path, edge: EdgeFile, edge_path: Path) -> CameraConfig:
         names = sorted(known) + [f.value for f in Fault]
         raise ConfigError(edge_path, f"categories.{unknown[0]}", f"unknown rule or fault (known: {', '.join(names)})")
     tz = ZoneInfo(edge.agent.timezone)
-    zones = tuple(_load_zone(path, zone_id, section, edge, tz) for zone_id, section in raw.zones.items())
+    ground = _load_calibration(raw.calibration, path)
+    zones = tuple(_load_zone(path, zone_id, section, edge, tz, ground) for zone_id, section in raw.zones.items())
     return CameraConfig(
         id=raw.id, name=raw.name or raw.id, url=url, source_file=path, model=raw.model,
         analysis_fps=raw.analysis_fps, read_timeout_s=raw.read_timeout_s, realtime=raw.realtime,
@@ -463,8 +470,16 @@ def _load_camera(path: Path, edge: EdgeFile, edge_path: Path) -> CameraConfig:
         telemetry_interval_s=raw.telemetry_interval_s,
         reference_image=raw.reference_image, tamper=raw.tamper, tracker=raw.tracker, scene=raw.scene,
         tiling=raw.tiling, zone_crops=raw.zone_crops, privacy=raw.privacy,
-        password_file=raw.password_file, password_in_file=password_in_file,
+        password_file=raw.password_file, password_in_file=password_in_file, calibration=ground,
     )
+
+
+def _load_calibration(file: Path | None, path: Path) -> GroundCalibration | None:
+    if file is None:
+        return None
+    if not file.is_file():
+        raise ConfigError(path, "calibration", f"file not found: {file}")
+    return calibration.load(file)  # its own errors name that file and its key
 
 
 def _with_password(url: str, password: str, path: Path) -> str:
@@ -479,7 +494,8 @@ def _with_password(url: str, password: str, path: Path) -> str:
     return urlunsplit(parts._replace(netloc=f"{userinfo}:{quote(password, safe='')}@{hostport}"))
 
 
-def _load_zone(path: Path, zone_id: str, section: ZoneSection, edge: EdgeFile, tz: ZoneInfo) -> ZoneConfig:
+def _load_zone(path: Path, zone_id: str, section: ZoneSection, edge: EdgeFile, tz: ZoneInfo,
+               ground: GroundCalibration | None) -> ZoneConfig:
     key = f"zones.{zone_id}"
     if len(section.polygon) < 3:
         raise ConfigError(path, f"{key}.polygon", f"needs at least 3 points, got {len(section.polygon)}")
@@ -489,8 +505,10 @@ def _load_zone(path: Path, zone_id: str, section: ZoneSection, edge: EdgeFile, t
     if rule_type not in known:
         raise ConfigError(path, f"{key}.rule.type",
                           f"unknown rule {rule_type!r} (known: {', '.join(sorted(known))})")
-    params = load_dataclass(known[rule_type].params, rule, path, f"{key}.rule", base_dir=path.parent)
     polygon = np.asarray(section.polygon, dtype=np.float32)
+    if ground is not None:
+        rule = _with_ground_area(rule, known[rule_type].params, polygon, ground, path, key)
+    params = load_dataclass(known[rule_type].params, rule, path, f"{key}.rule", base_dir=path.parent)
     if section.category is not None:
         category = section.category.category()
     elif rule_type in edge.categories:
@@ -498,5 +516,24 @@ def _load_zone(path: Path, zone_id: str, section: ZoneSection, edge: EdgeFile, t
     else:
         category = known[rule_type].category
     schedule = Schedule(tuple(w.window() for w in section.schedule), tz) if section.schedule else None
-    defaulted = tuple(f.name for f in dataclasses.fields(params) if f.name not in rule)
+    defaulted = tuple(f.name for f in dataclasses.fields(params) if f.name not in section.rule)
     return ZoneConfig(Zone(zone_id, polygon), rule_type, params, category, schedule, defaulted, section.privacy)
+
+
+def _with_ground_area(rule: dict, params: type, polygon: np.ndarray, ground: GroundCalibration,
+                      path: Path, key: str) -> dict:
+    """The rule's table with the zone's ground area from the calibration, for rules whose Params
+    name a ``GROUND_AREA`` key (crowd's area_m2), unless the zone gives that key itself. The
+    flat-ground guesses it supersedes (``GROUND_AREA_REPLACES``, crowd's px_per_m2) give way.
+
+    The polygon and the calibration points are pixels of the same picture: the calibration's
+    ``frame_size`` (the calibration page draws both on one frame)."""
+    area_key = getattr(params, "GROUND_AREA", None)
+    if area_key is None or area_key in rule:
+        return rule
+    try:
+        area = ground.area_m2(polygon)
+    except CalibrationError as exc:
+        raise ConfigError(path, f"{key}.polygon", f"no ground area from the calibration: {exc}") from None
+    kept = {k: v for k, v in rule.items() if k not in params.GROUND_AREA_REPLACES}
+    return kept | {area_key: area}

@@ -27,6 +27,7 @@ from enum import Enum
 
 import numpy as np
 
+from agent.calibration import CalibrationError, GroundCalibration
 from agent.config import CameraConfig, TicketsSection
 from agent.evidence import Evidence, EvidenceStore, annotate
 from agent.faults import CAMERA_ZONE, WHOLE_PICTURE, Fault
@@ -36,7 +37,7 @@ from agent.privacy import anonymise, obscure, regions
 from agent.rules import Category
 from agent.ticket_signing import DeviceKey
 from agent.topics import Topics
-from agent.types import Detections, EventKind, RuleEvent
+from agent.types import Detections, EventKind, RuleEvent, bottom_centres
 
 SCHEMA_ID = "edge-agent/ticket"
 SCHEMA_VERSION = "1.0"
@@ -121,6 +122,7 @@ class TicketBook:
                            | {(CAMERA_ZONE, f.value): c for f, c in fault_categories.items()})
         self._lock = threading.RLock()
         self._mutes = self._load_mutes()
+        self._ground: dict[tuple[int, int], GroundCalibration | None] = {}  # the calibration per picture size
 
     # --- reading ------------------------------------------------------------------------------
     def get(self, ticket_id: str) -> Ticket:
@@ -342,10 +344,48 @@ class TicketBook:
             "frame_size": [int(shape[1]), int(shape[0])],
             "boxes": _boxes(event.boxes),
             "facts": dict(event.facts),
-            "location": {"lat": cam.lat, "lon": cam.lon, "grid_code": cam.grid_code},
+            "location": self._location(event, shape),
             "model": {"name": self.model.name, "sha256": self.model.sha256},
             "evidence": [],
         }
+
+    def _location(self, event: RuleEvent, shape: tuple) -> dict:
+        """Where the ticket is: the camera's configured lat/lon; on a calibrated camera the ground
+        under the event's one box (its bottom centre, where it stands) or, for events of several
+        boxes or none (a crowd, a row of bikes), the zone's centroid on the ground, with the
+        camera's own position and the calibration kept beside it (docs/messages.md)."""
+        cam = self.camera
+        location = {"lat": cam.lat, "lon": cam.lon, "grid_code": cam.grid_code}
+        if cam.calibration is None:
+            return location
+        location |= {"position": "camera", "camera": {"lat": cam.lat, "lon": cam.lon},
+                     "calibration": {"version": cam.calibration.version, "rms_px": round(cam.calibration.rms_px, 2)}}
+        ground = self._ground_for((int(shape[1]), int(shape[0])))
+        if ground is None or event.zone == CAMERA_ZONE:
+            return location  # a camera fault is about the camera
+        try:
+            if len(event.boxes) == 1:
+                (x, y), = bottom_centres(event.boxes)
+                position, (lat, lon) = "object", ground.to_lat_lon(float(x), float(y))
+            else:
+                position, (lat, lon) = "zone", ground.frame.to_lat_lon(*ground.centroid_m(self.zones[event.zone].polygon))
+        except CalibrationError as exc:  # a box or zone reaching above the horizon
+            log_event(log, "ground_position_unknown", level=logging.WARNING, camera=cam.id, zone=event.zone,
+                      reason=str(exc))
+            return location
+        return location | {"lat": round(lat, 7), "lon": round(lon, 7), "position": position}
+
+    def _ground_for(self, size: tuple[int, int]) -> GroundCalibration | None:
+        """The calibration scaled to the stream's picture size, worked out once per size; None
+        (and said once) when it cannot be: tickets then carry the camera's position."""
+        if size not in self._ground:
+            try:
+                self._ground[size] = self.camera.calibration.for_frame_size(size)
+            except CalibrationError as exc:
+                log_event(log, "calibration_unusable", level=logging.WARNING, camera=self.camera.id,
+                          reason=str(exc))
+                self._ground[size] = None
+        return self._ground[size]
 
     def _send(self, ticket: Ticket, event: str, status: Status, ts: float, *, facts: RuleEvent | None = None,
               evidence: list[Evidence] = (), reason: str | None = None, verification: dict | None = None,

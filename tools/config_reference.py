@@ -19,6 +19,7 @@ import typing
 from enum import Enum
 from pathlib import Path
 
+from agent.calibration import CalibrationFile, PointSection
 from agent.command_auth import CommandsSection
 from agent.config import AgentSection, CameraFile, EdgeFile, LocationSection, ModelSection, MqttSection, \
     StorageSection, ZoneSection
@@ -49,6 +50,8 @@ SECTIONS = [
     ("camera file [zone_crops] (small objects in bike zones)", ZoneCropParams),
     ("camera file [tiling] (grid tiles over the whole frame)", TilingParams),
     ("camera file [privacy] and [zones.<id>.privacy] (people hidden in evidence)", PrivacyParams),
+    ("calibration file (top level; docs/calibration.md)", CalibrationFile),
+    ("calibration file [[points]]", PointSection),
 ]
 
 

@@ -1,8 +1,9 @@
 """People per square metre in a zone, graded into alert levels 1-3, with a heat map of where they stand.
 
 Each analysed frame the rule counts the people whose box bottom centre (their feet) is in the zone
-and divides by the zone's ground area in m²: ``area_m2`` when it is known from calibration, or the
-zone's pixel area over ``px_per_m2`` until then (one scale for the whole zone, which is only fair
+and divides by the zone's ground area in m²: ``area_m2`` when it is known (given, or from the
+camera's ground calibration, agent/calibration.py, which fills it in), or the zone's pixel area
+over ``px_per_m2`` until then (one scale for the whole zone, which is only fair
 for a zone shallow in depth; a zone reaching far from the camera needs ``area_m2``).
 
 **Levels and why they do not flap.** ``levels`` are three densities in people per m² (not
@@ -37,6 +38,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -78,11 +80,17 @@ class Params:
         300.0, gt=0, help="Time constant, in seconds, over which the heat map forgets")
     heat_cell_px: int = setting(16, ge=1, help="Heat map cell size in frame pixels")
 
+    # A calibrated camera's config fills area_m2 from the zone's polygon on the ground when the zone
+    # leaves it out; the flat-ground px_per_m2 then gives way (agent/config.py).
+    GROUND_AREA: ClassVar[str] = "area_m2"
+    GROUND_AREA_REPLACES: ClassVar[tuple[str, ...]] = ("px_per_m2",)
+
     def __post_init__(self):
         if not 0 < self.levels[0] < self.levels[1] < self.levels[2]:
             raise ValueError(f"levels: need 0 < level 1 < level 2 < level 3, got {list(self.levels)}")
         if (self.area_m2 is None) == (self.px_per_m2 is None):
-            raise ValueError("give exactly one of area_m2 and px_per_m2")
+            raise ValueError("give exactly one of area_m2 and px_per_m2 (or calibrate the camera: its "
+                             "calibration gives area_m2)")
         if not self.classes:
             raise ValueError("classes: must name at least one class")
 
