@@ -38,7 +38,7 @@ from urllib.parse import parse_qs, urlsplit
 import cv2
 import numpy as np
 
-from agent import camera_file
+from agent import calibration as ground, camera_file
 from agent.config import BoxConfig, CameraConfig, ConfigError, is_loopback, read_toml
 from agent.detect import Detector, load_detector
 from agent.logs import log_event
@@ -212,8 +212,6 @@ class CalibrationPage:
     def fit_calibration(self, camera_id: str, body: dict) -> dict:
         """Fit the ground homography to the clicked points, save it as a new version, and keep the
         frame it was clicked on as the view check's reference."""
-        from agent import calibration as ground  # the ground calibration (issue 8, cal-core)
-
         state = self.state(camera_id)
         frame = state.current_frame()
         height, width = frame.shape[:2]
@@ -228,7 +226,7 @@ class CalibrationPage:
             raise PageError(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc), "points") from None
         raw = read_toml(state.camera.source_file)
         path = self.calibration_path(state.camera, raw)
-        version = int(read_toml(path).get("version", 0)) + 1 if path.is_file() else 1
+        version = ground.next_version(path)
         ground.save(path, fitted, version)
         reference = self._save_reference(state.camera, frame)
         if raw.get("calibration") is None:

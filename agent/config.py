@@ -263,8 +263,6 @@ class CameraFile:
     zones: dict[str, ZoneSection] = setting(factory=dict, help="Zones by id, each with its rule")
     frame_size: tuple[int, int] | None = setting(
         None, help="[width, height] of the picture the zone polygons were drawn on (the calibration page writes it)")
-    calibration: Path | None = setting(
-        None, help="The camera's ground calibration file (relative to the camera file), written by the calibration page")
     view_check: bool = setting(True, help="Compare the view with the calibration reference (moved, covered)")
     reference_image: Path | None = setting(
         None, help="Calibration reference frame; default: the first frame seen, saved in storage")

@@ -285,6 +285,7 @@ function fieldInput(f, value) {
 function collectRule() {
   const zone = state.zones[state.selected];
   if (!zone) return;
+  zone.id = $("zone-id").value.trim() || zone.id;
   const rule = {type: zone.rule.type};
   for (const input of $("rule-form").querySelectorAll("input, select")) {
     const text = input.value.trim();
