@@ -455,10 +455,7 @@ function bindControls() {
   $("finish-zone").addEventListener("click", finishZone);
   $("delete-zone").addEventListener("click", deleteZone);
   $("zone-list").addEventListener("change", () => { collectRule(); select(Number($("zone-list").value)); });
-  $("zone-id").addEventListener("change", () => {
-    const zone = state.zones[state.selected];
-    if (zone) { zone.id = $("zone-id").value.trim(); select(state.selected); }
-  });
+  $("zone-id").addEventListener("change", () => { collectRule(); select(state.selected); });
   $("rule-type").addEventListener("change", () => {
     const zone = state.zones[state.selected];
     if (zone) { zone.rule = {type: $("rule-type").value}; select(state.selected); }
