@@ -78,8 +78,11 @@ function draw() {
   ctx.clearRect(0, 0, canvas.width, canvas.height);
   ctx.lineWidth = 2 * scale;
   ctx.font = `${13 * scale}px system-ui, sans-serif`;
-  if (state.mode === "zones" || !previewOn()) {
+  if (!previewOn()) {
     state.zones.forEach((z, i) => polygon(ctx, z.polygon, i === state.selected ? "#ffd700" : "#00bcd4", true, scale, z.id));
+  } else if (state.mode === "zones" && state.zones[state.selected]) {
+    // The preview draws the saved zones and their states itself: only the corners being edited.
+    polygon(ctx, state.zones[state.selected].polygon, "#ffd700", true, scale, "");
   }
   if (state.drawing) polygon(ctx, state.drawing, "#ff9800", false, scale, "");
   if (state.mode === "ground") {
