@@ -23,7 +23,7 @@ from agent.config import BoxConfig, CameraConfig, ConfigError
 from agent.detect import Detector, load_detector
 from agent.detect.manifest import cpu_flags, int8_risk
 from agent.evidence import EvidenceStore
-from agent.faults import OfflineWatch
+from agent.faults import REFERENCE_DIR, OfflineWatch
 from agent.health import CameraHealth
 from agent.ingest import CameraWorker
 from agent.logs import log_event
@@ -113,7 +113,7 @@ class Agent:
                                             self.topics, self.outbox, self.evidence, config.tickets, chunk_bytes,
                                             config.fault_categories, self.device_key)
             self.pipelines[cam.id] = CameraPipeline(cam, detector, self.books[cam.id], self.health[cam.id],
-                                                    storage / "reference", ticket_hook, self.trails.get(cam.id))
+                                                    storage / REFERENCE_DIR, ticket_hook, self.trails.get(cam.id))
         self.commands = CommandHandler(config.agent.id, self.topics, self.outbox, self.evidence, self.clock,
                                        self.books, self.pipelines, chunk_bytes, self._command_auth())
         self._requests: queue.Queue[Request | None] = queue.Queue(maxsize=1000)

@@ -39,10 +39,13 @@ import cv2
 import numpy as np
 
 from agent import calibration as ground, camera_file
-from agent.config import BoxConfig, CameraConfig, ConfigError, is_loopback, read_toml
+from agent.config import BoxConfig, CameraConfig, ConfigError, is_loopback, load_camera, read_toml
+from agent.clock import SystemClock
 from agent.detect import Detector, load_detector
+from agent.faults import REFERENCE_DIR, save_reference, saved_reference
+from agent.ingest import grab_frame
 from agent.logs import log_event
-from agent.preview import Preview, grab_frame
+from agent.preview import Preview
 from agent.rules import rule_types
 from agent.typedtoml import describe
 
@@ -104,7 +107,7 @@ class CameraState:
     def current_frame(self, refresh: bool = False) -> np.ndarray:
         with self.lock:
             if self.frame is None or refresh:
-                self.frame = grab_frame(self.camera)
+                self.frame = grab_frame(self.camera, SystemClock()).image
             return self.frame
 
     def stop_preview(self) -> None:
@@ -164,14 +167,15 @@ class CalibrationPage:
                  for zid, z in raw.get("zones", {}).items()}
         return {"id": state.camera.id, "name": state.camera.name, "frame_size": [width, height],
                 "grid_code": raw.get("location", {}).get("grid_code", ""), "zones": zones,
-                "calibration": self._calibration_doc(state.camera, raw)}
+                "calibration": self._calibration_doc(state.camera)}
 
-    def calibration_path(self, camera: CameraConfig, raw: dict) -> Path:
-        name = raw.get("calibration") or f"{camera.id}.calibration.toml"
-        return camera.source_file.parent / name
+    def calibration_path(self, camera: CameraConfig) -> Path:
+        """The camera's calibration file: the one it names, else ``<camera file>.calibration.toml``
+        beside it (as ``edge-agent calibrate`` names it)."""
+        return camera.calibration_file or camera.source_file.with_name(f"{camera.source_file.stem}.calibration.toml")
 
-    def _calibration_doc(self, camera: CameraConfig, raw: dict) -> dict | None:
-        path = self.calibration_path(camera, raw)
+    def _calibration_doc(self, camera: CameraConfig) -> dict | None:
+        path = self.calibration_path(camera)
         if not path.is_file():
             return None
         doc = read_toml(path)
@@ -224,29 +228,24 @@ class CalibrationPage:
             fitted = ground.fit(points, datum, origin, (width, height))
         except ground.CalibrationError as exc:
             raise PageError(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc), "points") from None
-        raw = read_toml(state.camera.source_file)
-        path = self.calibration_path(state.camera, raw)
+        path = self.calibration_path(state.camera)
         version = ground.next_version(path)
         ground.save(path, fitted, version)
-        reference = self._save_reference(state.camera, frame)
-        if raw.get("calibration") is None:
-            raw["calibration"] = path.name
+        # The view check compares with the picture the points were clicked on: the camera's
+        # reference_image if it names one, else the file the agent itself keeps in storage.
+        reference = (state.camera.reference_image
+                     or saved_reference(self.config.storage.dir / REFERENCE_DIR, state.camera.id))
+        save_reference(reference, frame)
+        if state.camera.calibration_file is None:
+            raw = read_toml(state.camera.source_file)
+            raw["calibration"] = os.path.relpath(path, state.camera.source_file.parent)
             self._save(state, raw)
+        else:  # the same file, a new fit: what the camera maps to the ground changed
+            state.camera = load_camera(state.camera.source_file, self.config.source_file)
         log_event(log, "calibration_saved", camera=camera_id, path=path, version=version,
                   rms_px=round(fitted.rms_px, 2))
         return {"file": str(path), "version": version, "errors_px": [float(e) for e in fitted.errors_px],
                 "rms_px": float(fitted.rms_px), "reference": str(reference)}
-
-    def _save_reference(self, camera: CameraConfig, frame: np.ndarray) -> Path:
-        """The view check's reference: the camera's ``reference_image`` if it names one, else the
-        file the agent itself keeps in storage (agent/faults.py ViewGuard)."""
-        path = camera.reference_image or self.config.storage.dir / "reference" / f"{camera.id}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ok, jpeg = cv2.imencode(path.suffix or ".jpg", frame)
-        tmp = path.with_name(f".{path.name}.new")
-        tmp.write_bytes(jpeg.tobytes())
-        os.replace(tmp, path)
-        return path
 
     def preview(self, camera_id: str) -> dict:
         state = self.state(camera_id)

@@ -1,11 +1,15 @@
 """``edge-agent``: run the agent, check a box's config, replay footage through a camera's rules,
-print the box's public key for enrolment on the platform."""
+print the box's public key for enrolment on the platform; for technicians without the page,
+calibrate a camera's ground from a table of points and take an annotated snapshot."""
 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
+import os
+import re
 import signal
 import stat
 import sys
@@ -15,16 +19,27 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import cv2
+
+from agent import calibration
 from agent.app import Agent, check_privacy, load_detectors, precision_risks
-from agent.clock import ManualClock
-from agent.config import BoxConfig, load_config
+from agent.calibration import LOCAL_M, WGS84, CalibrationError, GroundPoint
+from agent.clock import ManualClock, SystemClock
+from agent.config import BoxConfig, CameraConfig, load_config
+from agent.evidence import spot_check
+from agent.faults import REFERENCE_DIR, save_reference, saved_reference
+from agent.ingest import grab_frame
 from agent.logs import setup_logging
+from agent.pipeline import camera_tiler
 from agent.privacy import PrivacyParams
 from agent.redact import redact
 from agent.ticket_signing import KEY_FILE, DeviceKey, public_pem
 from agent.typedtoml import ConfigError
 
 EXIT_CONFIG = 2
+EXIT_FAILED = 1
+# Ground point tables: the header names the datum.
+CSV_COLUMNS = {("x_px", "y_px", "lat", "lon"): WGS84, ("x_px", "y_px", "x_m", "y_m"): LOCAL_M}
 # Rule keys whose right value depends on the street more than on the rule: `check` names them
 # when a camera file leaves them at their defaults.
 SCENE_DEPENDENT = frozenset({"min_dwell_s", "clear_after_s"})
@@ -54,17 +69,33 @@ def main(argv: list[str] | None = None) -> int:
                                                       "default: the EDGE_UI_TOKEN environment variable")
     sub.add_parser("key", help="print the box's public signing key (made if there is none yet) to enrol it "
                                "on the platform")
+    calibrate = sub.add_parser("calibrate", help="fit a camera's ground calibration from a table of points, "
+                                                 "save it and the frame as the view reference")
+    calibrate.add_argument("camera", help="camera id")
+    calibrate.add_argument("--points", type=Path, required=True,
+                           help="CSV with a header: x_px,y_px,lat,lon or x_px,y_px,x_m,y_m")
+    calibrate.add_argument("--datum", choices=calibration.DATUMS, help="default: what the header names")
+    calibrate.add_argument("--origin", type=_lat_lon, metavar="LAT,LON",
+                           help="lat,lon of the local frame's (0, 0); needed for x_m,y_m points")
+    snapshot = sub.add_parser("snapshot", help="one frame from a camera with its zones and detections, people "
+                                               "hidden as in evidence")
+    snapshot.add_argument("camera", help="camera id")
+    snapshot.add_argument("--out", type=Path, required=True, help="picture to write (.jpg or .png)")
     args = parser.parse_args(argv)
 
     try:
-        config = load_config(args.config)
+        # A broken calibration must not stop its own repair.
+        config = load_config(args.config, strict_calibration=args.command not in ("calibrate", "calibrate-ui"))
         setup_logging(config.agent.log_level, config.agent.log_format.value)
         commands = {"run": cmd_run, "check": cmd_check, "replay": cmd_replay, "key": cmd_key,
-                    "calibrate-ui": cmd_calibrate_ui}
+                    "calibrate": cmd_calibrate, "snapshot": cmd_snapshot, "calibrate-ui": cmd_calibrate_ui}
         return commands[args.command](config, args)
     except ConfigError as exc:
         print(f"edge-agent: config error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
+    except (CalibrationError, ConnectionError) as exc:
+        print(f"edge-agent: {args.command}: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def print_ticket(doc: dict) -> None:
@@ -118,6 +149,10 @@ def cmd_check(config: BoxConfig, args) -> int:
     for cam in config.cameras:
         print(f"camera {cam.id}: {redact(cam.url)} model {cam.model} at {cam.analysis_fps:g} fps, "
               f"grid {cam.grid_code} ({cam.lat}, {cam.lon}), people in evidence: {_privacy(cam.privacy)}")
+        if cam.calibration is not None:
+            cal = cam.calibration
+            print(f"  ground calibration: {cam.calibration_file} version {cal.version}, {len(cal.points)} points "
+                  f"on {cal.frame_size[0]}x{cal.frame_size[1]}, rms {cal.rms_px:.2f} px")
         if cam.password_in_file:
             print("  warning: its url holds the camera's password: move it to password_file or password_env, "
                   "camera files get copied and committed")
@@ -200,6 +235,115 @@ def cmd_replay(config: BoxConfig, args) -> int:
     print(f"replay: {health['frames_decoded']} frames decoded, {health['frames_analysed']} analysed, "
           f"{len(tickets)} ticket messages in {elapsed:.1f} s", file=sys.stderr)
     return 0 if health["analysis_errors"] == 0 else 1
+
+
+def cmd_calibrate(config: BoxConfig, args) -> int:
+    """Fit, show the error of every point, save the calibration (next version, old one kept as
+    .bak), name it in the camera file if it is not yet, and keep the frame as the view reference."""
+    cam = config.camera(args.camera)
+    points, datum = _read_points(args.points, args.datum)
+    frame = grab_frame(cam, SystemClock())
+    height, width = frame.image.shape[:2]
+    fitted = calibration.fit(points, datum, args.origin, (width, height))
+    print(f"calibrate {cam.id}: {len(points)} points on its {width}x{height} picture, datum {datum}")
+    for i, (point, error) in enumerate(zip(fitted.points, fitted.errors_px), 1):
+        print(f"  point {i}: pixel ({point.pixel[0]:g}, {point.pixel[1]:g}) ground "
+              f"({point.ground[0]:g}, {point.ground[1]:g}) error {error:.2f} px")
+    print(f"  rms {fitted.rms_px:.2f} px")
+    path = cam.calibration_file or cam.source_file.with_name(f"{cam.source_file.stem}.calibration.toml")
+    saved = calibration.save(path, fitted, calibration.next_version(path))
+    print(f"saved {path} version {saved.version}" + (f" (the old one: {path.name}.bak)"
+                                                     if path.with_name(path.name + ".bak").exists() else ""))
+    if cam.calibration_file is None:
+        _name_calibration(cam, path, args.config)
+    reference = cam.reference_image or saved_reference(config.storage.dir / REFERENCE_DIR, cam.id)
+    save_reference(reference, frame.image)
+    print(f"view reference: {reference} (a running agent compares with it from its next start)")
+    return 0
+
+
+def _lat_lon(text: str) -> tuple[float, float]:
+    try:
+        lat, lon = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not lat,lon: {text!r}") from None
+    return lat, lon
+
+
+def _read_points(path: Path, datum: str | None) -> tuple[list[GroundPoint], str]:
+    """The CSV's points and the datum its header names (which --datum, if given, must agree with)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, "", f"cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    header = tuple(c.strip() for c in rows[0]) if rows else ()
+    if header not in CSV_COLUMNS:
+        raise ConfigError(path, "line 1", f"header must be {' or '.join(','.join(c) for c in CSV_COLUMNS)}, "
+                                          f"got {','.join(header) or 'nothing'}")
+    if datum is not None and datum != CSV_COLUMNS[header]:
+        raise ConfigError(path, "line 1", f"--datum {datum} but the header names {CSV_COLUMNS[header]} columns")
+    points = []
+    for line, row in enumerate(rows[1:], 2):
+        if not any(c.strip() for c in row):
+            continue
+        try:
+            x, y, a, b = (float(c) for c in row)
+        except ValueError:
+            raise ConfigError(path, f"line {line}", f"expected 4 numbers, got {','.join(row)}") from None
+        points.append(GroundPoint((x, y), (a, b)))
+    return points, CSV_COLUMNS[header]
+
+
+def _name_calibration(cam: CameraConfig, calibration_path: Path, edge_path: Path) -> None:
+    """Add ``calibration = "<file>"`` to the camera file with the least change: one line among
+    the top-level keys, before the first table (and the comments heading it); the rest of the
+    file stays as written. Written atomically, the old file kept as .bak, and undone if the box's
+    config no longer loads."""
+    path = cam.source_file
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines(keepends=True)
+    at = next((i for i, line in enumerate(lines) if re.match(r"\s*\[", line)), len(lines))
+    while at > 0 and (not lines[at - 1].strip() or lines[at - 1].lstrip().startswith("#")):
+        at -= 1
+    if at > 0 and not lines[at - 1].endswith("\n"):
+        lines[at - 1] += "\n"
+    lines.insert(at, f"calibration = {json.dumps(os.path.relpath(calibration_path, path.parent))}\n")
+    backup = path.with_name(path.name + ".bak")
+    _write_atomically(backup, text)
+    _write_atomically(path, "".join(lines))
+    try:
+        load_config(edge_path)
+    except ConfigError:
+        _write_atomically(path, text)
+        raise
+    print(f"{path}: calibration = {calibration_path.name!r} added (the old file: {backup.name})")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def cmd_snapshot(config: BoxConfig, args) -> int:
+    """What the agent sees now: the frame with zones and the detector's boxes, people hidden as
+    the camera's privacy says (as the platform's snapshot command does)."""
+    cam = config.camera(args.camera)
+    detector = load_detectors(dataclasses.replace(config, cameras=(cam,)))[cam.model]
+    check_privacy(cam, detector)
+    frame = grab_frame(cam, SystemClock())
+    detections = camera_tiler(cam, detector).detect(detector, frame.image, frame.ts)
+    picture = spot_check(frame.image, [zc.zone for zc in cam.zones], detections, cam.privacy)
+    if not cv2.imwrite(str(args.out), picture):
+        raise ConfigError(args.out, "", "cannot write the picture (is the folder there, the suffix .jpg or .png?)")
+    height, width = frame.image.shape[:2]
+    print(f"snapshot {cam.id}: {args.out} ({width}x{height}), {len(detections)} detections, "
+          f"{len(cam.zones)} zones")
+    return 0
 
 
 if __name__ == "__main__":

@@ -19,11 +19,10 @@ import jsonschema
 from agent import schemas
 from agent.clock import Clock
 from agent.command_auth import AuthError, CommandAuth
-from agent.evidence import EvidenceStore, annotate_detections
+from agent.evidence import EvidenceStore, spot_check
 from agent.logs import log_event
 from agent.outbox import MessageProps, OutMessage, Outbox
 from agent.pipeline import CameraPipeline
-from agent.privacy import anonymise
 from agent.redact import redact
 from agent.tickets import SCHEMA_VERSION, TicketBook, TicketError, iso_utc
 from agent.topics import Topics
@@ -149,9 +148,7 @@ class CommandHandler:
         if zone is not None and not zones:
             raise CommandError("unknown_zone", f"camera {camera} has no zone {zone!r}")
         obs = self._fresh_observation(camera, now)
-        # A spot check is no enforcement evidence: the camera's privacy, never a zone's override.
-        public = anonymise(obs.image, obs.detections, book.camera.privacy)
-        picture = annotate_detections(public, zones, obs.detections)
+        picture = spot_check(obs.image, zones, obs.detections, book.camera.privacy)
         # command_id is a safe topic level and folder name: the schema allows [A-Za-z0-9_-] only.
         item = self.evidence.save_jpeg(f"spot-{command['command_id']}", "snapshot", picture)
         topic = self.topics.snapshot(camera, command["command_id"])

@@ -320,6 +320,7 @@ class CameraConfig:
     password_file: Path | None = None  # the camera's password comes from here
     password_in_file: bool = False  # the camera file's url itself holds a password: that file is a secret
     calibration: GroundCalibration | None = None  # pixels -> ground; None: tickets carry the camera's lat/lon
+    calibration_file: Path | None = None  # the camera file's ``calibration``, resolved
 
     def privacy_for(self, zone_id: str | None) -> PrivacyParams:
         """How pictures about ``zone_id`` hide people: the zone's override, else the camera's
@@ -373,7 +374,9 @@ class BoxConfig:
                           f"(known: {', '.join(c.id for c in self.cameras)})")
 
 
-def load_config(path: str | Path) -> BoxConfig:
+def load_config(path: str | Path, strict_calibration: bool = True) -> BoxConfig:
+    """``strict_calibration=False`` takes a camera whose calibration file is missing or broken as
+    uncalibrated, for ``edge-agent calibrate``: a broken calibration must not stop its own repair."""
     path = Path(path)
     base = path.parent
     edge = load_dataclass(EdgeFile, read_toml(path), path, base_dir=base)
@@ -383,7 +386,7 @@ def load_config(path: str | Path) -> BoxConfig:
         manifest = load_manifest(model.manifest)
         if not manifest.file.is_file():
             raise ConfigError(model.manifest, "file", f"model file not found: {manifest.file}")
-    cameras = tuple(_load_camera(p, edge, path) for p in edge.cameras)
+    cameras = tuple(_load_camera(p, edge, path, strict_calibration) for p in edge.cameras)
     seen: set[str] = set()
     for cam in cameras:
         if cam.id in seen:
@@ -439,7 +442,7 @@ def _read_file(file: Path, path: Path, key: str) -> str:
         raise ConfigError(path, key, f"cannot read {file}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
-def _load_camera(path: Path, edge: EdgeFile, edge_path: Path) -> CameraConfig:
+def _load_camera(path: Path, edge: EdgeFile, edge_path: Path, strict_calibration: bool = True) -> CameraConfig:
     raw = load_dataclass(CameraFile, read_toml(path), path, base_dir=path.parent)
     if raw.model not in edge.models:
         raise ConfigError(path, "model", f"no [models.{raw.model}] in {edge_path} "
@@ -458,7 +461,12 @@ def _load_camera(path: Path, edge: EdgeFile, edge_path: Path) -> CameraConfig:
         names = sorted(known) + [f.value for f in Fault]
         raise ConfigError(edge_path, f"categories.{unknown[0]}", f"unknown rule or fault (known: {', '.join(names)})")
     tz = ZoneInfo(edge.agent.timezone)
-    ground = _load_calibration(raw.calibration, path)
+    try:
+        ground = _load_calibration(raw.calibration, path)
+    except ConfigError:
+        if strict_calibration:
+            raise
+        ground = None
     zones = tuple(_load_zone(path, zone_id, section, edge, tz, ground) for zone_id, section in raw.zones.items())
     return CameraConfig(
         id=raw.id, name=raw.name or raw.id, url=url, source_file=path, model=raw.model,
@@ -469,6 +477,7 @@ def _load_camera(path: Path, edge: EdgeFile, edge_path: Path) -> CameraConfig:
         reference_image=raw.reference_image, tamper=raw.tamper, tracker=raw.tracker, scene=raw.scene,
         tiling=raw.tiling, zone_crops=raw.zone_crops, privacy=raw.privacy,
         password_file=raw.password_file, password_in_file=password_in_file, calibration=ground,
+        calibration_file=raw.calibration,
     )
 
 

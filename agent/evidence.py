@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from agent.outbox import MessageProps, OutMessage
+from agent.privacy import PrivacyParams, anonymise
 from agent.zones import Zone
 
 ZONE_COLOUR = (0, 200, 255)  # BGR amber
@@ -65,6 +66,13 @@ def annotate_detections(image: np.ndarray, zones: list[Zone], detections) -> np.
     """A spot-check picture: the zone outlines and everything the detector sees now."""
     labels = [f"{name} {score:.2f}" for name, score in zip(detections.names(), detections.score)]
     return annotate_zones(image, zones, detections.xyxy, labels)
+
+
+def spot_check(image: np.ndarray, zones: list[Zone], detections, privacy: PrivacyParams) -> np.ndarray:
+    """A spot-check picture as it may leave the box: people hidden as the camera's ``privacy``
+    says (a spot check is no enforcement evidence: never a zone's override), then the zone
+    outlines and everything the detector sees."""
+    return annotate_detections(anonymise(image, detections, privacy), zones, detections)
 
 
 def annotate_zones(image: np.ndarray, zones: list[Zone], boxes: np.ndarray, labels: list[str]) -> np.ndarray:

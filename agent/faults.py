@@ -8,6 +8,7 @@ They are not zone rules: they concern the whole picture, so their tickets name t
 from __future__ import annotations
 
 import logging
+import os
 from enum import Enum
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from agent.zones import Zone
 log = logging.getLogger("agent.faults")
 
 CAMERA_ZONE = "_camera"
+REFERENCE_DIR = "reference"  # in storage: the view references the agent saved
 # Covers any picture: the outline lies outside the frame, only the label shows.
 WHOLE_PICTURE = Zone(CAMERA_ZONE, np.array([[0, 0], [100_000, 0], [100_000, 100_000], [0, 100_000]], np.float32))
 
@@ -52,12 +54,32 @@ def fault_event(fault: Fault, kind: EventKind, ts: float, since: float, facts: d
                      label=fault.value, confidence=1.0, boxes=np.zeros((0, 4), np.float32), facts=facts)
 
 
+def saved_reference(reference_dir: Path, camera_id: str) -> Path:
+    """The view reference the agent keeps for a camera without a configured ``reference_image``."""
+    return reference_dir / f"{camera_id}.jpg"
+
+
+def save_reference(path: Path, image: np.ndarray) -> None:
+    """Write a reference frame whole or not at all (temp file, fsync, rename): a half-written
+    reference would read as a moved view."""
+    ok, buf = cv2.imencode(path.suffix or ".jpg", image)
+    if not ok:
+        raise ValueError(f"cannot encode a reference frame as {path.suffix!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(buf.tobytes())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 class ViewGuard:
     """Watches one camera's view against its calibration reference and says when to suspend.
 
     The reference is the technician's calibration frame when configured, else the first frame the
     agent sees, saved beside the outbox so a restart compares with the same picture (replace the
-    file to re-calibrate).
+    file to re-calibrate: ``edge-agent calibrate`` does, with the frame it calibrated on).
     """
 
     def __init__(self, camera_id: str, params: TamperParams, configured: Path | None, saved: Path):
@@ -75,8 +97,7 @@ class ViewGuard:
                     return ViewReference.from_frame(reference, self.params)
                 log_event(log, "view_reference_unusable", level=logging.WARNING, camera=self.camera_id, path=path,
                           reason="unreadable or of another size than the stream")
-        self.saved.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(self.saved), image)
+        save_reference(self.saved, image)
         log_event(log, "view_reference_saved", camera=self.camera_id, path=self.saved)
         return ViewReference.from_frame(image, self.params)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 
 import av
@@ -128,6 +129,19 @@ class CameraReader:
         except av.error.InvalidDataError as exc:
             self.health.decode_failed(str(exc))
             return []
+
+
+def grab_frame(camera: CameraConfig, clock: Clock) -> Frame:
+    """One picture from the camera now (a file's first frame), for snapshots and calibration;
+    ConnectionError says why there is none."""
+    reader = CameraReader(camera, clock, CameraHealth(camera.id, camera.model), realtime=False)
+    try:
+        with closing(reader.frames(threading.Event())) as frames:
+            return next(frames)
+    except (StreamEnded, StopIteration):
+        raise ConnectionError(f"camera {camera.id}: the stream ended before a frame") from None
+    except (av.error.FFmpegError, OSError) as exc:
+        raise ConnectionError(redact(f"camera {camera.id}: no frame: {type(exc).__name__}: {exc}")) from None
 
 
 class CameraWorker(threading.Thread):

@@ -13,7 +13,7 @@ import numpy as np
 
 from agent.config import CameraConfig, ZoneConfig
 from agent.detect import Detector
-from agent.faults import ViewGuard
+from agent.faults import ViewGuard, saved_reference
 from agent.health import CameraHealth
 from agent.logs import log_event
 from agent.privacy import PeopleTrail
@@ -46,7 +46,8 @@ class CameraPipeline:
                  trail: PeopleTrail | None = None):
         self.camera, self.detector, self.tickets, self.health = camera, detector, tickets, health
         self.on_ticket, self.trail = on_ticket, trail
-        self.view = (ViewGuard(camera.id, camera.tamper, camera.reference_image, reference_dir / f"{camera.id}.jpg")
+        self.view = (ViewGuard(camera.id, camera.tamper, camera.reference_image,
+                               saved_reference(reference_dir, camera.id))
                      if camera.view_check else None)
         self.zone_rules = [ZoneRule(zc, build_rule(zc.rule_type, zc.zone, zc.params)) for zc in camera.zones]
         types = rule_types()
@@ -54,8 +55,7 @@ class CameraPipeline:
         self.tracker = Tracker(camera.tracker) if Need.TRACKS in needs else None
         blob_zones = [zc.zone for zc in camera.zones if Need.STATIC_BLOBS in types[zc.rule_type].needs]
         self.scene = SceneModel(camera.scene, region=_joint_bounds(blob_zones)) if blob_zones else None
-        crop_zones = [zc.zone for zc in camera.zones if Need.SMALL_OBJECTS in types[zc.rule_type].needs]
-        self.tiler = Tiler(camera.tiling, camera.zone_crops, crop_zones, detector.manifest.input_size)
+        self.tiler = camera_tiler(camera, detector)
         self._latest: Observation | None = None
         self._latest_lock = threading.Lock()
 
@@ -151,6 +151,14 @@ class CameraPipeline:
             if values:
                 self.tickets.send_telemetry(zone_id, zr.config.rule_type, obs.ts, values,
                                             expiry_s=int(3 * self.camera.telemetry_interval_s))
+
+
+def camera_tiler(camera: CameraConfig, detector: Detector) -> Tiler:
+    """The camera's detection step: the full frame, plus crops around the zones whose rules look
+    for small objects and grid tiles when configured."""
+    types = rule_types()
+    crop_zones = [zc.zone for zc in camera.zones if Need.SMALL_OBJECTS in types[zc.rule_type].needs]
+    return Tiler(camera.tiling, camera.zone_crops, crop_zones, detector.manifest.input_size)
 
 
 def _joint_bounds(zones: list) -> tuple[int, int, int, int]:

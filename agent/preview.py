@@ -1,7 +1,7 @@
-"""What the calibration page shows of a camera: one current frame, and a live annotated preview.
+"""The calibration page's live preview of a camera, annotated with what the agent sees.
 
-Both read the camera with the agent's own reader (:class:`agent.ingest.CameraReader`, PyAV), so
-the page shows the picture the agent analyses, at the size it analyses it. The preview runs the
+It reads the camera with the agent's own reader (:class:`agent.ingest.CameraReader`, PyAV), so
+the page shows the picture the agent analyses, at the size it analyses it, and runs the
 camera's own :class:`agent.pipeline.CameraPipeline` (detector, tracker, scene model, zone rules)
 on the frames in the page's process and draws what it found; its rules' events go nowhere (no
 ticket book): a technician trying a zone must not send tickets.
@@ -33,20 +33,6 @@ log = logging.getLogger("agent.preview")
 # closed browser tab must not keep a detector busy.
 IDLE_STOP_S = 20.0
 ZONE_COLOUR, BOX_COLOUR, TRACK_COLOUR, BLOB_COLOUR = (0, 215, 255), (80, 220, 80), (255, 160, 40), (255, 0, 200)
-
-
-def grab_frame(camera: CameraConfig) -> np.ndarray:
-    """One decoded BGR frame of the camera (the first the reader samples); raises the reader's
-    errors (``av.error.FFmpegError``, ``OSError``) when the camera cannot be read."""
-    reader = CameraReader(dataclasses.replace(camera, loop=False), SystemClock(), CameraHealth(camera.id),
-                          realtime=False)
-    frames = reader.frames(threading.Event())
-    try:
-        return next(frames).image
-    except StopIteration:
-        raise OSError(f"camera {camera.id}: no frame") from None
-    finally:
-        frames.close()
 
 
 def state_text(rule, obs: Observation) -> str:
