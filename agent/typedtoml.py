@@ -158,7 +158,16 @@ class _Converter:
 
 # Units a key's name ends in, for people filling in a form (the calibration page): the suffixes
 # the config already uses so that a number never needs a comment to say what it counts.
-UNIT_SUFFIXES = {"_s": "s", "_px": "px", "_m2": "m²", "_m": "m", "_fps": "fps", "_pct": "%"}
+UNIT_WORDS = {"s": "s", "px": "px", "m2": "m²", "m": "m", "fps": "fps", "pct": "%"}
+
+
+def unit_of(name: str) -> str:
+    """The unit a key's name gives: ``min_dwell_s`` s, ``px_per_m2`` px/m², ``min_length`` none."""
+    if "_per_" in name:
+        head, tail = name.rsplit("_per_", 1)
+        top, bottom = UNIT_WORDS.get(head.rsplit("_", 1)[-1], ""), UNIT_WORDS.get(tail, "")
+        return f"{top}/{bottom}" if top and bottom else ""
+    return UNIT_WORDS.get(name.rsplit("_", 1)[-1], "") if "_" in name else ""
 
 
 def describe(cls: type) -> list[dict]:
@@ -175,7 +184,7 @@ def describe(cls: type) -> list[dict]:
             default, required = _plain(f.default_factory()), False
         else:
             default, required = None, True
-        unit = next((u for suffix, u in UNIT_SUFFIXES.items() if f.name.endswith(suffix)), "")
+        unit = unit_of(f.name)
         out.append({"name": f.name, "type": _kind(hints[f.name]), "optional": _optional(hints[f.name]),
                     "required": required, "default": default, "help": f.metadata.get("help", ""),
                     "unit": unit, **{k: f.metadata.get(k) for k in ("ge", "gt", "le")}})

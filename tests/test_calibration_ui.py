@@ -117,6 +117,7 @@ def test_draw_a_zone_pick_its_rule_save_and_check_accepts_the_file(page, box):
     assert dwell.get_attribute("placeholder") == "default: 10"
     assert page.locator("#rule-form [data-field=min_dwell_s] .unit").inner_text().strip() == "(s)"
     assert page.locator("#rule-form [data-field=min_area_px] .unit").inner_text().strip() == "(px)"
+    assert page.locator("#rule-form [data-field=px_per_m2] .unit").inner_text().strip() == "(px/m²)"
     dwell.fill("20")
     page.fill("#rule-form input[name=mover_classes]", "person, bicycle")
     page.fill("#grid-code", "310101001099")
@@ -142,7 +143,9 @@ def test_a_bad_parameter_is_refused_on_the_page_naming_its_key(page, box):
     status = page.wait_for_selector("#save-status.error")
     assert "zones.plaza.rule.min_dwell_s" in status.inner_text()
     assert "must be >= 0" in status.inner_text()
-    assert page.locator("#rule-form .field.invalid").get_attribute("data-field") == "min_dwell_s"
+    invalid = page.locator("#rule-form .field.invalid")
+    assert invalid.get_attribute("data-field") == "min_dwell_s"
+    assert invalid.locator(".why").inner_text() == "zones.plaza.rule.min_dwell_s: must be >= 0, got -1.0"
     assert cam.read_bytes() == before  # nothing replaced
     assert not cam.with_name(cam.name + ".bak").exists()
 

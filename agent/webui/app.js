@@ -318,19 +318,25 @@ async function save() {
     status("save-status", `Saved ${done.saved} (the old file is ${done.backup}).`, "ok");
   } catch (err) {
     status("save-status", err.message, "error");
-    showInvalid(err.key);
+    showInvalid(err.key, err.message);
   }
 }
 
-// "zones.<id>.rule.<key>...": select that zone and mark the key's input.
-function showInvalid(key) {
+// "zones.<id>.rule.<key>...": select that zone, mark the key's input and say why beside it.
+function showInvalid(key, message) {
   const match = /^zones\.([^.]+)\.rule\.([^.[]+)/.exec(key || "");
   if (!match) return;
   const index = state.zones.findIndex(z => z.id === match[1]);
   if (index < 0) return;
   select(index);
   const field = $("rule-form").querySelector(`[data-field="${CSS.escape(match[2])}"]`);
-  if (field) field.classList.add("invalid");
+  if (!field) return;
+  field.classList.add("invalid");
+  const why = document.createElement("span");
+  why.className = "why";
+  why.textContent = message.slice(message.indexOf(key));  // the key and the reason, not the path
+  field.append(why);
+  field.scrollIntoView({block: "center"});
 }
 
 // ------------------------------------------------------------------------------ ground points
