@@ -265,7 +265,10 @@ class CalibrationPage:
 
     def close(self) -> None:
         for state in self.cameras.values():
+            preview = state.preview
             state.stop_preview()
+            if preview is not None:  # let it leave the detector before the interpreter goes
+                preview.join(timeout=10)
 
 
 def _table(body, key: str, where: str | None = None) -> dict:

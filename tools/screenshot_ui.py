@@ -1,6 +1,6 @@
 """Screenshots of the calibration page for docs/calibration.md, taken in headless Chromium.
 
-    python tools/screenshot_ui.py            # writes docs/img/calibration-*.png
+    python tools/screenshot_ui.py            # writes docs/img/calibration-*.jpg
 
 Runs the real page (``agent.calibration_page.serve``) over a copy of the demo box (edge.toml and
 camera_config/demo-vtest.toml, on the vtest footage from tools/fetch_footage.py) in a temporary
@@ -68,13 +68,12 @@ def shoot(url: str, out: Path, chromium: str) -> None:
         tab.press("#zone-id", "Tab")
         tab.select_option("#rule-type", "litter")
         tab.fill("#rule-form input[name=min_dwell_s]", "60")
-        tab.screenshot(path=str(out / "calibration-zones.png"))
+        tab.screenshot(path=str(out / "calibration-zones.jpg"), type="jpeg", quality=80)
         # A parameter out of bounds, refused with its key.
         tab.fill("#rule-form input[name=min_dwell_s]", "-5")
         tab.click("#save")
         tab.wait_for_selector("#save-status.error")
-        tab.locator("#save-status").scroll_into_view_if_needed()
-        tab.screenshot(path=str(out / "calibration-error.png"))
+        tab.screenshot(path=str(out / "calibration-error.jpg"), type="jpeg", quality=80)
         tab.fill("#rule-form input[name=min_dwell_s]", "60")
         tab.click("#save")
         tab.wait_for_selector("#save-status.ok")
@@ -92,7 +91,7 @@ def shoot(url: str, out: Path, chromium: str) -> None:
             rows.nth(i).locator("input.ground-b").press("Tab")
         tab.click("#fit")
         tab.wait_for_selector("#fit-status.ok")
-        tab.screenshot(path=str(out / "calibration-ground.png"))
+        tab.screenshot(path=str(out / "calibration-ground.jpg"), type="jpeg", quality=80)
 
         # The live preview: the demo zone's rule state over detections.
         tab.check("input[name=mode][value=zones]")
@@ -100,7 +99,7 @@ def shoot(url: str, out: Path, chromium: str) -> None:
         tab.check("#preview-toggle")
         tab.wait_for_selector("#preview-states li:has-text('keep_clear: ')", timeout=120_000)
         tab.wait_for_timeout(6000)  # a few analysed frames: tracks and a dwell under way
-        tab.screenshot(path=str(out / "calibration-preview.png"))
+        tab.screenshot(path=str(out / "calibration-preview.jpg"), type="jpeg", quality=80)
         browser.close()
 
 
@@ -124,8 +123,8 @@ def main() -> int:
         finally:
             stop.set()
             thread.join(timeout=20)
-    for png in sorted(args.out.glob("calibration-*.png")):
-        print(png.relative_to(REPO) if png.is_relative_to(REPO) else png)
+    for shot in sorted(args.out.glob("calibration-*.jpg")):
+        print(shot.relative_to(REPO) if shot.is_relative_to(REPO) else shot)
     return 0
 
 
