@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -34,10 +35,11 @@ ZONE_MARGIN_PX = 16
 
 @dataclass
 class ZoneRule:
-    config: ZoneConfig
+    config: ZoneConfig  # its zone scaled to the stream's picture
     rule: Rule
     inactive: str | None = None  # why the zone is not watched now: a camera fault, outside_schedule, muted
     telemetry_at: float = float("-inf")
+    outside: bool = False  # the zone covers no pixel of the stream's picture: refused, never watched
 
 
 class CameraPipeline:
@@ -48,16 +50,42 @@ class CameraPipeline:
         self.on_ticket, self.trail = on_ticket, trail
         self.view = (ViewGuard(camera.id, camera.tamper, camera.reference_image, reference_dir / f"{camera.id}.jpg")
                      if camera.view_check else None)
-        self.zone_rules = [ZoneRule(zc, build_rule(zc.rule_type, zc.zone, zc.params)) for zc in camera.zones]
-        types = rule_types()
-        needs = frozenset().union(*(types[zc.rule_type].needs for zc in camera.zones))
-        self.tracker = Tracker(camera.tracker) if Need.TRACKS in needs else None
-        blob_zones = [zc.zone for zc in camera.zones if Need.STATIC_BLOBS in types[zc.rule_type].needs]
-        self.scene = SceneModel(camera.scene, region=_joint_bounds(blob_zones)) if blob_zones else None
-        crop_zones = [zc.zone for zc in camera.zones if Need.SMALL_OBJECTS in types[zc.rule_type].needs]
-        self.tiler = Tiler(camera.tiling, camera.zone_crops, crop_zones, detector.manifest.input_size)
         self._latest: Observation | None = None
         self._latest_lock = threading.Lock()
+        self._build(None)
+
+    def _build(self, size: tuple[int, int] | None) -> None:
+        """Everything that depends on where the zones are, for a picture ``size`` (width, height)
+        of the stream; None before the first frame (polygons as drawn). The one place where the
+        camera file's polygons become pixels of the real picture: rules, the scene model's
+        region, the zone crops and the ticket pictures all take the zones from here. A new size
+        (a camera switched to its sub-stream) starts the rules afresh: their state is in the old
+        picture's pixels."""
+        self.size = size
+        drawn = self.camera.frame_size
+        sx, sy = (1.0, 1.0) if size is None or drawn is None else (size[0] / drawn[0], size[1] / drawn[1])
+        configs = [dataclasses.replace(zc, zone=zc.zone.scaled(sx, sy)) if (sx, sy) != (1.0, 1.0) else zc
+                   for zc in self.camera.zones]
+        self.zone_rules = [ZoneRule(zc, build_rule(zc.rule_type, zc.zone, zc.params),
+                                    outside=size is not None and not zc.zone.covers_any(*size)) for zc in configs]
+        refused = [zr.config.zone.id for zr in self.zone_rules if zr.outside]
+        for zone_id in refused:
+            x, y, w, h = next(zc.zone.bounds() for zc in self.camera.zones if zc.zone.id == zone_id)
+            log_event(log, "zone_outside_picture", level=logging.ERROR, camera=self.camera.id, zone=zone_id,
+                      polygon_bounds=f"{x},{y} {w}x{h}",
+                      drawn_on=f"{drawn[0]}x{drawn[1]}" if drawn else "no frame_size (stream pixels)",
+                      picture=f"{size[0]}x{size[1]}", action="refused: the zone is not watched")
+        if size is not None:
+            self.health.zones_outside(refused)
+        watched = [zr.config for zr in self.zone_rules if not zr.outside]
+        types = rule_types()
+        needs = frozenset().union(*(types[zc.rule_type].needs for zc in watched))
+        self.tracker = Tracker(self.camera.tracker) if Need.TRACKS in needs else None
+        blob_zones = [zc.zone for zc in watched if Need.STATIC_BLOBS in types[zc.rule_type].needs]
+        self.scene = SceneModel(self.camera.scene, region=_joint_bounds(blob_zones)) if blob_zones else None
+        crop_zones = [zc.zone for zc in watched if Need.SMALL_OBJECTS in types[zc.rule_type].needs]
+        self.tiler = Tiler(self.camera.tiling, self.camera.zone_crops, crop_zones, self.detector.manifest.input_size)
+        self.tickets.use_zones([zc.zone for zc in configs])
 
     @property
     def latest(self) -> Observation | None:
@@ -84,6 +112,9 @@ class CameraPipeline:
 
     def on_frame(self, frame: Frame) -> None:
         try:
+            height, width = frame.image.shape[:2]
+            if (width, height) != self.size:
+                self._build((width, height))
             obs = self.observe(frame)
             with self._latest_lock:
                 self._latest = obs
@@ -119,7 +150,9 @@ class CameraPipeline:
 
     def _feed(self, zr: ZoneRule, obs: Observation) -> None:
         zone_id, schedule = zr.config.zone.id, zr.config.schedule
-        if self.suspended is not None:
+        if zr.outside:
+            inactive = "outside_picture"
+        elif self.suspended is not None:
             inactive = self.suspended  # its tickets would be about the wrong pixels
         elif schedule is not None and not schedule.active(obs.ts):
             inactive = "outside_schedule"

@@ -37,6 +37,7 @@ from agent.rules import Category
 from agent.ticket_signing import DeviceKey
 from agent.topics import Topics
 from agent.types import Detections, EventKind, RuleEvent
+from agent.zones import Zone
 
 SCHEMA_ID = "edge-agent/ticket"
 SCHEMA_VERSION = "1.0"
@@ -121,6 +122,10 @@ class TicketBook:
                            | {(CAMERA_ZONE, f.value): c for f, c in fault_categories.items()})
         self._lock = threading.RLock()
         self._mutes = self._load_mutes()
+
+    def use_zones(self, zones: list[Zone]) -> None:
+        """The zones as the pipeline scaled them to the stream's picture, drawn on ticket pictures."""
+        self.zones = {z.id: z for z in zones} | {CAMERA_ZONE: WHOLE_PICTURE}
 
     # --- reading ------------------------------------------------------------------------------
     def get(self, ticket_id: str) -> Ticket:

@@ -96,7 +96,8 @@ class CrowdRule:
     def __init__(self, zone: Zone, params: Params):
         self.zone, self.params = zone, params
         self.classes = frozenset(params.classes)
-        pixels = cv2.contourArea(zone.polygon.reshape(-1, 1, 2).astype(np.float32))
+        # px_per_m2 was measured on the picture the zone was drawn on, not on the stream's.
+        pixels = cv2.contourArea(zone.polygon.reshape(-1, 1, 2).astype(np.float32)) / (zone.scale[0] * zone.scale[1])
         self.area_m2 = params.area_m2 if params.area_m2 is not None else pixels / params.px_per_m2
         self.reset()
 
