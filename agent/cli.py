@@ -58,8 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
 
 
+_PRINT_LOCK = threading.Lock()  # messages come from camera, clipper and command threads
+
+
 def print_ticket(doc: dict) -> None:
-    print(json.dumps(doc, ensure_ascii=False), flush=True)
+    with _PRINT_LOCK:
+        print(json.dumps(doc, ensure_ascii=False), flush=True)
 
 
 def cmd_run(config: BoxConfig, args) -> int:

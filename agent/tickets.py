@@ -21,6 +21,7 @@ import json
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
@@ -122,6 +123,9 @@ class TicketBook:
                            | {(CAMERA_ZONE, f.value): c for f, c in fault_categories.items()})
         self._lock = threading.RLock()
         self._mutes = self._load_mutes()
+        # Told every ticket message as it is stored, whichever thread stores it (rule events,
+        # clips attached later, commands): what `replay` and `run --print-tickets` print.
+        self.on_message: Callable[[dict], None] | None = None
 
     def use_zones(self, zones: list[Zone]) -> None:
         """The zones as the pipeline scaled them to the stream's picture, drawn on ticket pictures."""
@@ -387,6 +391,8 @@ class TicketBook:
         log_event(log, f"ticket_{event}", camera=self.camera.id, zone=ticket.zone, rule=ticket.rule,
                   ticket=ticket.id, seq=doc["seq"], status=status.value, label=doc["class"],
                   confidence=doc["confidence"], evidence=",".join(str(item.path) for item in evidence) or "-")
+        if self.on_message is not None:
+            self.on_message(doc)
         return doc
 
     def _store(self, tx: Transaction, ticket: Ticket, status: Status, ts: float, doc: dict) -> None:
