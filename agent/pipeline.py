@@ -70,10 +70,11 @@ class CameraPipeline:
                                     outside=size is not None and not zc.zone.covers_any(*size)) for zc in configs]
         refused = [zr.config.zone.id for zr in self.zone_rules if zr.outside]
         for zone_id in refused:
-            x, y, w, h = next(zc.zone.bounds() for zc in self.camera.zones if zc.zone.id == zone_id)
+            polygon = next(zc.zone.polygon for zc in self.camera.zones if zc.zone.id == zone_id)
+            (x0, y0), (x1, y1) = polygon.min(axis=0), polygon.max(axis=0)
             log_event(log, "zone_outside_picture", level=logging.ERROR, camera=self.camera.id, zone=zone_id,
-                      polygon_bounds=f"{x},{y} {w}x{h}",
-                      drawn_on=f"{drawn[0]}x{drawn[1]}" if drawn else "no frame_size (stream pixels)",
+                      polygon_extent=f"{x0:g},{y0:g}-{x1:g},{y1:g}",
+                      drawn_on=f"{drawn[0]}x{drawn[1]}" if drawn else "no_frame_size",
                       picture=f"{size[0]}x{size[1]}", action="refused: the zone is not watched")
         if size is not None:
             self.health.zones_outside(refused)
