@@ -24,6 +24,7 @@ from agent.tiling import Tiler
 from agent.track import Tracker
 from agent.tickets import TicketBook
 from agent.types import MOVER_CLASSES, Detections, EventKind, Frame, Observation, RuleEvent
+from agent.zone_account import ZoneAccount
 
 log = logging.getLogger("agent.pipeline")
 
@@ -52,6 +53,13 @@ class CameraPipeline:
                      if camera.view_check else None)
         self._latest: Observation | None = None
         self._latest_lock = threading.Lock()
+        types = rule_types()
+        # Per zone and rule, kept across picture-size changes: what `replay` sums up at the end.
+        self.accounts = {(zc.zone.id, zc.rule_type): ZoneAccount.for_rule(
+            zc.zone.id, zc.rule_type, zc.params, Need.STATIC_BLOBS in types[zc.rule_type].needs)
+            for zc in camera.zones}
+        # Told each analysed frame once the rules have seen it (replay's --annotate and progress).
+        self.on_analysed: Callable[[Observation], None] | None = None
         self._build(None)
 
     def _build(self, size: tuple[int, int] | None) -> None:
@@ -125,6 +133,8 @@ class CameraPipeline:
                 self._guard_view(obs)
             for zr in self.zone_rules:
                 self._feed(zr, obs)
+            if self.on_analysed is not None:
+                self.on_analysed(obs)
         except Exception as exc:
             # One bad frame or a bug in one rule must not stop the camera: count it, say it, go on.
             self.health.analysis_failed(f"{type(exc).__name__}: {exc}")
@@ -169,9 +179,13 @@ class CameraPipeline:
                 # Dwell must not carry over from yesterday's business hours or from before a mute:
                 # the rule starts afresh when the zone is watched again.
                 zr.rule.reset()
+        account = self.accounts[(zone_id, zr.config.rule_type)]
         if inactive is not None:
+            account.record(zr.config.zone, obs, inactive)
             return
-        for event in zr.rule.update(obs):
+        events = zr.rule.update(obs)
+        account.record(zr.config.zone, obs, None, zr.rule, events)
+        for event in events:
             # Rules may render extra evidence for their tickets (the crowd rule's heat map).
             pictures = (zr.rule.pictures(obs) if hasattr(zr.rule, "pictures")
                         and event.kind is not EventKind.CLEARED else None)

@@ -124,6 +124,17 @@ class CrowdRule:
         leave = self.params.hysteresis * self.params.levels[0]
         return people.xyxy if len(people) / self.area_m2 >= leave else None
 
+    def dwell(self) -> float | None:
+        """Seconds the zone has lately been at level 1's density, frame after frame, towards
+        ``min_dwell_s`` (None: not at it in the last frame). The rule itself asks for three
+        quarters of its window's frames, so it may open a little before this reaches min_dwell_s."""
+        run = None
+        for t, density in reversed(self._history):
+            if density < self.params.levels[0]:
+                break
+            run = t
+        return None if run is None else self._history[-1][0] - run
+
     def telemetry(self) -> dict:
         """The latest frame's ``ts``, ``people``, ``density`` (per m²), ``level`` and ``area_m2``."""
         return dict(self._latest)
