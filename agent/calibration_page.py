@@ -20,10 +20,12 @@ import base64
 import dataclasses
 import hmac
 import ipaddress
+import itertools
 import json
 import logging
 import os
 import re
+import shutil
 import socket
 import sys
 import tempfile
@@ -41,7 +43,6 @@ import numpy as np
 from agent import calibration as ground, camera_file
 from agent.config import BoxConfig, CameraConfig, ConfigError, is_loopback, load_camera, read_toml
 from agent.clock import SystemClock
-from agent.detect import Detector, load_detector
 from agent.faults import REFERENCE_DIR, save_reference, saved_reference
 from agent.ingest import grab_frame
 from agent.logs import log_event
@@ -132,21 +133,13 @@ class CalibrationPage:
         self.config, self.settings = config, settings
         chosen = settings.cameras or tuple(c.id for c in config.cameras)
         self.cameras = {cid: CameraState(config.camera(cid)) for cid in chosen}
-        self._detectors: dict[str, Detector] = {}
-        self._detector_lock = threading.Lock()
         self.work_dir = Path(tempfile.mkdtemp(prefix="edge-calibrate-ui-"))
+        self._previews = itertools.count(1)
 
     def state(self, camera_id: str) -> CameraState:
         if camera_id not in self.cameras:
             raise PageError(HTTPStatus.NOT_FOUND, f"no camera {camera_id!r}")
         return self.cameras[camera_id]
-
-    def detector(self, name: str) -> Detector:
-        with self._detector_lock:
-            if name not in self._detectors:
-                model = self.config.models[name]
-                self._detectors[name] = load_detector(model.manifest, model.threads, model.min_score, model.nms_iou)
-            return self._detectors[name]
 
     def rules(self) -> dict:
         """Every rule type's parameters, described from its Params dataclass."""
@@ -251,7 +244,8 @@ class CalibrationPage:
         state = self.state(camera_id)
         with state.lock:
             if state.preview is None or not state.preview.is_alive() and state.preview.error is None:
-                state.preview = Preview(state.camera, self.detector(state.camera.model), self.work_dir)
+                state.preview = Preview(self.config, state.camera,
+                                        self.work_dir / f"preview-{camera_id}-{next(self._previews)}")
                 state.preview.start()
             preview = state.preview
         if preview.error is not None:
@@ -269,6 +263,7 @@ class CalibrationPage:
             state.stop_preview()
             if preview is not None:  # let it leave the detector before the interpreter goes
                 preview.join(timeout=10)
+        shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
 def _table(body, key: str, where: str | None = None) -> dict:

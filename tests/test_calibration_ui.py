@@ -199,4 +199,4 @@ def test_the_live_preview_shows_each_zone_rule_state(page):
     # The detector loads and the pipeline runs in the page's process: the state text is the rule's.
     state = page.wait_for_selector("#preview-states li:has-text('plaza: ')", timeout=90_000)
     page.wait_for_function("document.querySelector('#frame').src.startsWith('data:image/jpeg')", timeout=30_000)
-    assert "person" in state.inner_text()
+    assert "object_dwell: " in state.inner_text()

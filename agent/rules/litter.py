@@ -200,6 +200,7 @@ class LitterRule:
         self._first_seen = 0.0
         self._last_seen = 0.0
         self._last_boxes = np.zeros((0, 4), np.float32)  # the last litter seen, which a clear reports
+        self._dwell: float | None = None  # the longest rest of the visible litter in the last frame
 
     def _on_ground(self, blobs: tuple[StaticBlob, ...]) -> list[StaticBlob]:
         """Blobs whose bottom centre is in the zone, whose area is within bounds and that lie
@@ -224,16 +225,9 @@ class LitterRule:
         litter = self._visible(self._on_ground(obs.static_blobs), obs.detections)
         return _boxes(litter) if litter else None
 
-    def state_text(self, obs: Observation) -> str:
-        """What the rule is waiting for, for the calibration page's preview (call after update)."""
-        if self._open:
-            return f"dwell reached (a ticket is open): {self._count} object(s)"
-        since = self._watching_since if self._watching_since is not None else obs.ts
-        litter = self._visible(self._on_ground(obs.static_blobs), obs.detections)
-        if not litter:
-            return "no litter candidate"
-        dwell = max(obs.ts - max(b.static_since, since) for b in litter)
-        return f"litter candidate {dwell:.0f} s / {self.params.min_dwell_s:g} s"
+    def dwell(self) -> float | None:
+        """Seconds the longest-resting visible blob has held towards ``min_dwell_s`` (None: no candidate)."""
+        return self._dwell
 
     def update(self, obs: Observation) -> list[RuleEvent]:
         p, ts = self.params, obs.ts
@@ -242,6 +236,7 @@ class LitterRule:
         self._movers.update(ts, obs.image.shape, obs.detections)
         on_ground = self._on_ground(obs.static_blobs)
         litter = self._visible(on_ground, obs.detections)
+        self._dwell = max((ts - max(b.static_since, self._watching_since) for b in litter), default=None)
 
         if not self._open:
             rested = [b for b in litter if ts - max(b.static_since, self._watching_since) >= p.min_dwell_s]

@@ -63,14 +63,9 @@ class ObjectDwellRule:
         inside = self._inside(obs.detections)
         return inside.xyxy if len(inside) else None
 
-    def state_text(self, obs: Observation) -> str:
-        """What the rule is waiting for, for the calibration page's preview (call after update)."""
-        what = "/".join(sorted(self.params.classes))
-        if self._open:
-            return f"dwell reached (a ticket is open): {what} in the zone"
-        if self._first_seen is None:
-            return f"no {what} in the zone"
-        return f"{what} in the zone {obs.ts - self._first_seen:.0f} s / {self.params.min_dwell_s:g} s"
+    def dwell(self) -> float | None:
+        """Seconds the current candidate has held towards ``min_dwell_s`` (None: no candidate)."""
+        return None if self._first_seen is None else self._last_seen - self._first_seen
 
     def update(self, obs: Observation) -> list[RuleEvent]:
         p, ts = self.params, obs.ts
