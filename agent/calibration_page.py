@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 import threading
@@ -87,10 +88,14 @@ def read_token(token_file: Path | None) -> str | None:
     if token_file is not None:
         try:
             lines = token_file.read_text().splitlines()
+            mode = stat.S_IMODE(token_file.stat().st_mode)
         except OSError as exc:
             raise ValueError(f"--token-file: cannot read {token_file}: {exc.strerror}") from None
         if not lines or not lines[0].strip():
             raise ValueError(f"--token-file: {token_file} is empty")
+        if mode & 0o077:  # as `check` says of the box's other secrets
+            log_event(log, "secret_readable", level=logging.WARNING, file=token_file, mode=f"{mode:04o}",
+                      hint="chmod 600 it")
         return lines[0].strip()
     return os.environ.get(TOKEN_ENV) or None
 

@@ -200,3 +200,22 @@ def test_the_live_preview_shows_each_zone_rule_state(page):
     state = page.wait_for_selector("#preview-states li:has-text('plaza: ')", timeout=90_000)
     page.wait_for_function("document.querySelector('#frame').src.startsWith('data:image/jpeg')", timeout=30_000)
     assert "object_dwell: " in state.inner_text()
+
+
+def test_a_renamed_zone_keeps_what_the_page_does_not_edit(box):
+    """Schedules, categories and privacy are not on the page: saving must not drop them."""
+    from agent.calibration_page import CalibrationPage
+
+    edge, cam = box
+    cam.write_text(cam.read_text() + '\n[[zones.plaza.schedule]]\nstart = "08:00"\nend = "20:00"\n')
+    page = CalibrationPage(load_config(edge), PageSettings())
+    try:
+        polygon = [[0, 250], [768, 250], [768, 576], [0, 576]]
+        page.save_zones("cam-a", {"zones": {"square": {"from": "plaza", "polygon": polygon,
+                                                       "rule": {"type": "object_dwell", "classes": ["person"]}}}})
+    finally:
+        page.close()
+    zones = tomllib.loads(cam.read_text())["zones"]
+    assert list(zones) == ["square"]
+    assert zones["square"]["schedule"] == [{"start": "08:00", "end": "20:00"}]
+    assert zones["square"]["rule"] == {"type": "object_dwell", "classes": ["person"]}
