@@ -188,6 +188,8 @@ class CalibrationPage:
         old = raw.get("zones", {})
         zones = {}
         for zid, zone in _table(body, "zones").items():
+            if not isinstance(zone, dict):
+                raise PageError(HTTPStatus.BAD_REQUEST, f"zones.{zid}: expected an object", f"zones.{zid}")
             if not ZONE_ID.fullmatch(zid):
                 raise PageError(HTTPStatus.UNPROCESSABLE_ENTITY, f"{path}: zones.{zid}: a zone id is letters, "
                                 "digits, _ and - (it goes into topics and tickets)", f"zones.{zid}")
@@ -319,9 +321,14 @@ class Handler(BaseHTTPRequestHandler):
             self._route(method, parts, body)
         except PageError as exc:
             self._send_json({"error": exc.message, "key": exc.key}, exc.status)
-        except (OSError, ValueError) as exc:  # a camera that cannot be read, a broken file
+        except ConfigError as exc:  # a camera or calibration file broken on disk
+            self._send_json({"error": str(exc), "key": exc.key}, HTTPStatus.UNPROCESSABLE_ENTITY)
+        except (OSError, ValueError) as exc:  # a camera that cannot be read
             log_event(log, "page_request_failed", level=logging.WARNING, path=url.path, reason=str(exc))
             self._send_json({"error": f"{type(exc).__name__}: {exc}", "key": ""}, HTTPStatus.BAD_GATEWAY)
+        except Exception as exc:  # a bug: said on the page and in the log, the server goes on
+            log.exception("page_request_failed", extra={"fields": {"path": url.path}})
+            self._send_json({"error": f"{type(exc).__name__}: {exc}", "key": ""}, HTTPStatus.INTERNAL_SERVER_ERROR)
 
     def _route(self, method: str, parts: list[str], body: dict | None) -> None:
         page = self.server.page
