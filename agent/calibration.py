@@ -19,10 +19,10 @@ pixels, so the refinement minimises the error where it is measured, in pixels of
 the points were clicked on; ``errors_px`` are the distances between each clicked pixel and its
 ground point projected back into the picture.
 
-**Refused** (:class:`CalibrationError`): fewer than four points; point sets with no four points
-of which no three lie on a line, in the picture or on the ground (the fit would be singular); a
-fit that folds, i.e. whose horizon (the pixels mapped to infinity) crosses the points, as when
-two points' ground positions are swapped.
+**Refused** (:class:`CalibrationError`): fewer than four points; a pixel outside the picture;
+point sets with no four points of which no three lie on a line, in the picture or on the ground
+(the fit would be singular); a fit that folds, i.e. whose horizon (the pixels mapped to
+infinity) crosses the points, as when two points' ground positions are swapped.
 
 The file (``camera_config/<camera>.calibration.toml``, named by the camera file's
 ``calibration`` key) holds the points, not the matrix: :func:`load` fits again, so the errors
@@ -167,6 +167,10 @@ def fit(points: list[GroundPoint], datum: str, origin: tuple[float, float] | Non
     if len(frame_size) != 2 or min(frame_size) <= 0:
         raise CalibrationError(f"frame_size must be [width, height] > 0, got {list(frame_size)}")
     pixels = np.array([p.pixel for p in points], np.float64)
+    for i, (x, y) in enumerate(pixels):
+        if not (0 <= x <= frame_size[0] and 0 <= y <= frame_size[1]):
+            raise CalibrationError(f"point {i + 1}: pixel ({x:g}, {y:g}) lies outside the "
+                                   f"{frame_size[0]}x{frame_size[1]} picture")
     if datum == LOCAL_M:
         if origin is None:
             raise CalibrationError("datum local-m needs origin = [lat, lon] of the local frame's (0, 0)")
@@ -175,8 +179,8 @@ def fit(points: list[GroundPoint], datum: str, origin: tuple[float, float] | Non
     else:
         for i, p in enumerate(points):
             _lat_lon(p.ground, f"point {i + 1}")
-        frame = LocalFrame(tuple(np.mean([p.ground for p in points], axis=0)) if origin is None
-                           else _lat_lon(origin, "origin"))
+        mean = np.mean([p.ground for p in points], axis=0)
+        frame = LocalFrame((float(mean[0]), float(mean[1])) if origin is None else _lat_lon(origin, "origin"))
         metres = np.array([frame.to_metres(*p.ground) for p in points], np.float64)
     if not np.isfinite(pixels).all() or not np.isfinite(metres).all():
         raise CalibrationError("points must be finite numbers")

@@ -8,8 +8,6 @@ import argparse
 import csv
 import dataclasses
 import json
-import os
-import re
 import signal
 import stat
 import sys
@@ -26,10 +24,10 @@ from agent import calibration
 from agent.annotated_video import AnnotatedVideo
 from agent.app import Agent, check_privacy, load_detectors, precision_risks
 from agent.calibration import LOCAL_M, WGS84, CalibrationError, GroundPoint
+from agent.camera_calibration import store
 from agent.clock import ManualClock, SystemClock
-from agent.config import BoxConfig, CameraConfig, load_config
+from agent.config import BoxConfig, load_config
 from agent.evidence import spot_check
-from agent.faults import REFERENCE_DIR, save_reference, saved_reference
 from agent.ingest import grab_frame
 from agent.logs import setup_logging
 from agent.pipeline import camera_tiler
@@ -288,15 +286,12 @@ def cmd_calibrate(config: BoxConfig, args) -> int:
         print(f"  point {i}: pixel ({point.pixel[0]:g}, {point.pixel[1]:g}) ground "
               f"({point.ground[0]:g}, {point.ground[1]:g}) error {error:.2f} px")
     print(f"  rms {fitted.rms_px:.2f} px")
-    path = cam.calibration_file or cam.source_file.with_name(f"{cam.source_file.stem}.calibration.toml")
-    saved = calibration.save(path, fitted, calibration.next_version(path))
-    print(f"saved {path} version {saved.version}" + (f" (the old one: {path.name}.bak)"
-                                                     if path.with_name(path.name + ".bak").exists() else ""))
-    if cam.calibration_file is None:
-        _name_calibration(cam, path, args.config)
-    reference = cam.reference_image or saved_reference(config.storage.dir / REFERENCE_DIR, cam.id)
-    save_reference(reference, frame.image)
-    print(f"view reference: {reference} (a running agent compares with it from its next start)")
+    stored = store(config, cam, fitted, frame.image)
+    print(f"saved {stored.path} version {stored.calibration.version}"
+          + (f" (the old one: {stored.backup.name})" if stored.backup else ""))
+    if stored.camera_file_changed:
+        print(f"{cam.source_file}: calibration = {stored.path.name!r} added (the old file: {cam.source_file.name}.bak)")
+    print(f"view reference: {stored.reference} (a running agent takes both at its next start)")
     return 0
 
 
@@ -331,40 +326,6 @@ def _read_points(path: Path, datum: str | None) -> tuple[list[GroundPoint], str]
             raise ConfigError(path, f"line {line}", f"expected 4 numbers, got {','.join(row)}") from None
         points.append(GroundPoint((x, y), (a, b)))
     return points, CSV_COLUMNS[header]
-
-
-def _name_calibration(cam: CameraConfig, calibration_path: Path, edge_path: Path) -> None:
-    """Add ``calibration = "<file>"`` to the camera file with the least change: one line among
-    the top-level keys, before the first table (and the comments heading it); the rest of the
-    file stays as written. Written atomically, the old file kept as .bak, and undone if the box's
-    config no longer loads."""
-    path = cam.source_file
-    text = path.read_text(encoding="utf-8")
-    lines = text.splitlines(keepends=True)
-    at = next((i for i, line in enumerate(lines) if re.match(r"\s*\[", line)), len(lines))
-    while at > 0 and (not lines[at - 1].strip() or lines[at - 1].lstrip().startswith("#")):
-        at -= 1
-    if at > 0 and not lines[at - 1].endswith("\n"):
-        lines[at - 1] += "\n"
-    lines.insert(at, f"calibration = {json.dumps(os.path.relpath(calibration_path, path.parent))}\n")
-    backup = path.with_name(path.name + ".bak")
-    _write_atomically(backup, text)
-    _write_atomically(path, "".join(lines))
-    try:
-        load_config(edge_path)
-    except ConfigError:
-        _write_atomically(path, text)
-        raise
-    print(f"{path}: calibration = {calibration_path.name!r} added (the old file: {backup.name})")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def cmd_snapshot(config: BoxConfig, args) -> int:

@@ -142,6 +142,8 @@ def test_bad_datums_and_origins_are_refused():
     points = local_points(PIXEL_QUAD)
     with pytest.raises(CalibrationError, match="datum"):
         fit(points, "UTM", ORIGIN, FRAME)
+    with pytest.raises(CalibrationError, match=r"point 2: pixel \(700, 540\) lies outside the 640x560 picture"):
+        fit(points, LOCAL_M, ORIGIN, (640, 560))
     with pytest.raises(CalibrationError, match="origin"):
         fit(points, LOCAL_M, None, FRAME)
     # metres given as if they were degrees
@@ -425,3 +427,17 @@ def test_snapshot_writes_the_annotated_frame_with_people_hidden(plaza, tmp_path,
     capsys.readouterr()
     assert main(["-c", str(edge2), "snapshot", "plaza-cam", "--out", str(out)]) == 1
     assert "snapshot: camera plaza-cam: no frame" in capsys.readouterr().err
+
+
+def test_snapshot_and_calibrate_read_a_live_rtsp_camera(tmp_path, footage, rtsp_server, capsys):
+    server = rtsp_server({"/cam": footage["vtest.mp4"]})
+    camera = write_camera(tmp_path, "plaza-cam", server.urls["/cam"])
+    edge = write_edge(tmp_path, [camera], command_key=False)
+    out = tmp_path / "live.png"
+    assert main(["-c", str(edge), "snapshot", "plaza-cam", "--out", str(out)]) == 0
+    assert cv2.imread(str(out)).shape == (576, 768, 3)
+    points = tmp_path / "points.csv"
+    write_points(points, LANDMARKS.values())
+    assert calibrate(edge, points, "--origin", "31.2304,121.4737") == 0
+    assert "7 points on its 768x576 picture" in capsys.readouterr().out
+    assert cv2.imread(str(tmp_path / "var" / "reference" / "plaza-cam.jpg")).shape == (576, 768, 3)
