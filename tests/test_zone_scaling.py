@@ -93,3 +93,22 @@ def test_check_warns_without_frame_size_and_names_the_size_with_it(tmp_path, cap
     assert main(["-c", str(edge), "check"]) == 0
     out = capsys.readouterr().out
     assert "zones drawn on 768x576" in out and "no frame_size" not in out
+
+
+def test_a_refused_zone_is_in_the_cameras_status(tmp_path, half_size_vtest):
+    import threading
+
+    import jsonschema
+
+    from agent.app import Agent
+    from agent.config import load_config
+
+    low_strip = np.array([[0, 400], [768, 400], [768, 576], [0, 576]], np.float32)
+    config = load_config(_camera(tmp_path, half_size_vtest, low_strip, None))
+    agent = Agent(config, storage_dir=tmp_path / "store")
+    agent.run(threading.Event())
+    # What the retained status carries per camera (agent.status() also reads the outbox, closed by now).
+    camera = agent.health["cam1"].snapshot(0.0)
+    assert camera["zones_outside_picture"] == ["plaza"] and camera["size"] == "384x288"
+    schema = json.loads((REPO / "agent" / "schemas" / "status.schema.json").read_text())
+    jsonschema.validate(camera, schema["properties"]["cameras"]["items"])
