@@ -112,3 +112,16 @@ def test_a_refused_zone_is_in_the_cameras_status(tmp_path, half_size_vtest):
     assert camera["zones_outside_picture"] == ["plaza"] and camera["size"] == "384x288"
     schema = json.loads((REPO / "agent" / "schemas" / "status.schema.json").read_text())
     jsonschema.validate(camera, schema["properties"]["cameras"]["items"])
+
+
+def test_scaling_keeps_the_crowd_rules_ground_area():
+    """px_per_m2 is per pixel of the picture the zone was drawn on: the half-size stream's zone
+    has a quarter of the pixels and the same square metres."""
+    from agent.rules.crowd import CrowdRule, Params
+
+    drawn = Zone("plaza", STRIP)
+    half = drawn.scaled(0.5, 0.5)
+    assert half.scale == (0.5, 0.5) and half.polygon.max(axis=0).tolist() == [384, 288]
+    params = Params(px_per_m2=400.0)
+    assert CrowdRule(half, params).area_m2 == pytest.approx(CrowdRule(drawn, params).area_m2)
+    assert half.covers_any(384, 288) and not Zone("off", STRIP + [0, 300]).covers_any(768, 576)
