@@ -41,10 +41,9 @@ from urllib.parse import parse_qs, urlsplit
 import cv2
 import numpy as np
 
-from agent import calibration as ground, camera_file
+from agent import calibration as ground, camera_calibration, camera_file
 from agent.config import BoxConfig, CameraConfig, ConfigError, is_loopback, load_camera, read_toml
 from agent.clock import SystemClock
-from agent.faults import REFERENCE_DIR, save_reference, saved_reference
 from agent.ingest import grab_frame
 from agent.logs import log_event
 from agent.preview import Preview
@@ -167,13 +166,8 @@ class CalibrationPage:
                 "grid_code": raw.get("location", {}).get("grid_code", ""), "zones": zones,
                 "calibration": self._calibration_doc(state.camera)}
 
-    def calibration_path(self, camera: CameraConfig) -> Path:
-        """The camera's calibration file: the one it names, else ``<camera file>.calibration.toml``
-        beside it (as ``edge-agent calibrate`` names it)."""
-        return camera.calibration_file or camera.source_file.with_name(f"{camera.source_file.stem}.calibration.toml")
-
     def _calibration_doc(self, camera: CameraConfig) -> dict | None:
-        path = self.calibration_path(camera)
+        path = camera_calibration.calibration_path(camera)
         if not path.is_file():
             return None
         doc = read_toml(path)
@@ -228,24 +222,18 @@ class CalibrationPage:
             fitted = ground.fit(points, datum, origin, (width, height))
         except ground.CalibrationError as exc:
             raise PageError(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc), "points") from None
-        path = self.calibration_path(state.camera)
-        version = ground.next_version(path)
-        ground.save(path, fitted, version)
-        # The view check compares with the picture the points were clicked on: the camera's
-        # reference_image if it names one, else the file the agent itself keeps in storage.
-        reference = (state.camera.reference_image
-                     or saved_reference(self.config.storage.dir / REFERENCE_DIR, state.camera.id))
-        save_reference(reference, frame)
-        if state.camera.calibration_file is None:
-            raw = read_toml(state.camera.source_file)
-            raw["calibration"] = os.path.relpath(path, state.camera.source_file.parent)
-            self._save(state, raw)
-        else:  # the same file, a new fit: what the camera maps to the ground changed
-            state.camera = load_camera(state.camera.source_file, self.config.source_file)
-        log_event(log, "calibration_saved", camera=camera_id, path=path, version=version,
-                  rms_px=round(fitted.rms_px, 2))
-        return {"file": str(path), "version": version, "errors_px": [float(e) for e in fitted.errors_px],
-                "rms_px": float(fitted.rms_px), "reference": str(reference)}
+        # The calibration file, the camera file's key and the view reference, as `calibrate` does.
+        try:
+            stored = camera_calibration.store(self.config, state.camera, fitted, frame)
+        except ConfigError as exc:
+            raise PageError(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc), exc.key) from None
+        state.stop_preview()  # the preview's tickets carry the new ground positions
+        state.camera = load_camera(state.camera.source_file, self.config.source_file)
+        log_event(log, "calibration_saved", camera=camera_id, path=stored.path,
+                  version=stored.calibration.version, rms_px=round(fitted.rms_px, 2))
+        return {"file": str(stored.path), "version": stored.calibration.version,
+                "errors_px": [float(e) for e in fitted.errors_px], "rms_px": float(fitted.rms_px),
+                "reference": str(stored.reference)}
 
     def preview(self, camera_id: str) -> dict:
         state = self.state(camera_id)

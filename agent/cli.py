@@ -167,7 +167,8 @@ def cmd_check(config: BoxConfig, args) -> int:
             print("  warning: its url holds the camera's password: move it to password_file or password_env, "
                   "camera files get copied and committed")
         if cam.frame_size is not None:
-            print(f"  zones drawn on {cam.frame_size[0]}x{cam.frame_size[1]}, scaled to the stream's picture at connect")
+            width, height = cam.frame_size
+            print(f"  zones drawn on {width}x{height}, scaled to the stream's picture at connect")
         elif cam.zones:
             print("  warning: no frame_size: zone polygons are pixels of the stream as it comes, and a sub-stream "
                   "or another resolution moves every zone; set frame_size = [width, height] of the picture "

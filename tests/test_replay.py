@@ -65,3 +65,15 @@ def test_replay_accounts_for_each_zone_shows_progress_and_writes_the_annotated_f
     # The zone is drawn in: its outline in amber along the top edge of the strip (y 250).
     edge_row = frames[20][250, 100:700].astype(int)
     assert (np.abs(edge_row - np.array([0, 200, 255])).max(axis=1) < 60).mean() > 0.5
+
+
+def test_run_print_tickets_prints_every_stored_message_too(tmp_path, footage):
+    """``run --print-tickets`` over a file camera that does not loop: the agent stops at its end."""
+    cam = write_camera(tmp_path, "cam1", str(footage["vtest.mp4"]), dwell=2)
+    edge = write_edge(tmp_path, [cam])
+    out = subprocess.run([sys.executable, "-m", "agent.cli", "-c", str(edge), "run", "--print-tickets"],
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    printed = [json.loads(line) for line in out.stdout.splitlines()]
+    stored = stored_ticket_messages(tmp_path / "var")
+    assert printed and [(d["ticket_id"], d["seq"]) for d in printed] == [(d["ticket_id"], d["seq"]) for d in stored]

@@ -93,3 +93,35 @@ def test_check_warns_without_frame_size_and_names_the_size_with_it(tmp_path, cap
     assert main(["-c", str(edge), "check"]) == 0
     out = capsys.readouterr().out
     assert "zones drawn on 768x576" in out and "no frame_size" not in out
+
+
+def test_a_refused_zone_is_in_the_cameras_status(tmp_path, half_size_vtest):
+    import threading
+
+    import jsonschema
+
+    from agent.app import Agent
+    from agent.config import load_config
+
+    low_strip = np.array([[0, 400], [768, 400], [768, 576], [0, 576]], np.float32)
+    config = load_config(_camera(tmp_path, half_size_vtest, low_strip, None))
+    agent = Agent(config, storage_dir=tmp_path / "store")
+    agent.run(threading.Event())
+    # What the retained status carries per camera (agent.status() also reads the outbox, closed by now).
+    camera = agent.health["cam1"].snapshot(0.0)
+    assert camera["zones_outside_picture"] == ["plaza"] and camera["size"] == "384x288"
+    schema = json.loads((REPO / "agent" / "schemas" / "status.schema.json").read_text())
+    jsonschema.validate(camera, schema["properties"]["cameras"]["items"])
+
+
+def test_scaling_keeps_the_crowd_rules_ground_area():
+    """px_per_m2 is per pixel of the picture the zone was drawn on: the half-size stream's zone
+    has a quarter of the pixels and the same square metres."""
+    from agent.rules.crowd import CrowdRule, Params
+
+    drawn = Zone("plaza", STRIP)
+    half = drawn.scaled(0.5, 0.5)
+    assert half.scale == (0.5, 0.5) and half.polygon.max(axis=0).tolist() == [384, 288]
+    params = Params(px_per_m2=400.0)
+    assert CrowdRule(half, params).area_m2 == pytest.approx(CrowdRule(drawn, params).area_m2)
+    assert half.covers_any(384, 288) and not Zone("off", STRIP + [0, 300]).covers_any(768, 576)
