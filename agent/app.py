@@ -79,6 +79,8 @@ def check_privacy(camera: CameraConfig, detector: Detector) -> None:
 class Agent:
     def __init__(self, config: BoxConfig, clock: Clock | None = None,
                  on_ticket: Callable[[dict], None] | None = None, storage_dir: Path | None = None):
+        """``on_ticket`` is told every ticket message the outbox stores, in order: openings and
+        clears, and the ``updated`` ones a clip or a command adds later."""
         self.config = config
         self.clock = clock or SystemClock()
         storage = storage_dir or config.storage.dir
@@ -106,17 +108,13 @@ class Agent:
         self.pipelines: dict[str, CameraPipeline] = {}
         self.clipper = Clipper(self.rings, self.trails, self.books, self.clock, settings.clip_pre_s,
                                settings.clip_post_s)
-        hooks = [h for h in (self.clipper.on_ticket if settings.clips else None, on_ticket) if h is not None]
-
-        def ticket_hook(doc: dict) -> None:
-            for hook in hooks:
-                hook(doc)
-
+        ticket_hook = self.clipper.on_ticket if settings.clips else None
         for cam in config.cameras:
             detector = self.detectors[cam.model]
             self.books[cam.id] = TicketBook(config.agent.id, cam, ModelInfo(detector.name, detector.sha256),
                                             self.topics, self.outbox, self.evidence, config.tickets, chunk_bytes,
                                             config.fault_categories, self.device_key)
+            self.books[cam.id].on_message = on_ticket
             self.pipelines[cam.id] = CameraPipeline(cam, detector, self.books[cam.id], self.health[cam.id],
                                                     storage / REFERENCE_DIR, ticket_hook, self.trails.get(cam.id))
         self.commands = CommandHandler(config.agent.id, self.topics, self.outbox, self.evidence, self.clock,

@@ -17,9 +17,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import av
 import cv2
 
 from agent import calibration
+from agent.annotated_video import AnnotatedVideo
 from agent.app import Agent, check_privacy, load_detectors, precision_risks
 from agent.calibration import LOCAL_M, WGS84, CalibrationError, GroundPoint
 from agent.camera_calibration import store
@@ -57,6 +59,20 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--start-time", type=_utc, default=None, metavar="ISO8601",
                         help="wall time of the file's first frame (default: now); fixes ticket times, "
                              "e.g. for comparing with ground truth")
+    replay.add_argument("--annotate", type=Path, metavar="OUT.mp4",
+                        help="also write the analysed frames with zones, detections, static objects and "
+                             "each rule's state as an H.264 video")
+    replay.add_argument("--progress-every", type=float, default=30.0, metavar="S",
+                        help="say how far the replay is on stderr every 10%% of the file or every S "
+                             "seconds, whichever comes first (default: 30)")
+    page = sub.add_parser("calibrate-ui", help="serve the technician's calibration page (zones, rules, ground "
+                                                "points, live preview); loopback only unless given a token")
+    page.add_argument("--camera", action="append", default=[], metavar="ID", help="only this camera (repeatable)")
+    page.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1); any other "
+                                                          "needs a token")
+    page.add_argument("--port", type=int, default=8088)
+    page.add_argument("--token-file", type=Path, help="file whose first line is the page's token (mode 0600); "
+                                                      "default: the EDGE_UI_TOKEN environment variable")
     sub.add_parser("key", help="print the box's public signing key (made if there is none yet) to enrol it "
                                "on the platform")
     calibrate = sub.add_parser("calibrate", help="fit a camera's ground calibration from a table of points, "
@@ -75,10 +91,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         # A broken calibration must not stop its own repair.
-        config = load_config(args.config, strict_calibration=args.command != "calibrate")
+        config = load_config(args.config, strict_calibration=args.command not in ("calibrate", "calibrate-ui"))
         setup_logging(config.agent.log_level, config.agent.log_format.value)
         commands = {"run": cmd_run, "check": cmd_check, "replay": cmd_replay, "key": cmd_key,
-                    "calibrate": cmd_calibrate, "snapshot": cmd_snapshot}
+                    "calibrate": cmd_calibrate, "snapshot": cmd_snapshot, "calibrate-ui": cmd_calibrate_ui}
         return commands[args.command](config, args)
     except ConfigError as exc:
         print(f"edge-agent: config error: {redact(str(exc))}", file=sys.stderr)
@@ -88,8 +104,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+_PRINT_LOCK = threading.Lock()  # messages come from camera, clipper and command threads
+
+
 def print_ticket(doc: dict) -> None:
-    print(json.dumps(doc, ensure_ascii=False), flush=True)
+    with _PRINT_LOCK:
+        print(json.dumps(doc, ensure_ascii=False), flush=True)
 
 
 def cmd_run(config: BoxConfig, args) -> int:
@@ -149,6 +169,13 @@ def cmd_check(config: BoxConfig, args) -> int:
         if cam.password_in_file:
             print("  warning: its url holds the camera's password: move it to password_file or password_env, "
                   "camera files get copied and committed")
+        if cam.frame_size is not None:
+            width, height = cam.frame_size
+            print(f"  zones drawn on {width}x{height}, scaled to the stream's picture at connect")
+        elif cam.zones:
+            print("  warning: no frame_size: zone polygons are pixels of the stream as it comes, and a sub-stream "
+                  "or another resolution moves every zone; set frame_size = [width, height] of the picture "
+                  "they were drawn on")
         for zc in cam.zones:
             params = ", ".join(f"{f.name}={_show(getattr(zc.params, f.name))}"
                                for f in dataclasses.fields(zc.params))
@@ -176,6 +203,23 @@ def cmd_key(config: BoxConfig, args) -> int:
     return 0
 
 
+def cmd_calibrate_ui(config: BoxConfig, args) -> int:
+    from agent.calibration_page import PageSettings, read_token, serve
+
+    try:
+        settings = PageSettings(args.bind, args.port, read_token(args.token_file), tuple(args.camera))
+        for camera_id in settings.cameras:
+            config.camera(camera_id)
+    except ValueError as exc:
+        print(f"edge-agent: calibrate-ui: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    serve(config, settings, stop=stop)
+    return 0
+
+
 def _utc(text: str) -> float:
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -191,6 +235,8 @@ def _show(value) -> str:
 
 
 def cmd_replay(config: BoxConfig, args) -> int:
+    """Tickets on stdout (one JSON message a line, every one the outbox stores); progress, the
+    totals and the per-zone account on stderr."""
     if not args.file.is_file():
         raise ConfigError(args.file, "", "replay file not found")
     camera = dataclasses.replace(config.camera(args.camera), url=str(args.file), realtime=False, loop=False)
@@ -204,12 +250,30 @@ def cmd_replay(config: BoxConfig, args) -> int:
     with tempfile.TemporaryDirectory(prefix="edge-replay-") as tmp:
         clock = ManualClock(args.start_time) if args.start_time is not None else None
         agent = Agent(config, clock=clock, on_ticket=collect, storage_dir=args.store or Path(tmp))
+        pipeline = agent.pipelines[camera.id]
+        progress = _Progress(_duration_s(args.file), args.progress_every, tickets)
+        video = AnnotatedVideo(args.annotate, camera.analysis_fps) if args.annotate else None
+
+        def analysed(obs) -> None:
+            if video is not None:
+                video.write(obs, pipeline)
+            progress.tick(obs.ts)
+
+        pipeline.on_analysed = analysed
         started = time.monotonic()
-        agent.run(threading.Event())
+        try:
+            agent.run(threading.Event())
+        finally:
+            if video is not None:
+                video.close()
         health = agent.health[camera.id].snapshot(time.time())
     elapsed = time.monotonic() - started
     print(f"replay: {health['frames_decoded']} frames decoded, {health['frames_analysed']} analysed, "
           f"{len(tickets)} ticket messages in {elapsed:.1f} s", file=sys.stderr)
+    for account in pipeline.accounts.values():
+        print(account.summary(), file=sys.stderr)
+    if video is not None:
+        print(f"replay: {video.frames} annotated frames in {args.annotate}", file=sys.stderr)
     return 0 if health["analysis_errors"] == 0 else 1
 
 
@@ -283,6 +347,42 @@ def cmd_snapshot(config: BoxConfig, args) -> int:
     print(f"snapshot {cam.id}: {args.out} ({width}x{height}), {len(detections)} detections, "
           f"{len(cam.zones)} zones")
     return 0
+
+
+def _duration_s(path: Path) -> float | None:
+    """The file's length in seconds, None when its container does not say."""
+    try:
+        with av.open(str(path)) as container:
+            return container.duration / av.time_base if container.duration else None
+    except av.error.FFmpegError:
+        return None  # the replay itself will say what is wrong with the file
+
+
+class _Progress:
+    """How far a replay is, on stderr: at every further 10% of the file's length, and at least
+    every ``every_s`` seconds of wall time (a file of unknown length gets the latter only)."""
+
+    def __init__(self, duration_s: float | None, every_s: float, tickets: list):
+        self.duration_s, self.every_s, self.tickets = duration_s, every_s, tickets
+        self.first_ts: float | None = None
+        self.frames = 0
+        self.started = self.said_at = time.monotonic()
+        self.next_tenth = 1
+
+    def tick(self, ts: float) -> None:
+        self.frames += 1
+        self.first_ts = ts if self.first_ts is None else self.first_ts
+        media_s, now = ts - self.first_ts, time.monotonic()
+        share = media_s / self.duration_s if self.duration_s else None
+        if share is not None and share * 10 >= self.next_tenth:
+            self.next_tenth = int(share * 10) + 1
+        elif now - self.said_at < self.every_s:
+            return
+        self.said_at = now
+        where = (f"{100 * share:.0f}% ({media_s:.0f} of {self.duration_s:.0f} s)" if share is not None
+                 else f"{media_s:.0f} s of video")
+        print(f"replay: {where}, {self.frames} frames analysed, {len(self.tickets)} ticket messages, "
+              f"{now - self.started:.0f} s", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,15 @@ from agent.zones import Zone
 __all__ = ["ConfigError", "BoxConfig", "CameraConfig", "load_config", "read_toml"]
 
 
+def is_loopback(host: str) -> bool:
+    """``host`` is this machine: ``localhost`` or a literal loopback address. A host name is not
+    resolved, so that a DNS answer cannot make a remote host "local"."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class LogFormat(str, Enum):
     LOGFMT = "logfmt"
     JSON = "json"
@@ -167,10 +176,7 @@ class MqttSection:
     @property
     def loopback(self) -> bool:
         """The broker runs on this box: its traffic never leaves the machine."""
-        try:
-            return self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
-        except ValueError:  # a host name; not resolved, so that a DNS answer cannot make it "local"
-            return False
+        return is_loopback(self.host)
 
     def insecure(self) -> str | None:
         """Why this transport can be read or impersonated on the network; None when it cannot."""
@@ -227,7 +233,8 @@ class LocationSection:
 
 @dataclass(frozen=True)
 class ZoneSection:
-    polygon: list[tuple[float, float]] = setting(help="[[x, y], ...] in pixels of the camera picture")
+    polygon: list[tuple[float, float]] = setting(
+        help="[[x, y], ...] in pixels of the picture the zone was drawn on (the camera's frame_size)")
     rule: dict[str, Any] = setting(help="Table with type = <rule type> and that rule's parameters")
     category: CategorySection | None = setting(None, help="This zone's case class, if not the rule's")
     schedule: list[ScheduleSection] | None = setting(
@@ -251,6 +258,10 @@ class CameraFile:
     password_env: str | None = setting(None, help="Name of the environment variable holding the camera's password")
     model: str = setting("default", help="Name of a [models.<name>] table of edge.toml")
     name: str = setting("", help="A human name for the camera")
+    frame_size: tuple[int, int] | None = setting(
+        None, help="[width, height] of the picture the zone polygons were drawn on: they are scaled to "
+                   "the stream's real size at connect (a sub-stream keeps its zones); leave out and "
+                   "polygons are pixels of the stream as it is")
     analysis_fps: float = setting(2.0, gt=0, le=30, help="Frames analysed per second")
     read_timeout_s: float = setting(
         5.0, gt=0, help="A stream that delivers nothing this long is dropped and reconnected")
@@ -276,6 +287,8 @@ class CameraFile:
             raise ValueError(f"id: must be non-empty without '/', '+' or '#', got {self.id!r}")
         if self.password_file is not None and self.password_env is not None:
             raise ValueError("password_file and password_env: give one of them")
+        if self.frame_size is not None and min(self.frame_size) < 1:
+            raise ValueError(f"frame_size: width and height must be positive, got {list(self.frame_size)}")
 
 
 @dataclass(frozen=True)
@@ -317,6 +330,7 @@ class CameraConfig:
     password_in_file: bool = False  # the camera file's url itself holds a password: that file is a secret
     calibration: GroundCalibration | None = None  # pixels -> ground; None: tickets carry the camera's lat/lon
     calibration_file: Path | None = None  # the camera file's ``calibration``, resolved
+    frame_size: tuple[int, int] | None = None  # the picture the polygons were drawn on; None: the stream's
 
     def privacy_for(self, zone_id: str | None) -> PrivacyParams:
         """How pictures about ``zone_id`` hide people: the zone's override, else the camera's
@@ -398,6 +412,14 @@ def load_config(path: str | Path, strict_calibration: bool = True) -> BoxConfig:
                      fault_categories, edge.commands, command_key, password)
 
 
+def load_camera(path: str | Path, edge_path: str | Path) -> CameraConfig:
+    """One camera file checked exactly as :func:`load_config` checks the box's cameras: the
+    calibration page validates a camera file before it replaces the one in use."""
+    edge_path = Path(edge_path)
+    edge = load_dataclass(EdgeFile, read_toml(edge_path), edge_path, base_dir=edge_path.parent)
+    return _load_camera(Path(path), edge, edge_path)
+
+
 def _mqtt_password(mqtt: MqttSection, path: Path) -> str | None:
     """Check the TLS files are readable and read the password, so a box that cannot connect says
     why at start rather than on each reconnect."""
@@ -455,7 +477,8 @@ def _load_camera(path: Path, edge: EdgeFile, edge_path: Path, strict_calibration
         if strict_calibration:
             raise
         ground = None
-    zones = tuple(_load_zone(path, zone_id, section, edge, tz, ground) for zone_id, section in raw.zones.items())
+    zones = tuple(_load_zone(path, zone_id, section, edge, tz, ground, raw.frame_size)
+                  for zone_id, section in raw.zones.items())
     return CameraConfig(
         id=raw.id, name=raw.name or raw.id, url=url, source_file=path, model=raw.model,
         analysis_fps=raw.analysis_fps, read_timeout_s=raw.read_timeout_s, realtime=raw.realtime,
@@ -465,7 +488,7 @@ def _load_camera(path: Path, edge: EdgeFile, edge_path: Path, strict_calibration
         reference_image=raw.reference_image, tamper=raw.tamper, tracker=raw.tracker, scene=raw.scene,
         tiling=raw.tiling, zone_crops=raw.zone_crops, privacy=raw.privacy,
         password_file=raw.password_file, password_in_file=password_in_file, calibration=ground,
-        calibration_file=raw.calibration,
+        calibration_file=raw.calibration, frame_size=raw.frame_size,
     )
 
 
@@ -490,10 +513,17 @@ def _with_password(url: str, password: str, path: Path) -> str:
 
 
 def _load_zone(path: Path, zone_id: str, section: ZoneSection, edge: EdgeFile, tz: ZoneInfo,
-               ground: GroundCalibration | None) -> ZoneConfig:
+               ground: GroundCalibration | None, frame_size: tuple[int, int] | None) -> ZoneConfig:
     key = f"zones.{zone_id}"
     if len(section.polygon) < 3:
         raise ConfigError(path, f"{key}.polygon", f"needs at least 3 points, got {len(section.polygon)}")
+    if frame_size is not None:
+        # Drawn on that picture, a point cannot lie off it: frame_size or the polygon is wrong.
+        width, height = frame_size
+        off = next(((x, y) for x, y in section.polygon if not (0 <= x <= width and 0 <= y <= height)), None)
+        if off is not None:
+            raise ConfigError(path, f"{key}.polygon", f"zone {zone_id!r}: point [{off[0]:g}, {off[1]:g}] lies "
+                              f"outside frame_size {width}x{height}")
     rule = dict(section.rule)
     rule_type = rule.pop("type", None)
     known = rule_types()

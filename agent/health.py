@@ -27,12 +27,17 @@ class CameraHealth:
     disconnects: int = 0
     last_frame_at: float | None = None
     last_error: str = ""
+    outside: tuple[str, ...] = ()  # zones covering no pixel of the stream's picture, refused
     _analysed_at: deque = field(default_factory=lambda: deque(maxlen=20), repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def connected(self, codec: str, width: int, height: int) -> None:
         with self._lock:
             self.connected_now, self.codec, self.size = True, codec, f"{width}x{height}"
+
+    def zones_outside(self, zone_ids: list[str]) -> None:
+        with self._lock:
+            self.outside = tuple(zone_ids)
 
     def disconnected(self, reason: str) -> None:
         with self._lock:
@@ -85,4 +90,5 @@ class CameraHealth:
                 "disconnects": self.disconnects,
                 "last_frame_age_s": None if self.last_frame_at is None else round(now - self.last_frame_at, 3),
                 "last_error": self.last_error,
+                "zones_outside_picture": list(self.outside),
             }

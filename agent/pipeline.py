@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -23,6 +24,7 @@ from agent.tiling import Tiler
 from agent.track import Tracker
 from agent.tickets import TicketBook
 from agent.types import MOVER_CLASSES, Detections, EventKind, Frame, Observation, RuleEvent
+from agent.zone_account import ZoneAccount
 
 log = logging.getLogger("agent.pipeline")
 
@@ -34,10 +36,11 @@ ZONE_MARGIN_PX = 16
 
 @dataclass
 class ZoneRule:
-    config: ZoneConfig
+    config: ZoneConfig  # its zone scaled to the stream's picture
     rule: Rule
     inactive: str | None = None  # why the zone is not watched now: a camera fault, outside_schedule, muted
     telemetry_at: float = float("-inf")
+    outside: bool = False  # the zone covers no pixel of the stream's picture: refused, never watched
 
 
 class CameraPipeline:
@@ -49,15 +52,50 @@ class CameraPipeline:
         self.view = (ViewGuard(camera.id, camera.tamper, camera.reference_image,
                                saved_reference(reference_dir, camera.id))
                      if camera.view_check else None)
-        self.zone_rules = [ZoneRule(zc, build_rule(zc.rule_type, zc.zone, zc.params)) for zc in camera.zones]
-        types = rule_types()
-        needs = frozenset().union(*(types[zc.rule_type].needs for zc in camera.zones))
-        self.tracker = Tracker(camera.tracker) if Need.TRACKS in needs else None
-        blob_zones = [zc.zone for zc in camera.zones if Need.STATIC_BLOBS in types[zc.rule_type].needs]
-        self.scene = SceneModel(camera.scene, region=_joint_bounds(blob_zones)) if blob_zones else None
-        self.tiler = camera_tiler(camera, detector)
         self._latest: Observation | None = None
         self._latest_lock = threading.Lock()
+        types = rule_types()
+        # Per zone and rule, kept across picture-size changes: what `replay` sums up at the end.
+        self.accounts = {(zc.zone.id, zc.rule_type): ZoneAccount.for_rule(
+            zc.zone.id, zc.rule_type, zc.params, Need.STATIC_BLOBS in types[zc.rule_type].needs)
+            for zc in camera.zones}
+        # Told each analysed frame once the rules have seen it (replay's --annotate and progress).
+        self.on_analysed: Callable[[Observation], None] | None = None
+        self._build(None)
+
+    def _build(self, size: tuple[int, int] | None) -> None:
+        """Everything that depends on where the zones are, for a picture ``size`` (width, height)
+        of the stream; None before the first frame (polygons as drawn). The one place where the
+        camera file's polygons become pixels of the real picture: rules, the scene model's
+        region, the zone crops and the ticket pictures all take the zones from here. A new size
+        (a camera switched to its sub-stream) starts the rules afresh: their state is in the old
+        picture's pixels."""
+        self.size = size
+        drawn = self.camera.frame_size
+        sx, sy = (1.0, 1.0) if size is None or drawn is None else (size[0] / drawn[0], size[1] / drawn[1])
+        configs = [dataclasses.replace(zc, zone=zc.zone.scaled(sx, sy)) if (sx, sy) != (1.0, 1.0) else zc
+                   for zc in self.camera.zones]
+        self.zone_rules = [ZoneRule(zc, build_rule(zc.rule_type, zc.zone, zc.params),
+                                    outside=size is not None and not zc.zone.covers_any(*size)) for zc in configs]
+        refused = [zr.config.zone.id for zr in self.zone_rules if zr.outside]
+        for zone_id in refused:
+            polygon = next(zc.zone.polygon for zc in self.camera.zones if zc.zone.id == zone_id)
+            (x0, y0), (x1, y1) = polygon.min(axis=0), polygon.max(axis=0)
+            log_event(log, "zone_outside_picture", level=logging.ERROR, camera=self.camera.id, zone=zone_id,
+                      polygon_extent=f"{x0:g},{y0:g}-{x1:g},{y1:g}",
+                      drawn_on=f"{drawn[0]}x{drawn[1]}" if drawn else "no_frame_size",
+                      picture=f"{size[0]}x{size[1]}", action="refused: the zone is not watched")
+        if size is not None:
+            self.health.zones_outside(refused)
+        watched = [zr.config for zr in self.zone_rules if not zr.outside]
+        types = rule_types()
+        needs = frozenset().union(*(types[zc.rule_type].needs for zc in watched))
+        self.tracker = Tracker(self.camera.tracker) if Need.TRACKS in needs else None
+        blob_zones = [zc.zone for zc in watched if Need.STATIC_BLOBS in types[zc.rule_type].needs]
+        self.scene = SceneModel(self.camera.scene, region=_joint_bounds(blob_zones)) if blob_zones else None
+        crop_zones = [zc.zone for zc in watched if Need.SMALL_OBJECTS in types[zc.rule_type].needs]
+        self.tiler = Tiler(self.camera.tiling, self.camera.zone_crops, crop_zones, self.detector.manifest.input_size)
+        self.tickets.use_zones([zc.zone for zc in configs])
 
     @property
     def latest(self) -> Observation | None:
@@ -84,6 +122,9 @@ class CameraPipeline:
 
     def on_frame(self, frame: Frame) -> None:
         try:
+            height, width = frame.image.shape[:2]
+            if (width, height) != self.size:
+                self._build((width, height))
             obs = self.observe(frame)
             with self._latest_lock:
                 self._latest = obs
@@ -93,6 +134,8 @@ class CameraPipeline:
                 self._guard_view(obs)
             for zr in self.zone_rules:
                 self._feed(zr, obs)
+            if self.on_analysed is not None:
+                self.on_analysed(obs)
         except Exception as exc:
             # One bad frame or a bug in one rule must not stop the camera: count it, say it, go on.
             self.health.analysis_failed(f"{type(exc).__name__}: {exc}")
@@ -119,7 +162,9 @@ class CameraPipeline:
 
     def _feed(self, zr: ZoneRule, obs: Observation) -> None:
         zone_id, schedule = zr.config.zone.id, zr.config.schedule
-        if self.suspended is not None:
+        if zr.outside:
+            inactive = "outside_picture"
+        elif self.suspended is not None:
             inactive = self.suspended  # its tickets would be about the wrong pixels
         elif schedule is not None and not schedule.active(obs.ts):
             inactive = "outside_schedule"
@@ -135,9 +180,13 @@ class CameraPipeline:
                 # Dwell must not carry over from yesterday's business hours or from before a mute:
                 # the rule starts afresh when the zone is watched again.
                 zr.rule.reset()
+        account = self.accounts[(zone_id, zr.config.rule_type)]
         if inactive is not None:
+            account.record(zr.config.zone, obs, inactive)
             return
-        for event in zr.rule.update(obs):
+        events = zr.rule.update(obs)
+        account.record(zr.config.zone, obs, None, zr.rule, events)
+        for event in events:
             # Rules may render extra evidence for their tickets (the crowd rule's heat map).
             pictures = (zr.rule.pictures(obs) if hasattr(zr.rule, "pictures")
                         and event.kind is not EventKind.CLEARED else None)

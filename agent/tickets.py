@@ -21,6 +21,7 @@ import json
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
@@ -38,6 +39,7 @@ from agent.rules import Category
 from agent.ticket_signing import DeviceKey
 from agent.topics import Topics
 from agent.types import Detections, EventKind, RuleEvent, bottom_centres
+from agent.zones import Zone
 
 SCHEMA_ID = "edge-agent/ticket"
 SCHEMA_VERSION = "1.0"
@@ -123,6 +125,13 @@ class TicketBook:
         self._lock = threading.RLock()
         self._mutes = self._load_mutes()
         self._ground: dict[tuple[int, int], GroundCalibration | None] = {}  # the calibration per picture size
+        # Told every ticket message as it is stored, whichever thread stores it (rule events,
+        # clips attached later, commands): what `replay` and `run --print-tickets` print.
+        self.on_message: Callable[[dict], None] | None = None
+
+    def use_zones(self, zones: list[Zone]) -> None:
+        """The zones as the pipeline scaled them to the stream's picture, drawn on ticket pictures."""
+        self.zones = {z.id: z for z in zones} | {CAMERA_ZONE: WHOLE_PICTURE}
 
     # --- reading ------------------------------------------------------------------------------
     def get(self, ticket_id: str) -> Ticket:
@@ -422,6 +431,8 @@ class TicketBook:
         log_event(log, f"ticket_{event}", camera=self.camera.id, zone=ticket.zone, rule=ticket.rule,
                   ticket=ticket.id, seq=doc["seq"], status=status.value, label=doc["class"],
                   confidence=doc["confidence"], evidence=",".join(str(item.path) for item in evidence) or "-")
+        if self.on_message is not None:
+            self.on_message(doc)
         return doc
 
     def _store(self, tx: Transaction, ticket: Ticket, status: Status, ts: float, doc: dict) -> None:

@@ -41,46 +41,47 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.types import Detections
+from agent.typedtoml import setting
 
 
 @dataclass(frozen=True)
 class TrackerParams:
-    high_score: float = 0.5
+    high_score: float = setting(0.5, ge=0, le=1)
     """Detections at or above this are matched first and may start tracks."""
-    low_score: float = 0.2
+    low_score: float = setting(0.2, ge=0, le=1)
     """Detections below this are ignored; between the two they can only continue a track."""
-    match_iou: float = 0.2
+    match_iou: float = setting(0.2, gt=0, le=1)
     """Least IoU between a predicted box and a high-score detection to continue the track; low,
     because 2 fps sampling moves people a long way between frames (ByteTrack's first stage uses
     0.2 too)."""
-    match_buffer: float = 0.5
+    match_buffer: float = setting(0.5, ge=0, le=5)
     """Boxes are grown by this fraction of their size on every side before the IoU is taken
     (buffered IoU, C-BIoU): a new track has no velocity yet, and a pedestrian near the camera moves
     a whole body width in 0.5 s, so unbuffered boxes would not overlap at all. On vtest at 2 fps,
     0.5 gave 24 person ids in the first 30 s where 0.3 gave 32 and no buffer 105."""
-    low_match_iou: float = 0.4
+    low_match_iou: float = setting(0.4, gt=0, le=1)
     """Least IoU for a low-score detection; stricter, since low scores include false boxes."""
-    lost_s: float = 2.0
+    lost_s: float = setting(2.0, gt=0)
     """A moving track unmatched for longer than this is dropped."""
-    lost_stationary_s: float = 10.0
+    lost_stationary_s: float = setting(10.0, gt=0)
     """A stationary track unmatched for longer than this is dropped; longer than ``lost_s``
     because a stationary object is usually only hidden, and its box is known exactly."""
-    velocity_smoothing: float = 0.5
+    velocity_smoothing: float = setting(0.5, gt=0, le=1)
     """Weight of the newest velocity measurement (0..1]; lower is steadier but slower to turn."""
-    stationary_px: float = 6.0
+    stationary_px: float = setting(6.0, ge=0)
     """Least tolerance, in pixels, for a box centre to count as not moving."""
-    stationary_frac: float = 0.15
+    stationary_frac: float = setting(0.15, ge=0, le=1)
     """Tolerance as a fraction of the box's smaller side, used when it is larger than
     ``stationary_px``: a car filling a quarter of the picture jitters by more pixels than a
     pedestrian far away."""
-    stationary_after_s: float = 5.0
+    stationary_after_s: float = setting(5.0, ge=0)
     """Seconds within the tolerance before a track is stationary."""
-    moving_after_s: float = 2.0
+    moving_after_s: float = setting(2.0, ge=0)
     """Seconds continuously beyond the tolerance before a stationary track moves again."""
     tentative_classes: tuple[str, ...] = ("bicycle", "motorcycle")
     """Classes whose low-score detections may start tentative tracks: small parked bikes are
     scored 0.35-0.5 by the bundled model, too low to start a track, every frame for minutes."""
-    confirm_hits: int = 3
+    confirm_hits: int = setting(3, ge=1, le=1000)
     """Frames a tentative track must be matched in before it is reported (1: at once)."""
     class_groups: tuple[frozenset[str], ...] = (
         frozenset({"bicycle", "motorcycle"}),
@@ -89,12 +90,11 @@ class TrackerParams:
     """Classes that may continue each other's tracks; any other class matches only itself."""
 
     def __post_init__(self):
-        if not 0 <= self.low_score <= self.high_score:
-            raise ValueError("need 0 <= low_score <= high_score")
-        if not 0 < self.velocity_smoothing <= 1:
-            raise ValueError("velocity_smoothing must be in (0, 1]")
-        if self.confirm_hits < 1:
-            raise ValueError("confirm_hits must be at least 1")
+        # Single bounds are the fields' own (checked at load); these depend on another key.
+        if self.low_score > self.high_score:
+            raise ValueError(f"low_score: must be <= high_score ({self.high_score:g}), got {self.low_score:g}")
+        if self.lost_stationary_s < self.lost_s:
+            raise ValueError(f"lost_stationary_s: must be >= lost_s ({self.lost_s:g}), got {self.lost_stationary_s:g}")
 
 
 @dataclass(frozen=True)

@@ -154,3 +154,70 @@ class _Converter:
             self.fail(key, f"must be > {meta['gt']}, got {value}")
         if meta.get("le") is not None and value > meta["le"]:
             self.fail(key, f"must be <= {meta['le']}, got {value}")
+
+
+# Units a key's name ends in, for people filling in a form (the calibration page): the suffixes
+# the config already uses so that a number never needs a comment to say what it counts.
+UNIT_WORDS = {"s": "s", "px": "px", "m2": "m²", "m": "m", "fps": "fps", "pct": "%"}
+
+
+def unit_of(name: str) -> str:
+    """The unit a key's name gives: ``min_dwell_s`` s, ``px_per_m2`` px/m², ``min_length`` none."""
+    if "_per_" in name:
+        head, tail = name.rsplit("_per_", 1)
+        top, bottom = UNIT_WORDS.get(head.rsplit("_", 1)[-1], ""), UNIT_WORDS.get(tail, "")
+        return f"{top}/{bottom}" if top and bottom else ""
+    return UNIT_WORDS.get(name.rsplit("_", 1)[-1], "") if "_" in name else ""
+
+
+def describe(cls: type) -> list[dict]:
+    """The fields of a config dataclass as JSON-able dicts (name, type, default, bounds, help,
+    unit), for tools that build forms from the same metadata the loader checks."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if f.default is not dataclasses.MISSING:
+            default, required = _plain(f.default), False
+        elif f.default_factory is not dataclasses.MISSING:
+            default, required = _plain(f.default_factory()), False
+        else:
+            default, required = None, True
+        unit = unit_of(f.name)
+        out.append({"name": f.name, "type": _kind(hints[f.name]), "optional": _optional(hints[f.name]),
+                    "required": required, "default": default, "help": f.metadata.get("help", ""),
+                    "unit": unit, **{k: f.metadata.get(k) for k in ("ge", "gt", "le")}})
+    return out
+
+
+def _optional(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def _kind(tp: Any) -> str:
+    """One of number, integer, boolean, string, list:<kind of its items>, choice:<a>|<b>, or other."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple, frozenset):
+        items = {a for a in typing.get_args(tp) if a is not Ellipsis}
+        return f"list:{_kind(items.pop())}" if len(items) == 1 else "other"
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return "choice:" + "|".join(str(m.value) for m in tp)
+    return {float: "number", int: "integer", bool: "boolean", str: "string", Path: "string"}.get(tp, "other")
+
+
+def _plain(value: Any) -> Any:
+    """A default as JSON: enums by value, sets sorted, paths as text."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (set, frozenset)):
+        return sorted(_plain(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if dataclasses.is_dataclass(value) or isinstance(value, dict):
+        return None  # nested tables are not form fields
+    return value

@@ -1,4 +1,9 @@
-"""Zones: polygons in pixel coordinates of one camera's picture."""
+"""Zones: polygons in pixel coordinates of one camera's picture.
+
+A camera file's polygons are pixels of the picture they were drawn on (its ``frame_size``); the
+pipeline scales them to the stream's real picture (:meth:`Zone.scaled`) when frames arrive, so a
+camera switched to its sub-stream keeps its zones where they were.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,9 @@ import numpy as np
 class Zone:
     id: str
     polygon: np.ndarray  # (K, 2) float32, K >= 3, pixel coordinates
+    # Stream pixels per pixel of the picture the polygon was drawn on (x, y): what a rule whose
+    # parameters are in drawn pixels (the crowd rule's px_per_m2) divides by.
+    scale: tuple[float, float] = (1.0, 1.0)
 
     def contains(self, points: np.ndarray) -> np.ndarray:
         """Boolean mask of the (N, 2) ``points`` that lie inside or on the polygon."""
@@ -23,3 +31,15 @@ class Zone:
     def bounds(self) -> tuple[int, int, int, int]:
         """x, y, w, h of the polygon's bounding rectangle."""
         return cv2.boundingRect(self.polygon.astype(np.int32))
+
+    def scaled(self, sx: float, sy: float) -> Zone:
+        """This zone drawn on a picture ``sx`` times as wide and ``sy`` times as tall."""
+        polygon = (self.polygon * np.array([sx, sy], np.float32)).astype(np.float32)
+        return Zone(self.id, polygon, (self.scale[0] * sx, self.scale[1] * sy))
+
+    def covers_any(self, width: int, height: int) -> bool:
+        """Whether the polygon covers at least one pixel of a ``width`` x ``height`` picture: a
+        zone that does not can never see anything."""
+        mask = np.zeros((height, width), np.uint8)
+        cv2.fillPoly(mask, [np.round(self.polygon).astype(np.int32).reshape(-1, 1, 2)], 1)
+        return bool(mask.any())

@@ -87,6 +87,7 @@ class TicketMessage:
     rule: str
     zone: str
     t: float
+    reason: str = ""  # the message's reason: "evidence" for a clip attached later, the changed facts, ...
 
 
 @dataclass(frozen=True)
@@ -217,7 +218,7 @@ def read_tickets(stdout: str) -> list[TicketMessage]:
         doc = json.loads(line)
         moment = datetime.fromisoformat(doc["event_time"].replace("Z", "+00:00")).timestamp()
         messages.append(TicketMessage(doc["ticket_id"], doc["event"], doc["rule"], doc["zone_id"],
-                                      moment - START_EPOCH))
+                                      moment - START_EPOCH, doc.get("reason", "")))
     return messages
 
 

@@ -7,7 +7,9 @@
 # 1. apt-get installs what is missing (skipped when everything is there):
 #    mosquitto (also ships mosquitto_passwd, which the TLS tests use), python3-venv, git, and for the RTSP test server (run by the
 #    SYSTEM python, /usr/bin/python3): python3-gi gir1.2-gst-rtsp-server-1.0
-#    gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+#    gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad, and for the
+#    calibration page's browser tests chromium chromium-driver (Playwright drives /usr/bin/chromium;
+#    `playwright install` is never run)
 # 2. creates .venv if missing and installs the project with its test extra
 #    (skipped while pyproject.toml is unchanged since the last install),
 # 3. fetches the test footage (tools/fetch_footage.py, cached in .cache/footage
@@ -28,6 +30,8 @@ say() { printf 'test.sh: %s\n' "$*"; }
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v git >/dev/null 2>&1 || need+=(git)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 if [ ! -x .venv/bin/python ]; then
     if ! command -v "$PY" >/dev/null 2>&1; then
         need+=(python3 python3-venv)

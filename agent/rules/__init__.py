@@ -57,6 +57,11 @@ class Rule(Protocol):
     def reset(self) -> None:
         """Forget all state, e.g. when the zone's schedule makes it inactive."""
 
+    def dwell(self) -> float | None:
+        """Seconds the rule's current candidate has held towards its ``min_dwell_s`` as of the
+        last frame, None when there is none: what the replay summary and preview report as
+        "candidate 23 s / 60 s"."""
+
 
 @dataclass(frozen=True)
 class RuleType:

@@ -104,7 +104,8 @@ class CrowdRule:
     def __init__(self, zone: Zone, params: Params):
         self.zone, self.params = zone, params
         self.classes = frozenset(params.classes)
-        pixels = cv2.contourArea(zone.polygon.reshape(-1, 1, 2).astype(np.float32))
+        # px_per_m2 was measured on the picture the zone was drawn on, not on the stream's.
+        pixels = cv2.contourArea(zone.polygon.reshape(-1, 1, 2).astype(np.float32)) / (zone.scale[0] * zone.scale[1])
         self.area_m2 = params.area_m2 if params.area_m2 is not None else pixels / params.px_per_m2
         self.reset()
 
@@ -130,6 +131,17 @@ class CrowdRule:
         people = self._people(obs)
         leave = self.params.hysteresis * self.params.levels[0]
         return people.xyxy if len(people) / self.area_m2 >= leave else None
+
+    def dwell(self) -> float | None:
+        """Seconds the zone has lately been at level 1's density, frame after frame, towards
+        ``min_dwell_s`` (None: not at it in the last frame). The rule itself asks for three
+        quarters of its window's frames, so it may open a little before this reaches min_dwell_s."""
+        run = None
+        for t, density in reversed(self._history):
+            if density < self.params.levels[0]:
+                break
+            run = t
+        return None if run is None else self._history[-1][0] - run
 
     def telemetry(self) -> dict:
         """The latest frame's ``ts``, ``people``, ``density`` (per m²), ``level`` and ``area_m2``."""

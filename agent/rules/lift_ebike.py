@@ -361,6 +361,10 @@ class LiftEbikeRule:
         self._object_box = foreground.box
         return still and self._object_length >= p.min_length
 
+    def dwell(self) -> float | None:
+        """Seconds the current candidate has held towards ``min_dwell_s`` (None: no candidate)."""
+        return None if self._first_seen is None else self._last_seen - self._first_seen
+
     def update(self, obs: Observation) -> list[RuleEvent]:
         p, ts = self.params, obs.ts
         self._reap()

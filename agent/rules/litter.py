@@ -200,6 +200,7 @@ class LitterRule:
         self._first_seen = 0.0
         self._last_seen = 0.0
         self._last_boxes = np.zeros((0, 4), np.float32)  # the last litter seen, which a clear reports
+        self._dwell: float | None = None  # the longest rest of the visible litter in the last frame
 
     def _on_ground(self, blobs: tuple[StaticBlob, ...]) -> list[StaticBlob]:
         """Blobs whose bottom centre is in the zone, whose area is within bounds and that lie
@@ -224,6 +225,10 @@ class LitterRule:
         litter = self._visible(self._on_ground(obs.static_blobs), obs.detections)
         return _boxes(litter) if litter else None
 
+    def dwell(self) -> float | None:
+        """Seconds the longest-resting visible blob has held towards ``min_dwell_s`` (None: no candidate)."""
+        return self._dwell
+
     def update(self, obs: Observation) -> list[RuleEvent]:
         p, ts = self.params, obs.ts
         if self._watching_since is None:
@@ -231,6 +236,7 @@ class LitterRule:
         self._movers.update(ts, obs.image.shape, obs.detections)
         on_ground = self._on_ground(obs.static_blobs)
         litter = self._visible(on_ground, obs.detections)
+        self._dwell = max((ts - max(b.static_since, self._watching_since) for b in litter), default=None)
 
         if not self._open:
             rested = [b for b in litter if ts - max(b.static_since, self._watching_since) >= p.min_dwell_s]

@@ -175,6 +175,10 @@ class MisparkedBikesRule:
             boxes = np.concatenate([boxes.reshape(-1, 4), unseen]).astype(np.float32)
         return boxes if len(boxes) > self.limit else None
 
+    def dwell(self) -> float | None:
+        """Seconds the longest-parked spot has held towards ``min_dwell_s`` (None: no candidate)."""
+        return max((s.last_seen - s.since for s in self._spots), default=None)
+
     def update(self, obs: Observation) -> list[RuleEvent]:
         ts = obs.ts
         tracks = obs.tracks if obs.tracks is not None else Tracks.empty(obs.detections.class_names)

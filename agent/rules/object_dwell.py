@@ -63,6 +63,10 @@ class ObjectDwellRule:
         inside = self._inside(obs.detections)
         return inside.xyxy if len(inside) else None
 
+    def dwell(self) -> float | None:
+        """Seconds the current candidate has held towards ``min_dwell_s`` (None: no candidate)."""
+        return None if self._first_seen is None else self._last_seen - self._first_seen
+
     def update(self, obs: Observation) -> list[RuleEvent]:
         p, ts = self.params, obs.ts
         inside = self._inside(obs.detections)

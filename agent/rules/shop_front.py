@@ -184,6 +184,10 @@ class ShopFrontRule:
         occupancy = self._occupancy(obs)
         return occupancy.boxes if occupancy.fraction >= self.params.min_fraction else None
 
+    def dwell(self) -> float | None:
+        """Seconds the current candidate has held towards ``min_dwell_s`` (None: no candidate)."""
+        return None if self._occupied_since is None else self._last_seen - self._occupied_since
+
     def update(self, obs: Observation) -> list[RuleEvent]:
         p, ts = self.params, obs.ts
         if self._watching_since is None:
