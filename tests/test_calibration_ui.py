@@ -38,7 +38,7 @@ def ground_of(x: float, y: float) -> tuple[float, float]:
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api  # the test extra installs it: a missing one must fail, not skip
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} not found: apt-get install chromium chromium-driver (tools/test.sh does)")
     with sync_api.sync_playwright() as p:
