@@ -30,7 +30,7 @@ from agent.config import BoxConfig, load_config
 from agent.evidence import spot_check
 from agent.ingest import grab_frame
 from agent.logs import setup_logging
-from agent.pipeline import camera_tiler
+from agent.pipeline import camera_tiler, scaled_zones
 from agent.privacy import PrivacyParams
 from agent.redact import redact
 from agent.ticket_signing import KEY_FILE, DeviceKey, public_pem
@@ -339,11 +339,12 @@ def cmd_snapshot(config: BoxConfig, args) -> int:
     detector = load_detectors(dataclasses.replace(config, cameras=(cam,)))[cam.model]
     check_privacy(cam, detector)
     frame = grab_frame(cam, SystemClock())
-    detections = camera_tiler(cam, detector).detect(detector, frame.image, frame.ts)
-    picture = spot_check(frame.image, [zc.zone for zc in cam.zones], detections, cam.privacy)
+    height, width = frame.image.shape[:2]
+    zones = scaled_zones(cam, (width, height))
+    detections = camera_tiler(cam, detector, zones).detect(detector, frame.image, frame.ts)
+    picture = spot_check(frame.image, [zc.zone for zc in zones], detections, cam.privacy)
     if not cv2.imwrite(str(args.out), picture):
         raise ConfigError(args.out, "", "cannot write the picture (is the folder there, the suffix .jpg or .png?)")
-    height, width = frame.image.shape[:2]
     print(f"snapshot {cam.id}: {args.out} ({width}x{height}), {len(detections)} detections, "
           f"{len(cam.zones)} zones")
     return 0

@@ -72,9 +72,7 @@ class CameraPipeline:
         picture's pixels."""
         self.size = size
         drawn = self.camera.frame_size
-        sx, sy = (1.0, 1.0) if size is None or drawn is None else (size[0] / drawn[0], size[1] / drawn[1])
-        configs = [dataclasses.replace(zc, zone=zc.zone.scaled(sx, sy)) if (sx, sy) != (1.0, 1.0) else zc
-                   for zc in self.camera.zones]
+        configs = scaled_zones(self.camera, size)
         self.zone_rules = [ZoneRule(zc, build_rule(zc.rule_type, zc.zone, zc.params),
                                     outside=size is not None and not zc.zone.covers_any(*size)) for zc in configs]
         refused = [zr.config.zone.id for zr in self.zone_rules if zr.outside]
@@ -93,8 +91,7 @@ class CameraPipeline:
         self.tracker = Tracker(self.camera.tracker) if Need.TRACKS in needs else None
         blob_zones = [zc.zone for zc in watched if Need.STATIC_BLOBS in types[zc.rule_type].needs]
         self.scene = SceneModel(self.camera.scene, region=_joint_bounds(blob_zones)) if blob_zones else None
-        crop_zones = [zc.zone for zc in watched if Need.SMALL_OBJECTS in types[zc.rule_type].needs]
-        self.tiler = Tiler(self.camera.tiling, self.camera.zone_crops, crop_zones, self.detector.manifest.input_size)
+        self.tiler = camera_tiler(self.camera, self.detector, watched)
         self.tickets.use_zones([zc.zone for zc in configs])
 
     @property
@@ -202,11 +199,21 @@ class CameraPipeline:
                                             expiry_s=int(3 * self.camera.telemetry_interval_s))
 
 
-def camera_tiler(camera: CameraConfig, detector: Detector) -> Tiler:
-    """The camera's detection step: the full frame, plus crops around the zones whose rules look
-    for small objects and grid tiles when configured."""
+def scaled_zones(camera: CameraConfig, size: tuple[int, int] | None) -> list[ZoneConfig]:
+    """The camera's zones in pixels of a picture ``size`` (width, height) of its stream: the
+    polygons are drawn on ``frame_size``; without it, or before the first frame (None), as drawn."""
+    drawn = camera.frame_size
+    if size is None or drawn is None or tuple(size) == tuple(drawn):
+        return list(camera.zones)
+    sx, sy = size[0] / drawn[0], size[1] / drawn[1]
+    return [dataclasses.replace(zc, zone=zc.zone.scaled(sx, sy)) for zc in camera.zones]
+
+
+def camera_tiler(camera: CameraConfig, detector: Detector, zones: list[ZoneConfig]) -> Tiler:
+    """The camera's detection step: the full frame, plus crops around those of ``zones`` (scaled
+    to the picture) whose rules look for small objects, and grid tiles when configured."""
     types = rule_types()
-    crop_zones = [zc.zone for zc in camera.zones if Need.SMALL_OBJECTS in types[zc.rule_type].needs]
+    crop_zones = [zc.zone for zc in zones if Need.SMALL_OBJECTS in types[zc.rule_type].needs]
     return Tiler(camera.tiling, camera.zone_crops, crop_zones, detector.manifest.input_size)
 
 
