@@ -42,6 +42,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from agent.files import write_atomically
 from agent.typedtoml import ConfigError, load_dataclass, read_toml, setting
 
 WGS84 = "WGS-84"
@@ -283,14 +284,9 @@ def save(path: str | Path, calibration: GroundCalibration, version: int) -> Grou
     path = Path(path)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
     saved = dataclasses.replace(calibration, version=int(version), created=created)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(render(saved))
-        f.flush()
-        os.fsync(f.fileno())
     if path.exists():
         os.replace(path, path.with_name(path.name + ".bak"))
-    os.replace(tmp, path)
+    write_atomically(path, render(saved).encode("utf-8"))
     return saved
 
 

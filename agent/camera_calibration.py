@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.files import write_atomically
 from agent import calibration
 from agent.calibration import GroundCalibration
 from agent.config import BoxConfig, CameraConfig, ConfigError, load_config
@@ -63,19 +64,10 @@ def name_in_camera_file(camera_file: Path, calibration_file: Path, edge_path: Pa
         lines[at - 1] += "\n"
     # A JSON string is a valid TOML basic string.
     lines.insert(at, f"calibration = {json.dumps(os.path.relpath(calibration_file, camera_file.parent))}\n")
-    _write_atomically(camera_file.with_name(camera_file.name + ".bak"), text)
-    _write_atomically(camera_file, "".join(lines))
+    write_atomically(camera_file.with_name(camera_file.name + ".bak"), text.encode("utf-8"))
+    write_atomically(camera_file, "".join(lines).encode("utf-8"))
     try:
         load_config(edge_path)
     except ConfigError:
-        _write_atomically(camera_file, text)
+        write_atomically(camera_file, text.encode("utf-8"))
         raise
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

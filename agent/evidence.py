@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from agent.files import write_atomically
 from agent.outbox import MessageProps, OutMessage
 from agent.privacy import PrivacyParams, anonymise
 from agent.zones import Zone
@@ -113,12 +113,7 @@ class EvidenceStore:
         folder = self.root / ticket_id
         folder.mkdir(parents=True, exist_ok=True)
         path = _unused(folder / filename)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomically(path, data)
         return Evidence(kind, path, hashlib.sha256(data).hexdigest(), len(data), content_type, duration_s)
 
     def folder(self, ticket_id: str) -> Path:

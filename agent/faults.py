@@ -8,15 +8,14 @@ They are not zone rules: they concern the whole picture, so their tickets name t
 from __future__ import annotations
 
 import logging
-import os
 from enum import Enum
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from agent.files import write_atomically
 from agent.logs import log_event
-from agent.redact import redact
 from agent.rules import Category
 from agent.tamper import TamperMonitor, TamperParams, Verdict, ViewReference
 from agent.types import EventKind, RuleEvent
@@ -66,12 +65,7 @@ def save_reference(path: Path, image: np.ndarray) -> None:
     if not ok:
         raise ValueError(f"cannot encode a reference frame as {path.suffix!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(buf.tobytes())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, buf.tobytes())
 
 
 class ViewGuard:
@@ -146,12 +140,13 @@ class OfflineWatch:
         self.offline_since: float | None = None
 
     def update(self, now: float, last_frame_at: float | None, last_error: str) -> list[RuleEvent]:
+        """``last_error`` as CameraHealth keeps it: redacted (it goes into the ticket's facts)."""
         seen = last_frame_at if last_frame_at is not None else self.started
         silent = now - seen
         if self.offline_since is None and silent >= self.grace_s:
             self.offline_since = seen
             return [fault_event(Fault.OFFLINE, EventKind.OPENED, now, seen,
-                                {"silent_s": round(silent, 1), "last_error": redact(last_error)})]
+                                {"silent_s": round(silent, 1), "last_error": last_error})]
         if self.offline_since is not None and silent < self.grace_s:
             since, self.offline_since = self.offline_since, None
             return [fault_event(Fault.OFFLINE, EventKind.CLEARED, now, since,

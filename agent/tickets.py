@@ -175,20 +175,25 @@ class TicketBook:
         """
         privacy = self.camera.privacy_for(event.zone)
         hidden = regions(detections, privacy, image.shape)
-        public = obscure(image, hidden, privacy)
-        public_pictures = {kind: obscure(_frame_sized(kind, picture, image), hidden, privacy)
-                           for kind, picture in (pictures or {}).items()}
+
+        # Hidden only for the messages that send pictures: an update (a crowd's count) sends the
+        # frame not at all, and a rule may say something the book ignores.
+        def public_pictures() -> dict[str, np.ndarray]:
+            return {kind: obscure(_frame_sized(kind, picture, image), hidden, privacy)
+                    for kind, picture in (pictures or {}).items()}
+
         with self._lock:
             latest = self.latest(event.zone, event.rule)
             if event.kind is EventKind.OPENED:
-                return self._opened(event, image, public, latest, public_pictures)
+                return self._opened(event, image, obscure(image, hidden, privacy), latest, public_pictures())
             if latest is None or latest.status is not Status.OPEN:
                 return None  # closed or rejected meanwhile, or opened before a restart and cleared since
             if event.kind is EventKind.UPDATED:
                 changed = sorted(k for k, v in event.facts.items() if latest.doc["facts"].get(k) != v)
                 return self._send(latest, "updated", Status.OPEN, event.ts, facts=event,
-                                  evidence=self._pictures(latest.id, public_pictures),
+                                  evidence=self._pictures(latest.id, public_pictures()),
                                   reason=",".join(changed) or "update")
+            public = obscure(image, hidden, privacy)
             snapshot = self._snapshot(latest.id, "snapshot_after", public, event, "(last seen)")
             return self._send(latest, "cleared", Status.CLEARED, event.ts, facts=event, evidence=[snapshot])
 
