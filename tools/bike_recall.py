@@ -25,7 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
@@ -191,6 +191,80 @@ def run_case(detector, frames, zone, spr, spot, seed, min_score, crop_params):
     return results
 
 
+@dataclass
+class Results:
+    """Every case's result, grouped the ways the tables read them."""
+
+    frames: int
+    by_size: dict[int, list] = field(default_factory=dict)
+    by_background: dict[str, list] = field(default_factory=dict)
+    by_source: dict[tuple[str, int], list] = field(default_factory=dict)
+    controls: list = field(default_factory=list)  # zones without a pasted bike
+
+    def frac(self, results, mode):
+        return f"{sum(r[mode]['hits'] for r in results)}/{self.frames * len(results)}"
+
+    @staticmethod
+    def still(results, mode, key="stationary"):
+        return f"{sum(r[mode][key] for r in results)}/{len(results)}"
+
+
+def measure(detector, footage, sizes: list[int], frames_per_case: int, min_score: float,
+            crops: ZoneCropParams) -> Results:
+    results = Results(frames_per_case, by_size={size: [] for size in sizes})
+    for b, bg in enumerate(BACKGROUNDS):
+        frames = background_frames(footage, bg, frames_per_case)
+        height, width = frames[0].shape[:2]
+        for s, spot in enumerate(bg.spots):
+            zone = bike_zone(spot, width, height)
+            results.controls.append(run_case(detector, frames, zone, None, spot, 0, min_score, crops))
+            for size in sizes:
+                for source in SOURCES:
+                    result = run_case(detector, frames, zone, sprite(source, size), spot,
+                                      1000 * b + 10 * s + size, min_score, crops)
+                    results.by_size[size].append(result)
+                    results.by_background.setdefault(bg.name, []).append(result)
+                    results.by_source.setdefault((source.name, size), []).append(result)
+                    print(f"{bg.name:26} spot {spot} {source.name:20} {size:3d} px: "
+                          + "  ".join(f"{m} {r['hits']}/{frames_per_case} still={'yes' if r['stationary'] else 'no'} "
+                                      f"scores={[round(x, 2) for x in r['scores']][:6]}"
+                                      for m, r in result.items()), file=sys.stderr, flush=True)
+    return results
+
+
+def print_tables(res: Results, min_score: float, every_s: float, threads: int) -> None:
+    frac, still = res.frac, res.still
+    print(f"Bikes pasted standing still, {res.frames} analysed frames per case at 2 fps, "
+          f"{len(SOURCES)} cut-outs x {len(BACKGROUNDS)} backgrounds x 2 spots per size; "
+          f"hit: bike box scored >= {min_score} at IoU >= {HIT_IOU}; zone crops every {every_s} s.\n")
+    print("| bike height | frames with a hit: full frame | zone crops | stationary track: full frame | "
+          "zone crops | zone crops, no tentative starts |")
+    print("|---|---|---|---|---|---|")
+    every = [r for results in res.by_size.values() for r in results]
+    for size, results in [*res.by_size.items(), ("all", every)]:
+        print(f"| {size}{' px' if size != 'all' else ''} | {frac(results, 'full')} | {frac(results, 'tiled')} | "
+              f"{still(results, 'full')} | {still(results, 'tiled')} | {still(results, 'tiled', 'stationary_strict')} |")
+    print("\n| background | frames with a hit: full frame | zone crops | stationary: full | zone crops | crops per frame |")
+    print("|---|---|---|---|---|---|")
+    for name, results in res.by_background.items():
+        print(f"| {name} | {frac(results, 'full')} | {frac(results, 'tiled')} | {still(results, 'full')} | "
+              f"{still(results, 'tiled')} | {results[0]['tiled']['crops']} |")
+    print("\n| cut-out, height | frames with a hit: full frame | zone crops | stationary: full | zone crops |")
+    print("|---|---|---|---|---|")
+    for (name, size), results in res.by_source.items():
+        print(f"| {name}, {size} px | {frac(results, 'full')} | {frac(results, 'tiled')} | "
+              f"{still(results, 'full')} | {still(results, 'tiled')} |")
+    false_full = sum(c["full"]["false"] for c in res.controls)
+    false_tiled = sum(c["tiled"]["false"] for c in res.controls)
+    print(f"\nFalse stationary bike tracks in the {len(res.controls)} zones without a pasted bike: "
+          f"full frame {false_full}, zone crops {false_tiled}; in the zones with one, besides it: "
+          f"full frame {sum(r['full']['false'] for r in every)}, zone crops {sum(r['tiled']['false'] for r in every)}.")
+    for mode in ("full", "tiled"):
+        ms = [m for r in every for m in r[mode]["ms"]]
+        print(f"Detection per analysed frame, {mode}: median {statistics.median(ms):.0f} ms, "
+              f"p90 {np.percentile(ms, 90):.0f} ms ({threads} threads, shared 2-core box).")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[40, 50, 60, 70, 80], help="bike heights, px")
@@ -199,65 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every-s", type=float, default=ZoneCropParams().every_s,
                         help="zone crops at most this often (default: the agent's default)")
     args = parser.parse_args(argv)
-    footage = ensure_footage()
     detector = load_detector(MANIFEST, threads=args.threads, min_score=0.35)
     min_score = BikeParams().min_score
-    crops = ZoneCropParams(every_s=args.every_s)
-    rows: dict[int, list] = {size: [] for size in args.sizes}
-    controls, per_bg, per_source = [], {}, {}
-    for b, bg in enumerate(BACKGROUNDS):
-        frames = background_frames(footage, bg, args.frames)
-        height, width = frames[0].shape[:2]
-        for s, spot in enumerate(bg.spots):
-            zone = bike_zone(spot, width, height)
-            controls.append(run_case(detector, frames, zone, None, spot, 0, min_score, crops))
-            for size in args.sizes:
-                for source in SOURCES:
-                    result = run_case(detector, frames, zone, sprite(source, size), spot,
-                                      1000 * b + 10 * s + size, min_score, crops)
-                    rows[size].append(result)
-                    per_bg.setdefault(bg.name, []).append(result)
-                    per_source.setdefault((source.name, size), []).append(result)
-                    print(f"{bg.name:26} spot {spot} {source.name:20} {size:3d} px: "
-                          + "  ".join(f"{m} {r['hits']}/{args.frames} still={'yes' if r['stationary'] else 'no'} "
-                                      f"scores={[round(x, 2) for x in r['scores']][:6]}"
-                                      for m, r in result.items()), file=sys.stderr, flush=True)
-
-    def frac(results, mode):
-        return f"{sum(r[mode]['hits'] for r in results)}/{args.frames * len(results)}"
-
-    def still(results, mode, key="stationary"):
-        return f"{sum(r[mode][key] for r in results)}/{len(results)}"
-
-    print(f"Bikes pasted standing still, {args.frames} analysed frames per case at 2 fps, "
-          f"{len(SOURCES)} cut-outs x {len(BACKGROUNDS)} backgrounds x 2 spots per size; "
-          f"hit: bike box scored >= {min_score} at IoU >= {HIT_IOU}; zone crops every {args.every_s} s.\n")
-    print("| bike height | frames with a hit: full frame | zone crops | stationary track: full frame | "
-          "zone crops | zone crops, no tentative starts |")
-    print("|---|---|---|---|---|---|")
-    every = [r for results in rows.values() for r in results]
-    for size, results in [*rows.items(), ("all", every)]:
-        print(f"| {size}{' px' if size != 'all' else ''} | {frac(results, 'full')} | {frac(results, 'tiled')} | "
-              f"{still(results, 'full')} | {still(results, 'tiled')} | {still(results, 'tiled', 'stationary_strict')} |")
-    print("\n| background | frames with a hit: full frame | zone crops | stationary: full | zone crops | crops per frame |")
-    print("|---|---|---|---|---|---|")
-    for name, results in per_bg.items():
-        print(f"| {name} | {frac(results, 'full')} | {frac(results, 'tiled')} | {still(results, 'full')} | "
-              f"{still(results, 'tiled')} | {results[0]['tiled']['crops']} |")
-    print("\n| cut-out, height | frames with a hit: full frame | zone crops | stationary: full | zone crops |")
-    print("|---|---|---|---|---|")
-    for (name, size), results in per_source.items():
-        print(f"| {name}, {size} px | {frac(results, 'full')} | {frac(results, 'tiled')} | "
-              f"{still(results, 'full')} | {still(results, 'tiled')} |")
-    false_full = sum(c["full"]["false"] for c in controls)
-    false_tiled = sum(c["tiled"]["false"] for c in controls)
-    print(f"\nFalse stationary bike tracks in the {len(controls)} zones without a pasted bike: "
-          f"full frame {false_full}, zone crops {false_tiled}; in the zones with one, besides it: "
-          f"full frame {sum(r['full']['false'] for r in every)}, zone crops {sum(r['tiled']['false'] for r in every)}.")
-    for mode in ("full", "tiled"):
-        ms = [m for r in every for m in r[mode]["ms"]]
-        print(f"Detection per analysed frame, {mode}: median {statistics.median(ms):.0f} ms, "
-              f"p90 {np.percentile(ms, 90):.0f} ms ({args.threads} threads, shared 2-core box).")
+    results = measure(detector, ensure_footage(), args.sizes, args.frames, min_score,
+                      ZoneCropParams(every_s=args.every_s))
+    print_tables(results, min_score, args.every_s, args.threads)
     return 0
 
 

@@ -636,262 +636,319 @@ def table(fig: dict) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class Outage:
+    """Bookkeeping of the broker flapping: when the next stop is due, the outage under way."""
+
+    next_down: float
+    history: list[dict] = field(default_factory=list)
+    current: dict | None = None
+    up_at: float | None = None  # wall time the broker came back, until the agent's status says it is too
+    broker_since: float = 0.0   # monotonic time the broker last started
+
+
+class Soak:
+    """One soak run in phases: :meth:`prepare` the box, :meth:`drive` the agent while flapping the
+    broker and sampling, :meth:`wind_down`, then :meth:`report` the checks and figures."""
+
+    def __init__(self, args):
+        self.args = args
+        self.out = Path(args.out).resolve()
+        self.db_path = self.out / "var" / "outbox.sqlite"
+        self.agent: subprocess.Popen | None = None
+        self.sub: Subscriber | None = None
+        self.samples: list[dict] = []
+        self.failures: list[str] = []
+        self.agent_exit: int | None = None
+        self.stop_s = 0.0
+        self.crashed = self.interrupted = self.reached = False
+        self.silent_max = 0.0
+        self.wall_run = 0.0
+        self.started_wall = time.time()
+        self.t0 = time.monotonic()
+        self.outage = Outage(next_down=0.0)
+
+    # ------------------------------------------------------------------ setting up
+    def prepare(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        # A fresh box every run: our own files under --out only.
+        for name in ("var", "broker", "cameras"):
+            shutil.rmtree(self.out / name, ignore_errors=True)
+        for name in ("edge.toml", "agent.log", "samples.csv", "soak.json", "soak.md"):
+            (self.out / name).unlink(missing_ok=True)
+        footage = ensure_footage(log=print)
+        self.broker = Broker(self.out / "broker")
+        self.edge, self.cameras = write_box(self.out, self.args, self.broker.port, footage)
+        self.expected, self.basis = expected_wall_s(self.args, self.cameras, footage)
+        a, basis = self.args, self.basis
+        print(f"soak: {a.cameras} cameras x {a.simulated_hours:g} simulated h at {a.analysis_fps:g} fps; "
+              f"decode {basis['decode_ms_per_frame']} ms/frame measured, detector {DETECT_CPU_MS:g} ms CPU/frame, "
+              f"{basis['cores']} cores -> ~{basis['cpu_s']} CPU s, expected wall ~{self.expected / 60:.1f} min on "
+              f"an idle box, ~{basis['expected_wall_min_at_current_load']:.1f} min with "
+              f"{basis['idle_share_at_start']:.0%} of it idle now (limit {a.max_wall_minutes:g} min)", flush=True)
+        if basis["expected_wall_min_at_current_load"] > a.max_wall_minutes:
+            print("soak: warning: the expected wall time exceeds --max-wall-minutes; lower --analysis-fps, "
+                  "--cameras or --simulated-hours", flush=True)
+
+    def start(self) -> None:
+        self.broker.start()
+        self.sub = Subscriber(self.broker.port, self.args.stuck_after, self.started_wall)
+        with open(self.out / "agent.log", "wb") as agent_log:
+            self.agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "-c", str(self.edge), "run"],
+                                          cwd=REPO, stdout=agent_log, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL)
+        print(f"soak: mosquitto pid {self.broker.proc.pid} on {HOST}:{self.broker.port}, agent pid "
+              f"{self.agent.pid}, out {self.out}", flush=True)
+
+    # ------------------------------------------------------------------ the run
+    def drive(self) -> None:
+        """One pass a second until every camera covered the simulated hours, the agent died or
+        --max-wall-minutes ran out."""
+        assert self.agent is not None and self.sub is not None
+        args = self.args
+        self.agent_started = started = time.monotonic()
+        self.outage = Outage(next_down=started + args.flap_every, broker_since=started)
+        next_sample, next_print = started, started + 30
+        prev: tuple[float, int, int, int] | None = None  # (t, agent ticks, box busy, box total)
+        deadline = self.t0 + args.max_wall_minutes * 60
+        for _ in range(int(args.max_wall_minutes * 60) + 10):
+            now = time.monotonic()
+            if now >= deadline:
+                self.failures.append(f"did not reach {args.simulated_hours:g} simulated h per camera within "
+                                     f"{args.max_wall_minutes:g} min")
+                break
+            if self.agent.poll() is not None:
+                self.crashed = True
+                self.failures.append(f"agent exited by itself with {self.agent.returncode} during the run")
+                break
+            self._flap(now)
+            self._watch_status(now)
+            if now >= next_sample:
+                next_sample += args.sample_every
+                prev = self._sample(now, prev)
+                if self.samples[-1]["sim_h_min"] >= args.simulated_hours:
+                    self.reached = True
+                    break
+            if now >= next_print:
+                next_print += 30
+                self._print_progress(now)
+            time.sleep(1.0)
+        self.wall_run = time.monotonic() - started
+
+    def _flap(self, now: float) -> None:
+        o, started = self.outage, self.agent_started
+        if o.current is None and now >= o.next_down:
+            self.broker.stop()
+            o.current = {"down_at_s": round(now - started, 1),
+                         "pending_at_down": (self.sub.status or {}).get("outbox", {}).get("pending")}
+            o.history.append(o.current)
+        elif o.current is not None and now - (started + o.current["down_at_s"]) >= self.args.down_for:
+            o.current["pending_at_up"] = pending_rows(self.db_path)
+            self.broker.start()
+            o.broker_since = time.monotonic()
+            o.up_at = time.time()
+            o.current["up_at_s"] = round(time.monotonic() - started, 1)
+            o.next_down = started + o.current["down_at_s"] + self.args.flap_every
+            o.current = None
+
+    def _watch_status(self, now: float) -> None:
+        o, sub = self.outage, self.sub
+        # The agent publishes its status on every connect: the first one stamped after the restart
+        # says when it was back.
+        if o.up_at is not None and sub.status_time >= o.up_at:
+            o.history[-1]["agent_online_after_s"] = round(sub.status_time - o.up_at, 1)
+            o.up_at = None
+        # A silent status (broker up for a while, nothing from the agent) is a stuck agent too.
+        if self.broker.running and now - o.broker_since > self.args.stuck_after and sub.status_at:
+            self.silent_max = max(self.silent_max, now - max(sub.status_at, o.broker_since))
+
+    def _sample(self, now: float, prev: tuple[float, int, int, int] | None) -> tuple[float, int, int, int] | None:
+        ps = proc_sample(self.agent.pid)
+        busy, total = box_busy()
+        prog = progress_h(self.sub, self.cameras, self.args.analysis_fps)
+        with self.sub.lock:
+            st = self.sub.status or {}
+        row = {"t_s": round(now - self.agent_started, 1), "sim_h_min": round(min(prog.values()), 4),
+               "sim_h_total": round(sum(prog.values()), 4), "broker_up": self.broker.running,
+               "pending": st.get("outbox", {}).get("pending"), "stored": st.get("outbox", {}).get("stored"),
+               "evidence_mb": (st.get("storage") or {}).get("evidence_mb")}
+        if ps is not None:
+            row.update(rss_mb=round(ps["rss_mb"], 1), threads=ps["threads"], fds=ps["fds"])
+            if prev is not None and now > prev[0]:
+                row["cpu_pct"] = round(100.0 * (ps["ticks"] - prev[1]) / CLK_TCK / (now - prev[0]), 1)
+                row["box_busy_pct"] = round(100.0 * (busy - prev[2]) / max(total - prev[3], 1), 1)
+            prev = (now, ps["ticks"], busy, total)
+        mps = proc_sample(self.broker.proc.pid) if self.broker.running else None
+        row["broker_rss_mb"] = round(mps["rss_mb"], 1) if mps else None
+        self.samples.append(row)
+        return prev
+
+    def _print_progress(self, now: float) -> None:
+        last = self.samples[-1] if self.samples else {}
+        print(f"soak: {now - self.agent_started:6.0f} s  simulated h min {last.get('sim_h_min', 0):.2f}/"
+              f"{self.args.simulated_hours:g}  rss {last.get('rss_mb')} MB  cpu {last.get('cpu_pct')}%  "
+              f"pending {last.get('pending')}  outages {len(self.outage.history)}  broker "
+              f"{'up' if self.broker.running else 'DOWN'}  stuck {sorted(self.sub.stuck) or '-'}", flush=True)
+
+    # ------------------------------------------------------------------ winding down
+    def wind_down(self) -> None:
+        """Broker up, let the backlog drain (bounded), SIGTERM, then let the subscriber receive
+        what the broker still has for it (bounded)."""
+        if self.outage.current is not None:
+            self.broker.start()
+            self.outage.current.update(up_at_s=round(time.monotonic() - self.agent_started, 1), cut_short=True)
+        if self.crashed:
+            self.agent_exit = self.agent.returncode
+        else:
+            self._drain()
+            stop_started = time.monotonic()
+            self.agent_exit = terminate(self.agent, timeout=60)
+            self.stop_s = time.monotonic() - stop_started
+            if self.agent_exit != 0:
+                self.failures.append(f"agent exited with {self.agent_exit} after SIGTERM")
+        if self.db_path.exists():
+            want = {(json.loads(p)["ticket_id"], json.loads(p)["seq"]) for (p,) in outbox_query(
+                self.db_path, "SELECT payload FROM messages WHERE kind = 'ticket' AND delivered_at IS NOT NULL")}
+            settle = time.monotonic() + 30
+            while time.monotonic() < settle and not want <= set(self.sub.ticket_keys()):
+                time.sleep(0.5)
+            time.sleep(2)  # evidence follows its ticket message
+
+    def _drain(self) -> None:
+        args, sub = self.args, self.sub
+        drain_until = time.monotonic() + args.drain_timeout
+        while time.monotonic() < drain_until and self.agent.poll() is None:
+            with sub.lock:
+                st, fresh = sub.status, time.monotonic() - sub.status_at < 2 * args.status_interval
+            if st and fresh and (st.get("outbox", {}).get("pending") or 0) <= args.drain_pending:
+                return
+            time.sleep(0.5)
+
+    def clean_up(self) -> None:
+        if self.agent is not None and self.agent.poll() is None:
+            self.agent_exit = terminate(self.agent, timeout=30)
+        if self.sub is not None:
+            self.sub.close()
+        self.broker.stop()
+
+    # ------------------------------------------------------------------ checks and figures
+    def check(self, delivery: dict, lifecycle: dict, log_summary: dict, rss: dict, stuck: dict) -> None:
+        failures, args = self.failures, self.args
+        if not (self.reached or self.interrupted or self.crashed or any("did not reach" in f for f in failures)):
+            failures.append("stopped before every camera reached the simulated hours")
+        if delivery["undelivered"]:
+            failures.append(f"{delivery['undelivered']} outbox rows undelivered")
+        if delivery["missing_at_subscriber"]:
+            failures.append(f"{delivery['missing_at_subscriber']} ticket messages missing at the subscriber")
+        if delivery["out_of_order"]:
+            failures.append(f"{delivery['out_of_order']} ticket messages out of seq order")
+        if not delivery["seq_contiguous"] and args.keep_delivered_s > self.wall_run:
+            failures.append("ticket seqs in the outbox are not 1..N")
+        if delivery["evidence_missing"] or delivery["evidence_bad"]:
+            failures.append(f"{delivery['evidence_missing']} evidence items missing, "
+                            f"{len(delivery['evidence_bad'])} bad")
+        if self.silent_max > args.stuck_after:
+            failures.append(f"no status from the agent for {self.silent_max:.0f} s while the broker was up")
+        if stuck:
+            failures.append(f"stuck workers: {', '.join(f'{k} ({v:.0f} s)' for k, v in sorted(stuck.items()))}")
+        if rss and rss["growth_max_mb"] > args.max_growth_mb:
+            failures.append(f"RSS grew {rss['growth_max_mb']} MB after warm-up (bound {args.max_growth_mb:g} MB)")
+        if lifecycle["zones_with_several_open"]:
+            failures.append("tickets never cleared: " + ", ".join(
+                f"{k} has {v + 1} open" for k, v in sorted(lifecycle["zones_with_several_open"].items())))
+        if log_summary.get("tracebacks"):
+            failures.append(f"{log_summary['tracebacks']} tracebacks in the agent log")
+
+    def figures(self) -> dict:
+        """Every check's input and result, as soak.json holds them."""
+        args, samples, outages = self.args, self.samples, self.outage.history
+        delivery, lifecycle = check_delivery(self.db_path, self.sub), lifecycle_anomalies(self.db_path)
+        log_summary = scan_agent_log(self.out / "agent.log")
+        prog = progress_h(self.sub, self.cameras, args.analysis_fps)
+        warm_index = next((i for i, s in enumerate(samples)
+                           if s["sim_h_min"] >= args.warmup * args.simulated_hours), 0)
+        rss = rss_figures(samples, warm_index)
+        with self.sub.lock:
+            stuck = dict(self.sub.stuck)
+            cams = {k: vars(v).copy() for k, v in self.sub.cameras.items()}
+        self.check(delivery, lifecycle, log_summary, rss, stuck)
+        cpu = [s["cpu_pct"] for s in samples if "cpu_pct" in s]
+        busy = [s["box_busy_pct"] for s in samples if "box_busy_pct" in s]
+        after_warm = samples[warm_index:]
+        return {
+            "command": "python tools/soak.py " + " ".join(sys.argv[1:]),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+                       f"Python {platform.python_version()}",
+            "date_utc": datetime.fromtimestamp(self.started_wall, timezone.utc).strftime("%Y-%m-%d %H:%M"),
+            "cameras": args.cameras, "camera_list": self.cameras, "analysis_fps": args.analysis_fps,
+            "target_simulated_h": args.simulated_hours,
+            "simulated_h_min": min(prog.values()), "simulated_h_total": sum(prog.values()),
+            "simulated_h_by_camera": {k: round(v, 3) for k, v in prog.items()},
+            "wall_min": self.wall_run / 60, "expected_wall_min": self.expected / 60, "expected_basis": self.basis,
+            "speedup": sum(prog.values()) * 3600 / max(self.wall_run, 1),
+            "outages": len(outages), "outage_list": outages, "down_for_s": args.down_for,
+            "flap_every_s": args.flap_every,
+            "backlog_max": max((o.get("pending_at_up") or 0 for o in outages), default=0),
+            "backlog_sum": sum(o.get("pending_at_up") or 0 for o in outages),
+            "reconnect_max_s": max((o.get("agent_online_after_s", 0) for o in outages), default=None),
+            "rss": rss, "warm_index": warm_index, "max_growth_mb": args.max_growth_mb,
+            "cpu_mean_pct": sum(cpu) / len(cpu) if cpu else 0.0,
+            "box_busy_pct": sum(busy) / len(busy) if busy else 0.0, "cores": os.cpu_count(),
+            "threads": f"{after_warm[0].get('threads')} → {after_warm[-1].get('threads')}" if after_warm else "-",
+            "fds": f"{after_warm[0].get('fds')} → {after_warm[-1].get('fds')}" if after_warm else "-",
+            "broker_rss_max_mb": max((s.get("broker_rss_mb") or 0 for s in samples), default=None),
+            "evidence_mb_max": max((s.get("evidence_mb") or 0 for s in samples), default=None),
+            "evidence_quota_mb": args.evidence_quota_mb,
+            "status_silent_max_s": round(self.silent_max, 1), "stuck": stuck,
+            "max_stall_s": max((c["max_stall_s"] for c in cams.values()), default=0.0), "camera_health": cams,
+            "delivery": delivery, "lifecycle": lifecycle, "log": log_summary,
+            "agent_exit": self.agent_exit, "stop_s": self.stop_s,
+            "passed": not self.failures, "failures": self.failures,
+        }
+
+    def report(self) -> int:
+        if not self.db_path.exists() or self.sub is None:
+            print("soak: no outbox was written; see", self.out / "agent.log", file=sys.stderr)
+            return 2
+        fig = self.figures()
+        out = self.out
+        (out / "soak.json").write_text(json.dumps(fig, indent=2, ensure_ascii=False, default=str))
+        with open(out / "samples.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=sorted({k for s in self.samples for k in s}))
+            writer.writeheader()
+            writer.writerows(self.samples)
+        md = table(fig)
+        (out / "soak.md").write_text(md + "\n")
+        print()
+        print(md)
+        print(f"\nsoak: figures in {out / 'soak.json'}, samples in {out / 'samples.csv'}, agent log {out / 'agent.log'}")
+        if fig["lifecycle"]["zones_with_several_open"]:
+            print(f"soak: note: zones with several open tickets at the end: "
+                  f"{fig['lifecycle']['zones_with_several_open']}")
+        return 0 if fig["passed"] else 1
+
+
 def run(args) -> int:
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    # A fresh box every run: our own files under --out only.
-    for name in ("var", "broker", "cameras"):
-        shutil.rmtree(out / name, ignore_errors=True)
-    for name in ("edge.toml", "agent.log", "samples.csv", "soak.json", "soak.md"):
-        (out / name).unlink(missing_ok=True)
-
-    footage = ensure_footage(log=print)
-    broker = Broker(out / "broker")
-    edge, cameras = write_box(out, args, broker.port, footage)
-    expected, basis = expected_wall_s(args, cameras, footage)
-    print(f"soak: {args.cameras} cameras x {args.simulated_hours:g} simulated h at {args.analysis_fps:g} fps; "
-          f"decode {basis['decode_ms_per_frame']} ms/frame measured, detector {DETECT_CPU_MS:g} ms CPU/frame, "
-          f"{basis['cores']} cores -> ~{basis['cpu_s']} CPU s, expected wall ~{expected / 60:.1f} min on an idle "
-          f"box, ~{basis['expected_wall_min_at_current_load']:.1f} min with {basis['idle_share_at_start']:.0%} of it "
-          f"idle now (limit {args.max_wall_minutes:g} min)", flush=True)
-    if basis["expected_wall_min_at_current_load"] > args.max_wall_minutes:
-        print("soak: warning: the expected wall time exceeds --max-wall-minutes; lower --analysis-fps, "
-              "--cameras or --simulated-hours", flush=True)
-
-    agent: subprocess.Popen | None = None
-    sub: Subscriber | None = None
-    samples: list[dict] = []
-    outages: list[dict] = []
-    failures: list[str] = []
-    agent_exit: int | None = None
-    stop_s = 0.0
-    crashed = False
-    interrupted = False
-    reached = False
-    silent_max = 0.0
-    started_wall = time.time()
-    t0 = time.monotonic()
-    deadline = t0 + args.max_wall_minutes * 60
-    target_h = args.simulated_hours
+    soak = Soak(args)
+    soak.prepare()
 
     def on_signal(signum, frame):
         raise Interrupted(signal.Signals(signum).name)
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        broker.start()
-        sub = Subscriber(broker.port, args.stuck_after, started_wall)
-        agent_log = open(out / "agent.log", "wb")
-        try:
-            agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "-c", str(edge), "run"], cwd=REPO,
-                                     stdout=agent_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        finally:
-            agent_log.close()
-        print(f"soak: mosquitto pid {broker.proc.pid} on {HOST}:{broker.port}, agent pid {agent.pid}, "
-              f"out {out}", flush=True)
-        agent_started = time.monotonic()
-        next_down = agent_started + args.flap_every
-        up_at: float | None = None
-        next_sample = agent_started
-        next_print = agent_started + 30
-        prev: tuple[float, int, int, int] | None = None  # (t, agent ticks, box busy, box total)
-        current: dict | None = None
-        broker_since = agent_started
-
-        # Main loop: one pass a second, bounded by --max-wall-minutes.
-        for _ in range(int(args.max_wall_minutes * 60) + 10):
-            now = time.monotonic()
-            if now >= deadline:
-                failures.append(f"did not reach {target_h:g} simulated h per camera within "
-                                f"{args.max_wall_minutes:g} min")
-                break
-            if agent.poll() is not None:
-                crashed = True
-                failures.append(f"agent exited by itself with {agent.returncode} during the run")
-                break
-            # Broker flapping.
-            if current is None and now >= next_down:
-                broker.stop()
-                current = {"down_at_s": round(now - agent_started, 1),
-                           "pending_at_down": (sub.status or {}).get("outbox", {}).get("pending")}
-                outages.append(current)
-            elif current is not None and now - (agent_started + current["down_at_s"]) >= args.down_for:
-                current["pending_at_up"] = pending_rows(out / "var" / "outbox.sqlite")
-                broker.start()
-                broker_since = time.monotonic()
-                up_at = time.time()
-                current["up_at_s"] = round(time.monotonic() - agent_started, 1)
-                next_down = agent_started + current["down_at_s"] + args.flap_every
-                current = None
-            # The agent publishes its status on every connect: the first one stamped after the restart
-            # says when it was back.
-            if up_at is not None and sub.status_time >= up_at:
-                outages[-1]["agent_online_after_s"] = round(sub.status_time - up_at, 1)
-                up_at = None
-            # A silent status (broker up for a while, nothing from the agent) is a stuck agent too.
-            if broker.running and now - broker_since > args.stuck_after and sub.status_at:
-                silent_max = max(silent_max, now - max(sub.status_at, broker_since))
-            # Samples.
-            if now >= next_sample:
-                next_sample += args.sample_every
-                ps = proc_sample(agent.pid)
-                busy, total = box_busy()
-                prog = progress_h(sub, cameras, args.analysis_fps)
-                with sub.lock:
-                    st = sub.status or {}
-                row = {"t_s": round(now - agent_started, 1), "sim_h_min": round(min(prog.values()), 4),
-                       "sim_h_total": round(sum(prog.values()), 4), "broker_up": broker.running,
-                       "pending": st.get("outbox", {}).get("pending"), "stored": st.get("outbox", {}).get("stored"),
-                       "evidence_mb": (st.get("storage") or {}).get("evidence_mb")}
-                if ps is not None:
-                    row.update(rss_mb=round(ps["rss_mb"], 1), threads=ps["threads"], fds=ps["fds"])
-                    if prev is not None and now > prev[0]:
-                        row["cpu_pct"] = round(100.0 * (ps["ticks"] - prev[1]) / CLK_TCK / (now - prev[0]), 1)
-                        row["box_busy_pct"] = round(100.0 * (busy - prev[2]) / max(total - prev[3], 1), 1)
-                    prev = (now, ps["ticks"], busy, total)
-                mps = proc_sample(broker.proc.pid) if broker.running else None
-                row["broker_rss_mb"] = round(mps["rss_mb"], 1) if mps else None
-                samples.append(row)
-                if min(prog.values()) >= target_h:
-                    reached = True
-                    break
-            if now >= next_print:
-                next_print += 30
-                last = samples[-1] if samples else {}
-                print(f"soak: {now - agent_started:6.0f} s  simulated h min {last.get('sim_h_min', 0):.2f}/"
-                      f"{target_h:g}  rss {last.get('rss_mb')} MB  cpu {last.get('cpu_pct')}%  "
-                      f"pending {last.get('pending')}  outages {len(outages)}  broker "
-                      f"{'up' if broker.running else 'DOWN'}  stuck {sorted(sub.stuck) or '-'}", flush=True)
-            time.sleep(1.0)
-        wall_run = time.monotonic() - agent_started
-
-        # Wind down: broker up, let the backlog drain (bounded), then SIGTERM.
-        if current is not None:
-            broker.start()
-            current["up_at_s"] = round(time.monotonic() - agent_started, 1)
-            current["cut_short"] = True
-        if not crashed:
-            drain_until = time.monotonic() + args.drain_timeout
-            while time.monotonic() < drain_until and agent.poll() is None:
-                with sub.lock:
-                    st, fresh = sub.status, time.monotonic() - sub.status_at < 2 * args.status_interval
-                if st and fresh and (st.get("outbox", {}).get("pending") or 0) <= args.drain_pending:
-                    break
-                time.sleep(0.5)
-            stop_started = time.monotonic()
-            agent_exit = terminate(agent, timeout=60)
-            stop_s = time.monotonic() - stop_started
-            if agent_exit != 0:
-                failures.append(f"agent exited with {agent_exit} after SIGTERM")
-        else:
-            agent_exit = agent.returncode
-        # Let the subscriber receive what the broker still has for it (bounded).
-        db_path = out / "var" / "outbox.sqlite"
-        if db_path.exists():
-            want = {(json.loads(p)["ticket_id"], json.loads(p)["seq"]) for (p,) in outbox_query(
-                db_path, "SELECT payload FROM messages WHERE kind = 'ticket' AND delivered_at IS NOT NULL")}
-            settle = time.monotonic() + 30
-            while time.monotonic() < settle and not want <= set(sub.ticket_keys()):
-                time.sleep(0.5)
-            time.sleep(2)  # evidence follows its ticket message
+        soak.start()
+        soak.drive()
+        soak.wind_down()
     except Interrupted as exc:
-        interrupted = True
-        failures.append(f"soak interrupted by {exc}")
-        wall_run = time.monotonic() - t0
+        soak.interrupted = True
+        soak.failures.append(f"soak interrupted by {exc}")
+        soak.wall_run = time.monotonic() - soak.t0
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
-        if agent is not None and agent.poll() is None:
-            agent_exit = terminate(agent, timeout=30)
-        if sub is not None:
-            sub.close()
-        broker.stop()
-
-    # ---------------------------------------------------------------- checks and figures
-    db_path = out / "var" / "outbox.sqlite"
-    if not db_path.exists() or sub is None:
-        print("soak: no outbox was written; see", out / "agent.log", file=sys.stderr)
-        return 2
-    delivery = check_delivery(db_path, sub)
-    lifecycle = lifecycle_anomalies(db_path)
-    log_summary = scan_agent_log(out / "agent.log")
-    prog = progress_h(sub, cameras, args.analysis_fps)
-    warm_index = next((i for i, s in enumerate(samples) if s["sim_h_min"] >= args.warmup * target_h), 0)
-    rss = rss_figures(samples, warm_index)
-    cpu = [s["cpu_pct"] for s in samples if "cpu_pct" in s]
-    busy = [s["box_busy_pct"] for s in samples if "box_busy_pct" in s]
-    with sub.lock:
-        stuck = dict(sub.stuck)
-        cams = {k: vars(v).copy() for k, v in sub.cameras.items()}
-    if not reached and not interrupted and not any("did not reach" in f for f in failures) and not crashed:
-        failures.append("stopped before every camera reached the simulated hours")
-    if delivery["undelivered"]:
-        failures.append(f"{delivery['undelivered']} outbox rows undelivered")
-    if delivery["missing_at_subscriber"]:
-        failures.append(f"{delivery['missing_at_subscriber']} ticket messages missing at the subscriber")
-    if delivery["out_of_order"]:
-        failures.append(f"{delivery['out_of_order']} ticket messages out of seq order")
-    if not delivery["seq_contiguous"] and args.keep_delivered_s > wall_run:
-        failures.append("ticket seqs in the outbox are not 1..N")
-    if delivery["evidence_missing"] or delivery["evidence_bad"]:
-        failures.append(f"{delivery['evidence_missing']} evidence items missing, "
-                        f"{len(delivery['evidence_bad'])} bad")
-    if silent_max > args.stuck_after:
-        failures.append(f"no status from the agent for {silent_max:.0f} s while the broker was up")
-    if stuck:
-        failures.append(f"stuck workers: {', '.join(f'{k} ({v:.0f} s)' for k, v in sorted(stuck.items()))}")
-    if rss and rss["growth_max_mb"] > args.max_growth_mb:
-        failures.append(f"RSS grew {rss['growth_max_mb']} MB after warm-up (bound {args.max_growth_mb:g} MB)")
-    if lifecycle["zones_with_several_open"]:
-        failures.append("tickets never cleared: " + ", ".join(
-            f"{k} has {v + 1} open" for k, v in sorted(lifecycle["zones_with_several_open"].items())))
-    if log_summary.get("tracebacks"):
-        failures.append(f"{log_summary['tracebacks']} tracebacks in the agent log")
-    after_warm = samples[warm_index:] if samples else []
-    fig = {
-        "command": "python tools/soak.py " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
-                   f"Python {platform.python_version()}",
-        "date_utc": datetime.fromtimestamp(started_wall, timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "cameras": args.cameras, "camera_list": cameras, "analysis_fps": args.analysis_fps,
-        "target_simulated_h": target_h,
-        "simulated_h_min": min(prog.values()), "simulated_h_total": sum(prog.values()),
-        "simulated_h_by_camera": {k: round(v, 3) for k, v in prog.items()},
-        "wall_min": wall_run / 60, "expected_wall_min": expected / 60, "expected_basis": basis,
-        "speedup": sum(prog.values()) * 3600 / max(wall_run, 1),
-        "outages": len(outages), "outage_list": outages, "down_for_s": args.down_for,
-        "flap_every_s": args.flap_every,
-        "backlog_max": max((o.get("pending_at_up") or 0 for o in outages), default=0),
-        "backlog_sum": sum(o.get("pending_at_up") or 0 for o in outages),
-        "reconnect_max_s": max((o.get("agent_online_after_s", 0) for o in outages), default=None),
-        "rss": rss, "warm_index": warm_index, "max_growth_mb": args.max_growth_mb,
-        "cpu_mean_pct": sum(cpu) / len(cpu) if cpu else 0.0, "box_busy_pct": sum(busy) / len(busy) if busy else 0.0,
-        "cores": os.cpu_count(),
-        "threads": f"{after_warm[0].get('threads')} → {after_warm[-1].get('threads')}" if after_warm else "-",
-        "fds": f"{after_warm[0].get('fds')} → {after_warm[-1].get('fds')}" if after_warm else "-",
-        "broker_rss_max_mb": max((s.get("broker_rss_mb") or 0 for s in samples), default=None),
-        "evidence_mb_max": max((s.get("evidence_mb") or 0 for s in samples), default=None),
-        "evidence_quota_mb": args.evidence_quota_mb,
-        "status_silent_max_s": round(silent_max, 1), "stuck": stuck, "max_stall_s": max((c["max_stall_s"] for c in cams.values()), default=0.0),
-        "camera_health": cams,
-        "delivery": delivery, "lifecycle": lifecycle, "log": log_summary,
-        "agent_exit": agent_exit, "stop_s": stop_s,
-        "passed": not failures, "failures": failures,
-    }
-    (out / "soak.json").write_text(json.dumps(fig, indent=2, ensure_ascii=False, default=str))
-    with open(out / "samples.csv", "w", newline="") as f:
-        keys = sorted({k for s in samples for k in s})
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(samples)
-    md = table(fig)
-    (out / "soak.md").write_text(md + "\n")
-    print()
-    print(md)
-    print(f"\nsoak: figures in {out / 'soak.json'}, samples in {out / 'samples.csv'}, agent log {out / 'agent.log'}")
-    if lifecycle["zones_with_several_open"]:
-        print(f"soak: note: zones with several open tickets at the end: {lifecycle['zones_with_several_open']}")
-    return 0 if not failures else 1
+        soak.clean_up()
+    return soak.report()
 
 
 def main(argv: list[str] | None = None) -> int:
