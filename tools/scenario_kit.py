@@ -636,20 +636,8 @@ def _write_atomically(path: Path, data: bytes | str) -> None:
     os.replace(part, path)
 
 
-def build(recipe: Recipe, out_dir: str | os.PathLike[str] = DEFAULT_OUT) -> Composite:
-    """Write the composite, its camera file and its truth file into ``out_dir``.
-
-    The truth file is written last and carries the build key, so a half-finished build is never
-    mistaken for a finished one.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    key = build_key(recipe)
-    video = out_dir / f"{recipe.name}.mp4"
-    with av.open(str(recipe.background)) as container:
-        source = container.streams.video[0]
-        fps, width, height = Fraction(source.average_rate), source.width, source.height
-    sprites = [make_sprite(recipe, p) for p in recipe.placements]
+def _encode(recipe: Recipe, sprites: list, video: Path, fps: Fraction, width: int, height: int) -> int:
+    """Render the composite into ``video`` (written whole or not at all); the number of frames."""
     shapes = [patch_shape(patch) for patch in recipe.effects.patch]
     median = median_background(recipe.background) if any(p.behind_movers for p in recipe.placements) else None
     rng = np.random.default_rng(recipe.seed)
@@ -688,6 +676,24 @@ def build(recipe: Recipe, out_dir: str | os.PathLike[str] = DEFAULT_OUT) -> Comp
         os.replace(part, video)
     finally:
         part.unlink(missing_ok=True)
+    return frames
+
+
+def build(recipe: Recipe, out_dir: str | os.PathLike[str] = DEFAULT_OUT) -> Composite:
+    """Write the composite, its camera file and its truth file into ``out_dir``.
+
+    The truth file is written last and carries the build key, so a half-finished build is never
+    mistaken for a finished one.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key = build_key(recipe)
+    video = out_dir / f"{recipe.name}.mp4"
+    with av.open(str(recipe.background)) as container:
+        source = container.streams.video[0]
+        fps, width, height = Fraction(source.average_rate), source.width, source.height
+    sprites = [make_sprite(recipe, p) for p in recipe.placements]
+    frames = _encode(recipe, sprites, video, fps, width, height)
 
     camera_file = out_dir / f"{recipe.name}.camera.toml"
     _write_atomically(camera_file, f"# Built by tools/scenario_kit.py from {recipe.path.name}; do not edit.\n"
