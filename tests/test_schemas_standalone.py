@@ -42,3 +42,21 @@ def test_plain_jsonschema_validates_without_a_registry():
     jsonschema.validate(telemetry, schemas.load("telemetry"))
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(dict(telemetry, time="yesterday"), schemas.load("telemetry"))
+
+
+def _closed_objects(node, path="#"):
+    if isinstance(node, dict):
+        if node.get("additionalProperties") is False:
+            yield path
+        for key, value in node.items():
+            yield from _closed_objects(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _closed_objects(item, f"{path}/{index}")
+
+
+def test_tickets_are_open_for_minor_version_additions():
+    # A 1.1 agent may add location.address or evidence[].url; a 1.0 consumer must still accept them.
+    assert list(_closed_objects(schemas.load("ticket"))) == []
+    assert "evidence_item" not in dict.fromkeys(p.split("/")[2] for p in _closed_objects(schemas.load("reply"))
+                                                if p.startswith("#/$defs/"))
