@@ -1,0 +1,62 @@
+"""Each shipped schema resolves on its own: a platform validating with plain ``jsonschema`` (or a Java/Go
+library) loads one file and no registry. Shared definitions are copies of ticket.schema.json's."""
+
+from __future__ import annotations
+
+import jsonschema
+import pytest
+
+from agent import schemas
+
+
+def _refs(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref":
+                yield value
+            else:
+                yield from _refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _refs(item)
+
+
+@pytest.mark.parametrize("name", schemas.NAMES)
+def test_every_reference_stays_inside_its_own_file(name):
+    schema = schemas.load(name)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert [ref for ref in _refs(schema) if not ref.startswith("#")] == []
+
+
+@pytest.mark.parametrize("name", schemas.NAMES)
+def test_shared_definitions_equal_the_tickets(name):
+    ticket_defs = schemas.load("ticket").get("$defs", {})
+    for key, definition in schemas.load(name).get("$defs", {}).items():
+        if key in ticket_defs:
+            assert definition == ticket_defs[key], f"{name}.schema.json $defs/{key} drifted from ticket's"
+
+
+def test_plain_jsonschema_validates_without_a_registry():
+    telemetry = {"schema": "edge-agent/telemetry", "schema_version": "1.0", "agent_id": "a", "camera_id": "c",
+                 "zone_id": "z", "rule": "crowd", "time": "2026-12-07T22:50:00Z"}
+    jsonschema.validate(telemetry, schemas.load("telemetry"))
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(dict(telemetry, time="yesterday"), schemas.load("telemetry"))
+
+
+def _closed_objects(node, path="#"):
+    if isinstance(node, dict):
+        if node.get("additionalProperties") is False:
+            yield path
+        for key, value in node.items():
+            yield from _closed_objects(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _closed_objects(item, f"{path}/{index}")
+
+
+def test_tickets_are_open_for_minor_version_additions():
+    # A 1.1 agent may add location.address or evidence[].url; a 1.0 consumer must still accept them.
+    assert list(_closed_objects(schemas.load("ticket"))) == []
+    assert "evidence_item" not in dict.fromkeys(p.split("/")[2] for p in _closed_objects(schemas.load("reply"))
+                                                if p.startswith("#/$defs/"))
