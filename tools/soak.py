@@ -665,7 +665,7 @@ class Soak:
         self.silent_max = 0.0
         self.wall_run = 0.0
         self.started_wall = time.time()
-        self.t0 = time.monotonic()
+        self.t0 = self.agent_started = time.monotonic()
         self.outage = Outage(next_down=0.0)
 
     # ------------------------------------------------------------------ setting up
