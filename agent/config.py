@@ -29,12 +29,13 @@ import numpy as np
 
 from agent import calibration
 from agent.calibration import CalibrationError, GroundCalibration
+from agent.change_gate import ChangeGateParams
 from agent.command_auth import CommandKey, CommandsSection, load_key
 from agent.detect.manifest import load_manifest
 from agent.faults import DEFAULT_CATEGORIES, Fault
 from agent.privacy import PrivacyParams
 from agent.redact import add_secret, redact
-from agent.rules import Category, rule_types
+from agent.rules import Cadence, Category, camera_cadence, rule_types
 from agent.scene import SceneParams
 from agent.storage import StorageLimits
 from agent.tamper import TamperParams
@@ -198,6 +199,14 @@ class MqttSection:
         return text
 
 
+class DecodeMode(str, Enum):
+    """``decode`` of a camera file: which frames the decoder produces (agent/ingest.py)."""
+
+    AUTO = "auto"  # keyframes only when the camera's rules are STATIC and its GOP fits the cadence
+    ALL = "all"  # every frame (the codec's cost in full), sampled to the cadence
+    KEYFRAMES = "keyframes"  # keyframes only, whatever cadence that gives
+
+
 @dataclass(frozen=True)
 class ModelSection:
     manifest: Path = setting(help="The model's manifest TOML (file, sha256, input, classes)")
@@ -263,6 +272,10 @@ class CameraFile:
                    "the stream's real size at connect (a sub-stream keeps its zones); leave out and "
                    "polygons are pixels of the stream as it is")
     analysis_fps: float = setting(2.0, gt=0, le=30, help="Frames analysed per second")
+    decode: DecodeMode = setting(
+        DecodeMode.AUTO, help="auto: keyframes only when every rule of the camera is static and keyframes come "
+                              "at least every 1.25 analysis periods (e.g. GOP 50 at 25 fps for analysis_fps = 0.5), "
+                              "else every frame; all; keyframes")
     read_timeout_s: float = setting(
         5.0, gt=0, help="A stream that delivers nothing this long is dropped and reconnected")
     realtime: bool = setting(
@@ -276,6 +289,8 @@ class CameraFile:
     tamper: TamperParams = setting(factory=TamperParams, help="Thresholds of the view check")
     tracker: TrackerParams = setting(factory=TrackerParams, help="Tracking, for rules that need it")
     scene: SceneParams = setting(factory=SceneParams, help="Static new-object model, for rules that need it")
+    change_gate: ChangeGateParams = setting(
+        factory=ChangeGateParams, help="Skip the detector on frames where no zone changed (agent/change_gate.py)")
     tiling: TilingParams | None = setting(None, help="Detect on overlapping tiles now and then (small objects)")
     zone_crops: ZoneCropParams = setting(
         factory=ZoneCropParams, help="Detect also on crops around zones whose rules look for small objects")
@@ -318,11 +333,13 @@ class CameraConfig:
     grid_code: str
     zones: tuple[ZoneConfig, ...]
     telemetry_interval_s: float = 10.0
+    decode: DecodeMode = DecodeMode.AUTO
     view_check: bool = True
     reference_image: Path | None = None
     tamper: TamperParams = TamperParams()
     tracker: TrackerParams = TrackerParams()
     scene: SceneParams = SceneParams()
+    change_gate: ChangeGateParams = ChangeGateParams()
     tiling: TilingParams | None = None
     zone_crops: ZoneCropParams = ZoneCropParams()
     privacy: PrivacyParams = PrivacyParams()
@@ -343,6 +360,11 @@ class CameraConfig:
     @property
     def is_file(self) -> bool:
         return "://" not in self.url
+
+    @property
+    def cadence(self) -> Cadence:
+        """LIVE when any of the camera's rules is (agent/rules): full decode, analysed first."""
+        return camera_cadence(zc.rule_type for zc in self.zones)
 
 
 @dataclass(frozen=True)
@@ -484,8 +506,9 @@ def _load_camera(path: Path, edge: EdgeFile, edge_path: Path, strict_calibration
         analysis_fps=raw.analysis_fps, read_timeout_s=raw.read_timeout_s, realtime=raw.realtime,
         loop=raw.loop, lat=raw.location.lat, lon=raw.location.lon,
         grid_code=raw.location.grid_code, zones=zones, view_check=raw.view_check,
-        telemetry_interval_s=raw.telemetry_interval_s,
+        telemetry_interval_s=raw.telemetry_interval_s, decode=raw.decode,
         reference_image=raw.reference_image, tamper=raw.tamper, tracker=raw.tracker, scene=raw.scene,
+        change_gate=raw.change_gate,
         tiling=raw.tiling, zone_crops=raw.zone_crops, privacy=raw.privacy,
         password_file=raw.password_file, password_in_file=password_in_file, calibration=ground,
         calibration_file=raw.calibration, frame_size=raw.frame_size,

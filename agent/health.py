@@ -27,6 +27,10 @@ class CameraHealth:
     disconnects: int = 0
     last_frame_at: float | None = None
     last_error: str = ""
+    decode: str = "all"  # "keyframes" while the decoder skips the frames between keyframes
+    keyframe_interval_s: float | None = None
+    frames_superseded: int = 0  # sampled frames replaced by a newer one before analysis (box busy)
+    detections_skipped: int = 0  # analysed frames whose detections were reused: nothing changed
     outside: tuple[str, ...] = ()  # zones covering no pixel of the stream's picture, refused
     _analysed_at: deque = field(default_factory=lambda: deque(maxlen=20), repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -34,6 +38,18 @@ class CameraHealth:
     def connected(self, codec: str, width: int, height: int) -> None:
         with self._lock:
             self.connected_now, self.codec, self.size = True, codec, f"{width}x{height}"
+
+    def decoding(self, mode: str, keyframe_interval_s: float | None) -> None:
+        with self._lock:
+            self.decode, self.keyframe_interval_s = mode, keyframe_interval_s
+
+    def frame_superseded(self) -> None:
+        with self._lock:
+            self.frames_superseded += 1
+
+    def detection_skipped(self) -> None:
+        with self._lock:
+            self.detections_skipped += 1
 
     def zones_outside(self, zone_ids: list[str]) -> None:
         with self._lock:
@@ -87,6 +103,11 @@ class CameraHealth:
                 "analysis_fps": round(self._analysis_fps(monotonic_now), 2),
                 "analysis_errors": self.analysis_errors,
                 "decode_errors": self.decode_errors,
+                "decode": self.decode,
+                "keyframe_interval_s": (None if self.keyframe_interval_s is None
+                                        else round(self.keyframe_interval_s, 2)),
+                "frames_superseded": self.frames_superseded,
+                "detections_skipped": self.detections_skipped,
                 "disconnects": self.disconnects,
                 "last_frame_age_s": None if self.last_frame_at is None else round(now - self.last_frame_at, 3),
                 "last_error": self.last_error,

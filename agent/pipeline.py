@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.change_gate import ChangeGate
 from agent.config import CameraConfig, ZoneConfig
 from agent.detect import Detector
 from agent.faults import ViewGuard, saved_reference
@@ -92,6 +93,9 @@ class CameraPipeline:
         blob_zones = [zc.zone for zc in watched if Need.STATIC_BLOBS in types[zc.rule_type].needs]
         self.scene = SceneModel(self.camera.scene, region=_joint_bounds(blob_zones)) if blob_zones else None
         self.tiler = camera_tiler(self.camera, self.detector, watched)
+        self.gate = (ChangeGate(self.camera.change_gate, [zc.zone for zc in watched], size)
+                     if size is not None and watched and self.camera.change_gate.enabled else None)
+        self._detections = Detections.empty()
         self.tickets.use_zones([zc.zone for zc in configs])
 
     @property
@@ -107,7 +111,11 @@ class CameraPipeline:
         return None
 
     def observe(self, frame: Frame) -> Observation:
-        detections = self.tiler.detect(self.detector, frame.image, frame.ts)
+        if self.gate is None or self.gate.needs_detection(frame.ts, frame.image):
+            detections = self._detections = self.tiler.detect(self.detector, frame.image, frame.ts)
+        else:
+            detections = self._detections  # nothing changed in the zones: what was there still is
+            self.health.detection_skipped()
         tracks = self.tracker.update(frame.ts, detections) if self.tracker is not None else None
         blobs: tuple = ()
         if self.scene is not None:

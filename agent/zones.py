@@ -40,6 +40,10 @@ class Zone:
     def covers_any(self, width: int, height: int) -> bool:
         """Whether the polygon covers at least one pixel of a ``width`` x ``height`` picture: a
         zone that does not can never see anything."""
+        return bool(self.mask(width, height).any())
+
+    def mask(self, width: int, height: int) -> np.ndarray:
+        """The polygon rasterised on a ``width`` x ``height`` picture: uint8, 1 inside."""
         mask = np.zeros((height, width), np.uint8)
         cv2.fillPoly(mask, [np.round(self.polygon).astype(np.int32).reshape(-1, 1, 2)], 1)
-        return bool(mask.any())
+        return mask

@@ -30,6 +30,18 @@ class Need(str, Enum):
     SMALL_OBJECTS = "small_objects"
 
 
+class Cadence(str, Enum):
+    """How often a rule's camera must be looked at, which decides how it is decoded and served.
+
+    STATIC subjects (litter, parked bikes, goods, crowds) stay for minutes: a frame every 1-2 s
+    is enough, and keyframes alone deliver that at a tenth of a full decode's cost. LIVE subjects
+    (an e-bike wheeled into a lift) are gone in seconds: every frame is decoded and the camera's
+    frames are analysed before any static camera's when the box is short of CPU."""
+
+    STATIC = "static"
+    LIVE = "live"
+
+
 @dataclass(frozen=True)
 class Category:
     """A case class of the city platform (digital city management event classes)."""
@@ -70,14 +82,16 @@ class RuleType:
     rule: type
     category: Category
     needs: frozenset[Need]
+    cadence: Cadence = Cadence.STATIC
 
 
 _RULES: dict[str, RuleType] = {}
 
 
-def register(name: str, params: type, category: Category, needs: frozenset[Need] = frozenset()):
+def register(name: str, params: type, category: Category, needs: frozenset[Need] = frozenset(),
+             cadence: Cadence = Cadence.STATIC):
     def wrap(rule_cls: type) -> type:
-        _RULES[name] = RuleType(name, params, rule_cls, category, needs)
+        _RULES[name] = RuleType(name, params, rule_cls, category, needs, cadence)
         return rule_cls
 
     return wrap
@@ -88,6 +102,12 @@ def rule_types() -> dict[str, RuleType]:
     for module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{module.name}")
     return dict(_RULES)
+
+
+def camera_cadence(rule_type_names) -> Cadence:
+    """A camera is LIVE when any of its rules is."""
+    types = rule_types()
+    return Cadence.LIVE if any(types[name].cadence is Cadence.LIVE for name in rule_type_names) else Cadence.STATIC
 
 
 def build_rule(rule_type: str, zone: Zone, params) -> Rule:

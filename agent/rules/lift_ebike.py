@@ -51,7 +51,7 @@ import cv2
 import numpy as np
 
 from agent.logs import log_event
-from agent.rules import Category, register
+from agent.rules import Cadence, Category, register
 from agent.track import box_iou
 from agent.typedtoml import setting
 from agent.types import Detections, EventKind, Observation, RuleEvent
@@ -264,7 +264,7 @@ def _difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 # 04-99 (突发事件, other) is a placeholder: cities file this under their own code, which operators
 # must set (edge.toml [categories.lift_ebike]).
-@register("lift_ebike", Params, Category("突发事件", "电动车进电梯", "04-99"))
+@register("lift_ebike", Params, Category("突发事件", "电动车进电梯", "04-99"), cadence=Cadence.LIVE)
 class LiftEbikeRule:
     name = "lift_ebike"
 
