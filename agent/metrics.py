@@ -96,8 +96,8 @@ class AgentCollector(Collector):
     def _outbox_metrics(self, now: float) -> Iterator[Metric]:
         counts = self.outbox.counts()
         oldest = self.outbox.oldest_pending_at()
-        yield GaugeMetricFamily("edge_outbox_pending_messages", "Messages stored and not yet acknowledged by the broker",
-                                value=counts["pending"])
+        yield GaugeMetricFamily("edge_outbox_pending_messages",
+                                "Messages stored and not yet acknowledged by the broker", value=counts["pending"])
         yield GaugeMetricFamily("edge_outbox_stored_messages", "Messages in the outbox, delivered or not",
                                 value=counts["stored"])
         yield GaugeMetricFamily("edge_outbox_oldest_pending_age_seconds",
