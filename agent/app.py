@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from agent import __version__
+from agent.checkup import Checkup
 from agent.clipper import Clipper
 from agent.clips import PacketRing
 from agent.clock import Clock, SystemClock
@@ -27,6 +28,7 @@ from agent.faults import REFERENCE_DIR, OfflineWatch
 from agent.health import CameraHealth
 from agent.ingest import CameraWorker
 from agent.logs import log_event
+from agent.metrics import AgentCollector, agent_registry, serve_metrics
 from agent.outbox import Outbox
 from agent.pipeline import CameraPipeline
 from agent.privacy import PEOPLE, PeopleTrail
@@ -88,6 +90,8 @@ class Agent:
         self.evidence = EvidenceStore(storage / "evidence", config.storage.jpeg_quality)
         self.device_key = DeviceKey.load_or_create(storage / KEY_FILE)
         self.janitor = StorageJanitor(self.outbox, self.evidence.root, config.storage.limits)
+        self.checkup = Checkup(self.outbox, self.janitor, self.clock, config.tickets.offline_grace_s,
+                               delivers=config.mqtt is not None)
         self.topics = Topics(config.mqtt.prefix if config.mqtt else DEFAULT_PREFIX, config.agent.id)
         chunk_bytes = config.mqtt.chunk_bytes if config.mqtt else DEFAULT_CHUNK_BYTES
         self.detectors = load_detectors(config)
@@ -124,6 +128,9 @@ class Agent:
                                         on_command=self._enqueue_command, status=self.status,
                                         password=config.mqtt_password)
                           if config.mqtt else None)
+        broker_connected = (lambda: self.transport.connected) if self.transport else None
+        self.metrics_registry = agent_registry(AgentCollector(
+            config.agent.id, self.health, self.outbox, self.janitor, self.clock, self.health_summary, broker_connected))
 
     def _command_auth(self) -> CommandAuth | None:
         if self.config.command_key is None:
@@ -145,7 +152,12 @@ class Agent:
             cameras.append(entry)
         storage = self.janitor.last.as_dict() if self.janitor.last is not None else None
         return {"version": __version__, "outbox": self.outbox.counts(), "storage": storage,
-                "device_key": self.device_key.describe(), "cameras": cameras}
+                "device_key": self.device_key.describe(), "cameras": cameras,
+                "health": self.checkup.summary(cameras)}
+
+    def health_summary(self) -> dict:
+        """What /healthz serves: the status's health summary, the broker link judged as well."""
+        return self.checkup.summary(self.status()["cameras"], self.transport.connected if self.transport else None)
 
     def _enqueue_command(self, request: Request) -> None:
         # Called on paho's network thread: hand over and return, never block it.
@@ -183,6 +195,7 @@ class Agent:
         clipper_stop = threading.Event()
         clipper_thread = threading.Thread(target=self.clipper.run, args=(clipper_stop,), name="clipper", daemon=True)
         clipper_thread.start()
+        metrics_server = serve_metrics(self.config.metrics, self.metrics_registry, self.health_summary)
         if self.transport:
             self.transport.start()
         else:
@@ -209,5 +222,7 @@ class Agent:
         clipper_thread.join(timeout=30)
         if self.transport:
             self.transport.stop()
+        if metrics_server:
+            metrics_server.stop()
         log_event(log, "agent_stopped", **self.outbox.counts())
         self.outbox.close()

@@ -207,6 +207,42 @@ class DecodeMode(str, Enum):
     KEYFRAMES = "keyframes"  # keyframes only, whatever cadence that gives
 
 
+def parse_listen(text: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:9108`` for IPv6) as (host, port); the host is ``localhost`` or an
+    address literal, so what the agent binds to is what the file says."""
+    host, colon, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port with a port 1-65535, e.g. 127.0.0.1:9108, got {text!r}")
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IP address or localhost (in {text!r})") from None
+    return host, int(port)
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    listen: str = setting(
+        "127.0.0.1:9108", help="host:port of the Prometheus /metrics and JSON /healthz endpoint (docs/monitor.md); "
+                               "they need no login, so an address other than loopback shows them to that network")
+
+    def __post_init__(self):
+        try:
+            parse_listen(self.listen)
+        except ValueError as exc:
+            raise ValueError(f"listen: {exc}") from None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.address[0])
+
+
 @dataclass(frozen=True)
 class ModelSection:
     manifest: Path = setting(help="The model's manifest TOML (file, sha256, input, classes)")
@@ -229,6 +265,8 @@ class EdgeFile:
     commands: CommandsSection | None = setting(
         None, help="The key platform commands are signed with; leave out and every command is refused")
     tickets: TicketsSection = setting(factory=TicketsSection, help="Ticket lifecycle and evidence")
+    metrics: MetricsSection | None = setting(
+        None, help="Local Prometheus metrics and JSON health endpoint; leave out for none")
     categories: dict[str, CategorySection] = setting(
         factory=dict, help="Per rule type or camera fault: the platform case class its tickets carry")
 
@@ -380,6 +418,7 @@ class BoxConfig:
     commands: CommandsSection | None = None
     command_key: CommandKey | None = None  # loaded from commands.key_file; None: no command is accepted
     mqtt_password: str | None = dataclasses.field(default=None, repr=False)  # read at load, never in TOML
+    metrics: MetricsSection | None = None  # None: no /metrics and /healthz endpoint
 
     def secret_files(self) -> list[tuple[str, Path]]:
         """(what, path) of the files holding this box's secrets, for the permission check: the
@@ -431,7 +470,7 @@ def load_config(path: str | Path, strict_calibration: bool = True) -> BoxConfig:
     # Read at load, so a missing or short key stops the agent at start, not at its first command.
     command_key = load_key(edge.commands.key_file, path) if edge.commands else None
     return BoxConfig(path, edge.agent, edge.storage, edge.mqtt, edge.models, cameras, edge.tickets,
-                     fault_categories, edge.commands, command_key, password)
+                     fault_categories, edge.commands, command_key, password, edge.metrics)
 
 
 def load_camera(path: str | Path, edge_path: str | Path) -> CameraConfig:

@@ -1,16 +1,40 @@
-"""Counters and gauges per camera, read by the status topic and ``edge-agent check``.
+"""Counters and gauges per camera, read by the status topic, ``edge-agent replay`` and the
+Prometheus endpoint (agent/metrics.py).
 
 Error reasons are stored redacted: they come from FFmpeg and quote the camera URL, password and
 all, and from here they go to the retained status and the ``camera_offline`` ticket."""
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
 from agent.redact import redact
+
+# Upper bounds (s) of the inference latency histogram: a small model on a fast core takes ~5 ms,
+# tiles and zone crops on a slow ARM board reach a second or two.
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0)
+
+
+@dataclass
+class LatencyHistogram:
+    """Durations counted into ``LATENCY_BUCKETS_S`` (plus one bucket past the last), with their sum."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
+    total_s: float = 0.0
+
+    def add(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1  # bounds are inclusive (le)
+        self.total_s += seconds
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """(upper bound, count of durations up to it) per bucket, ending with ("+Inf", all): the
+        shape Prometheus histograms take."""
+        return list(zip([repr(b) for b in LATENCY_BUCKETS_S] + ["+Inf"], itertools.accumulate(self.counts)))
 
 
 @dataclass
@@ -32,6 +56,7 @@ class CameraHealth:
     frames_superseded: int = 0  # sampled frames replaced by a newer one before analysis (box busy)
     detections_skipped: int = 0  # analysed frames whose detections were reused: nothing changed
     outside: tuple[str, ...] = ()  # zones covering no pixel of the stream's picture, refused
+    inference: LatencyHistogram = field(default_factory=LatencyHistogram, repr=False)  # detector calls
     _analysed_at: deque = field(default_factory=lambda: deque(maxlen=20), repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -82,6 +107,15 @@ class CameraHealth:
         if len(times) < 2 or now - times[-1] > times[-1] - times[0]:
             return 0.0
         return (len(times) - 1) / (times[-1] - times[0])
+
+    def inference_took(self, seconds: float) -> None:
+        with self._lock:
+            self.inference.add(seconds)
+
+    def inference_latency(self) -> tuple[list[tuple[str, int]], float]:
+        """The detector's latency histogram: cumulative buckets and the sum of seconds."""
+        with self._lock:
+            return self.inference.cumulative(), self.inference.total_s
 
     def analysis_failed(self, reason: str) -> None:
         with self._lock:

@@ -201,6 +201,13 @@ class Outbox:
                 "SELECT COUNT(*), COALESCE(SUM(delivered_at IS NULL), 0) FROM messages").fetchone()
         return {"stored": total, "pending": pending}
 
+    def oldest_pending_at(self) -> float | None:
+        """When the oldest undelivered message was stored (the agent's clock); None: nothing is pending."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT created_at FROM messages WHERE delivered_at IS NULL ORDER BY id LIMIT 1").fetchone()
+        return None if row is None else row[0]
+
     def messages(self, kind: str | None = None) -> list[tuple[StoredMessage, float | None]]:
         """Every message with its delivery time: for ``edge-agent`` inspection and tests."""
         query = (f"SELECT {_COLUMNS}, delivered_at FROM messages" + (" WHERE kind = ?" if kind else "")

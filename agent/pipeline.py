@@ -112,7 +112,11 @@ class CameraPipeline:
 
     def observe(self, frame: Frame) -> Observation:
         if self.gate is None or self.gate.needs_detection(frame.ts, frame.image):
+            # Timed on the performance counter, not the agent's clock: a replay's manual clock
+            # stands still while the detector runs.
+            started = time.perf_counter()
             detections = self._detections = self.tiler.detect(self.detector, frame.image, frame.ts)
+            self.health.inference_took(time.perf_counter() - started)
         else:
             detections = self._detections  # nothing changed in the zones: what was there still is
             self.health.detection_skipped()

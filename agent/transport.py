@@ -179,6 +179,11 @@ class MqttTransport:
         return {"schema": "edge-agent/status", "schema_version": SCHEMA_VERSION, "agent_id": self.topics.agent,
                 **doc, "state": state, "time": iso_utc(self.clock.now())}
 
+    @property
+    def connected(self) -> bool:
+        """Connected to the broker now (CONNACK received, not yet disconnected)."""
+        return self._connected.is_set()
+
     def publish_status(self, state: str = "online") -> None:
         """Retained status. Not through the outbox: only the latest matters, and the last will
         covers a silent death."""
