@@ -17,7 +17,7 @@ from agent import __version__
 from agent.clipper import Clipper
 from agent.clips import PacketRing
 from agent.clock import Clock, SystemClock
-from agent.command_auth import NONCE_TABLE, CommandAuth
+from agent.command_auth import CommandAuth
 from agent.commands import CommandHandler
 from agent.config import BoxConfig, CameraConfig, ConfigError
 from agent.detect import Detector, load_detector
@@ -32,7 +32,7 @@ from agent.pipeline import CameraPipeline
 from agent.privacy import PEOPLE, PeopleTrail
 from agent.storage import StorageJanitor
 from agent.ticket_signing import KEY_FILE, DeviceKey
-from agent.tickets import TICKET_TABLES, ModelInfo, TicketBook, iso_utc
+from agent.tickets import ModelInfo, TicketBook, iso_utc
 from agent.topics import Topics
 from agent.transport import MqttTransport, Request
 from agent.types import Detections
@@ -84,7 +84,7 @@ class Agent:
         self.config = config
         self.clock = clock or SystemClock()
         storage = storage_dir or config.storage.dir
-        self.outbox = Outbox(storage / "outbox.sqlite", schemas=(TICKET_TABLES, NONCE_TABLE))
+        self.outbox = Outbox(storage / "outbox.sqlite")
         self.evidence = EvidenceStore(storage / "evidence", config.storage.jpeg_quality)
         self.device_key = DeviceKey.load_or_create(storage / KEY_FILE)
         self.janitor = StorageJanitor(self.outbox, self.evidence.root, config.storage.limits)

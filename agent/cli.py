@@ -30,6 +30,7 @@ from agent.config import BoxConfig, load_config
 from agent.evidence import spot_check
 from agent.ingest import grab_frame
 from agent.logs import setup_logging
+from agent.migrations import DatabaseSchemaError
 from agent.pipeline import camera_tiler, scaled_zones
 from agent.privacy import PrivacyParams
 from agent.redact import redact
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"edge-agent: config error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
-    except (CalibrationError, ConnectionError) as exc:
+    except (CalibrationError, ConnectionError, DatabaseSchemaError) as exc:
         print(f"edge-agent: {args.command}: {redact(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
 
