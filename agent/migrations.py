@@ -105,6 +105,7 @@ def migrate(db: sqlite3.Connection, path: Path, migrations: tuple[Migration, ...
     missing = [m for m in migrations if m.version > found]
     if not missing:
         return
+    fresh = db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
     # One script, its own BEGIN and COMMIT: sqlite3's executescript() would commit a transaction
     # begun outside it before running. PRAGMA user_version is part of the transaction.
     script = "".join(m.sql.rstrip().rstrip(";") + ";\n" for m in missing)
@@ -115,5 +116,8 @@ def migrate(db: sqlite3.Connection, path: Path, migrations: tuple[Migration, ...
             db.execute("ROLLBACK")
         raise DatabaseSchemaError(f"{path}: migrating the database from schema version {found} to "
                                   f"{missing[-1].version} failed, it is left at version {found}: {exc}") from exc
-    log_event(log, "database_migrated", file=path, from_version=found, to_version=missing[-1].version,
-              steps=" | ".join(f"{m.version}: {m.why}" for m in missing))
+    if fresh:
+        log_event(log, "database_created", file=path, version=missing[-1].version)
+    else:
+        log_event(log, "database_migrated", file=path, from_version=found, to_version=missing[-1].version,
+                  steps=" | ".join(f"{m.version}: {m.why}" for m in missing))

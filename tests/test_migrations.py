@@ -98,9 +98,11 @@ def user_version(path) -> int:
         return db.execute("PRAGMA user_version").fetchone()[0]
 
 
-def test_a_fresh_database_gets_the_latest_version_and_every_table(tmp_path):
+def test_a_fresh_database_gets_the_latest_version_and_every_table(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="agent.migrations")
     path = tmp_path / "outbox.sqlite"
     Outbox(path).close()
+    assert [(r.getMessage(), r.fields["version"]) for r in caplog.records] == [("database_created", LATEST)]
     assert user_version(path) == LATEST
     with sqlite3.connect(path) as db:
         assert set(TABLES) <= {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
