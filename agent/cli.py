@@ -296,7 +296,7 @@ def cmd_calibrate(config: BoxConfig, args) -> int:
           + (f" (the old one: {stored.backup.name})" if stored.backup else ""))
     if stored.camera_file_changed:
         print(f"{cam.source_file}: calibration = {stored.path.name!r} added (the old file: {cam.source_file.name}.bak)")
-    print(f"view reference: {stored.reference} (a running agent takes both at its next start)")
+    print(f"view reference: {stored.reference} (a running agent takes both at its next start or reload, SIGHUP)")
     return 0
 
 
