@@ -126,6 +126,7 @@ def test_sighup_keeps_the_running_config_when_the_new_one_is_broken_and_reloads_
         assert f"file={cam1}" in refused and "key=zones.plaza.rule.min_dwel_s" in refused, refused
         assert "unknown key" in refused and "running=\"the old config\"" in refused
         assert notify.wait_for("READY", proc=agent)["STATUS"].startswith("config reload refused")
+        assert any(m.get("RELOADING") == "1" and "MONOTONIC_USEC" in m for m in notify.messages)
         notify.wait_for("WATCHDOG", proc=agent)  # the old agent runs on
         assert agent.poll() is None
         assert "event=agent_stopped" not in log_path.read_text()[mark:]
