@@ -18,7 +18,7 @@ from agent.checkup import Checkup
 from agent.clipper import Clipper
 from agent.clips import PacketRing
 from agent.clock import Clock, SystemClock
-from agent.command_auth import NONCE_TABLE, CommandAuth
+from agent.command_auth import CommandAuth
 from agent.commands import CommandHandler
 from agent.config import BoxConfig, CameraConfig, ConfigError
 from agent.detect import Detector, load_detector
@@ -32,9 +32,10 @@ from agent.metrics import AgentCollector, agent_registry, serve_metrics
 from agent.outbox import Outbox
 from agent.pipeline import CameraPipeline
 from agent.privacy import PEOPLE, PeopleTrail
+from agent.sdnotify import ServiceNotifier
 from agent.storage import StorageJanitor
 from agent.ticket_signing import KEY_FILE, DeviceKey
-from agent.tickets import TICKET_TABLES, ModelInfo, TicketBook, iso_utc
+from agent.tickets import ModelInfo, TicketBook, iso_utc
 from agent.topics import Topics
 from agent.transport import MqttTransport, Request
 from agent.types import Detections
@@ -44,6 +45,7 @@ log = logging.getLogger("agent.app")
 DEFAULT_PREFIX = "cityops"
 DEFAULT_CHUNK_BYTES = 256 * 1024
 JANITOR_INTERVAL_S = 30.0
+NOT_A_SERVICE = ServiceNotifier()  # replay, tests: nobody to tell
 
 
 def load_detectors(config: BoxConfig) -> dict[str, Detector]:
@@ -86,7 +88,7 @@ class Agent:
         self.config = config
         self.clock = clock or SystemClock()
         storage = storage_dir or config.storage.dir
-        self.outbox = Outbox(storage / "outbox.sqlite", schemas=(TICKET_TABLES, NONCE_TABLE))
+        self.outbox = Outbox(storage / "outbox.sqlite")
         self.evidence = EvidenceStore(storage / "evidence", config.storage.jpeg_quality)
         self.device_key = DeviceKey.load_or_create(storage / KEY_FILE)
         self.janitor = StorageJanitor(self.outbox, self.evidence.root, config.storage.limits)
@@ -188,8 +190,14 @@ class Agent:
         except (OSError, sqlite3.Error) as exc:  # a full disk must not stop the agent
             log_event(log, "storage_tidy_failed", level=logging.ERROR, reason=str(exc))
 
-    def run(self, stop: threading.Event) -> None:
-        """Run until ``stop`` is set or every camera has ended (files that do not loop)."""
+    def service_status(self) -> str:
+        """The one line ``systemctl status`` shows."""
+        counts = self.outbox.counts()
+        return f"{len(self.config.cameras)} cameras, outbox {counts['pending']} pending of {counts['stored']}"
+
+    def run(self, stop: threading.Event, service: ServiceNotifier = NOT_A_SERVICE) -> None:
+        """Run until ``stop`` is set or every camera has ended (files that do not loop); tell
+        ``service`` (systemd) when it is ready, and ping its watchdog from the loop below."""
         command_thread = threading.Thread(target=self._command_loop, name="commands", daemon=True)
         command_thread.start()
         clipper_stop = threading.Event()
@@ -204,14 +212,17 @@ class Agent:
                                 self.rings.get(cam.id)) for cam in self.config.cameras]
         for worker in workers:
             worker.start()
+        service.ready(self.service_status())
         watches = {cam.id: OfflineWatch(self.config.tickets.offline_grace_s, self.clock.now())
                    for cam in self.config.cameras if not cam.is_file}
         next_janitor = 0.0
         while not stop.is_set() and any(w.is_alive() for w in workers):
             stop.wait(0.5)
+            service.watchdog()
             self._watch_offline(watches)
             if time.monotonic() >= next_janitor:
                 self._tidy_storage()
+                service.status(self.service_status())
                 next_janitor = time.monotonic() + JANITOR_INTERVAL_S
         stop.set()
         for worker in workers:

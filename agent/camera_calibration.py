@@ -4,7 +4,7 @@ both do once the technician accepts a fit.
 In this order: the calibration file (its next version, the old file kept as ``.bak``); the camera
 file's ``calibration`` key, when it has none; and the frame the points were clicked on, as the
 camera's view reference (agent/faults.py), so the view check compares with the view the
-calibration is true for. A running agent takes all three at its next start.
+calibration is true for. A running agent takes all three at its next start or reload (SIGHUP).
 """
 
 from __future__ import annotations

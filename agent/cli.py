@@ -20,7 +20,7 @@ from pathlib import Path
 import av
 import cv2
 
-from agent import calibration
+from agent import __version__, calibration
 from agent.annotated_video import AnnotatedVideo
 from agent.app import Agent, check_privacy, load_detectors, precision_risks
 from agent.calibration import LOCAL_M, WGS84, CalibrationError, GroundPoint
@@ -30,9 +30,12 @@ from agent.config import BoxConfig, load_config
 from agent.evidence import spot_check
 from agent.ingest import grab_frame
 from agent.logs import setup_logging
+from agent.migrations import MIGRATIONS, DatabaseSchemaError
 from agent.pipeline import camera_tiler, scaled_zones
 from agent.privacy import PrivacyParams
 from agent.redact import redact
+from agent.sdnotify import ServiceNotifier
+from agent.service import AgentService, checked_detectors
 from agent.ticket_signing import KEY_FILE, DeviceKey, public_pem
 from agent.typedtoml import ConfigError
 
@@ -48,8 +51,10 @@ SCENE_DEPENDENT = frozenset({"min_dwell_s", "clear_after_s"})
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
     parser.add_argument("-c", "--config", type=Path, default=Path("edge.toml"), help="the box's edge.toml")
+    parser.add_argument("--version", action="version",
+                        version=f"edge-agent {__version__} (database schema {MIGRATIONS[-1].version})")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the agent")
+    run = sub.add_parser("run", help="run the agent (SIGTERM stops it, SIGHUP reloads the config)")
     run.add_argument("--print-tickets", action="store_true", help="also print each ticket as JSON on stdout")
     sub.add_parser("check", help="validate config and models, print what would run")
     replay = sub.add_parser("replay", help="run one camera's rules over a video file as fast as possible")
@@ -99,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"edge-agent: config error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
-    except (CalibrationError, ConnectionError) as exc:
+    except (CalibrationError, ConnectionError, DatabaseSchemaError) as exc:
         print(f"edge-agent: {args.command}: {redact(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
 
@@ -113,18 +118,14 @@ def print_ticket(doc: dict) -> None:
 
 
 def cmd_run(config: BoxConfig, args) -> int:
-    agent = Agent(config, on_ticket=print_ticket if args.print_tickets else None)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    agent.run(stop)
-    return 0
+    on_ticket = print_ticket if args.print_tickets else None
+    service = AgentService(config, lambda box: Agent(box, on_ticket=on_ticket), ServiceNotifier.from_env())
+    return service.run()
 
 
 def cmd_check(config: BoxConfig, args) -> int:
-    detectors = load_detectors(config)
-    for cam in config.cameras:
-        check_privacy(cam, detectors[cam.model])
+    """What a SIGHUP's reload checks too (:func:`agent.service.reload_config`), printed."""
+    detectors = checked_detectors(config)
     print(f"config {config.source_file}: agent {config.agent.id}")
     risks = precision_risks(detectors)
     for name, det in detectors.items():
@@ -295,7 +296,7 @@ def cmd_calibrate(config: BoxConfig, args) -> int:
           + (f" (the old one: {stored.backup.name})" if stored.backup else ""))
     if stored.camera_file_changed:
         print(f"{cam.source_file}: calibration = {stored.path.name!r} added (the old file: {cam.source_file.name}.bak)")
-    print(f"view reference: {stored.reference} (a running agent takes both at its next start)")
+    print(f"view reference: {stored.reference} (a running agent takes both at its next start or reload, SIGHUP)")
     return 0
 
 

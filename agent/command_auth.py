@@ -35,12 +35,7 @@ NONCE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 SIG = re.compile(r"^[0-9a-f]{64}$")
 DOMAIN = b"edge-agent/command/1\n"  # a MAC made for anything else never verifies as a command
 
-NONCE_TABLE = """
-CREATE TABLE IF NOT EXISTS command_nonces (
-    nonce TEXT PRIMARY KEY,
-    ts REAL NOT NULL                 -- the command's own ts: forgotten once that is stale
-);
-"""
+# Its table (command_nonces) is made, and changed between versions, by agent/migrations.py.
 
 
 @dataclass(frozen=True)

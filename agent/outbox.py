@@ -19,27 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic TEXT NOT NULL,
-    kind TEXT NOT NULL,              -- ticket, evidence, ...
-    ticket_id TEXT,
-    payload BLOB,                    -- inline payload, or NULL when payload_path names a file
-    payload_path TEXT,
-    payload_offset INTEGER NOT NULL DEFAULT 0,   -- a chunk of the file: [offset, offset + length)
-    payload_length INTEGER,                      -- NULL: to the end of the file
-    content_type TEXT NOT NULL,
-    properties TEXT NOT NULL DEFAULT '{}',       -- MessageProps as JSON
-    created_at REAL NOT NULL,
-    delivered_at REAL
-);
-CREATE INDEX IF NOT EXISTS messages_pending ON messages (id) WHERE delivered_at IS NULL;
-CREATE TABLE IF NOT EXISTS counters (
-    name TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-"""
+from agent.migrations import migrate, refuse_newer
 
 
 @dataclass(frozen=True)
@@ -141,16 +121,22 @@ class Transaction:
 class Outbox:
     """Thread-safe: one connection, one lock, one transaction per write (as persist-queue does)."""
 
-    def __init__(self, path: Path, schemas: tuple[str, ...] = ()):
-        """``schemas``: CREATE statements of other modules' tables kept in this database."""
+    def __init__(self, path: Path):
+        """Opens (or makes) the database and migrates it to this version's tables
+        (:mod:`agent.migrations`, other modules' tables too); one from a newer agent is refused."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL loses at most the last transactions on power loss, never consistency; FULL makes
-        # every ticket survive power loss too, at a few ms per commit, which tickets can afford.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA + "".join(schemas))
+        try:
+            refuse_newer(self._db, path)  # before journal_mode, which writes to the file
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL loses at most the last transactions on power loss, never consistency; FULL makes
+            # every ticket survive power loss too, at a few ms per commit, which tickets can afford.
+            self._db.execute("PRAGMA synchronous=FULL")
+            migrate(self._db, path)
+        except BaseException:
+            self._db.close()
+            raise
         self._lock = threading.Lock()
         self._added = threading.Condition(self._lock)
 

@@ -46,25 +46,7 @@ SCHEMA_VERSION = "1.0"
 TICKET_SEQ = "ticket_seq"
 ANY = "*"
 
-TICKET_TABLES = """
-CREATE TABLE IF NOT EXISTS tickets (
-    ticket_id TEXT PRIMARY KEY,
-    camera TEXT NOT NULL,
-    zone TEXT NOT NULL,
-    rule TEXT NOT NULL,
-    status TEXT NOT NULL,
-    changed_at REAL NOT NULL,
-    doc TEXT NOT NULL                -- the last message sent about it
-);
-CREATE INDEX IF NOT EXISTS tickets_by_place ON tickets (camera, zone, rule, changed_at);
-CREATE TABLE IF NOT EXISTS mutes (
-    camera TEXT NOT NULL,
-    zone TEXT NOT NULL,              -- '*' for the whole camera
-    rule TEXT NOT NULL,              -- '*' for every rule
-    until REAL NOT NULL,
-    PRIMARY KEY (camera, zone, rule)
-);
-"""
+# Its tables (tickets, mutes) are made, and changed between versions, by agent/migrations.py.
 
 log = logging.getLogger("agent.tickets")
 

@@ -19,7 +19,7 @@ from agent.outbox import Outbox
 from agent.rules import Category
 from agent.storage import StorageJanitor, StorageLimits
 from agent.ticket_signing import KEY_FILE, DeviceKey
-from agent.tickets import TICKET_TABLES, ModelInfo, TicketBook
+from agent.tickets import ModelInfo, TicketBook
 from agent.topics import Topics
 from agent.types import Detections, EventKind, RuleEvent
 from agent.zones import Zone
@@ -33,7 +33,7 @@ CAMERA = CameraConfig(id="cam", name="cam", url="x.mp4", source_file=None, model
 
 
 def book_in(folder):
-    outbox = Outbox(folder / "outbox.sqlite", schemas=(TICKET_TABLES,))
+    outbox = Outbox(folder / "outbox.sqlite")
     evidence = EvidenceStore(folder / "evidence", jpeg_quality=95)
     book = TicketBook("box", CAMERA, ModelInfo("m", "0" * 64), Topics("p", "box"), outbox, evidence,
                       TicketsSection(reopen_window_s=0), 256 * 1024, DEFAULT_CATEGORIES,
