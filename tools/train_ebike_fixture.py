@@ -30,8 +30,9 @@ TRAIN_SEED, VAL_SEED = 1000, 2000  # the test uses seeds >= 5000
 N_TRAIN, N_VAL = 220, 60
 
 
-def composite(rng):
-    """(image, [yolo label rows]) of one frame."""
+def composite(rng, label_people: bool = False):
+    """(image, [yolo label rows]) of one frame: the bicycle as class 0; with ``label_people`` the
+    people as class 1 too (the fixture leaves them unlabelled, as distractors)."""
     import cv2
     import numpy as np
 
@@ -59,12 +60,12 @@ def composite(rng):
     for i in order:
         s, at, is_bike = layers[i]
         paste(frame, s, at, 2.0, rng)
-        if is_bike:
+        if is_bike or label_people:
             x1, y1, x2, y2 = ls.box_of(s, at)
             x1, y1 = max(0, x1), max(0, y1)
             x2, y2 = min(ls.FRAME_W, x2), min(ls.FRAME_H, y2)
             if x2 - x1 > 8 and y2 - y1 > 8:
-                labels.append(f"0 {(x1 + x2) / 2 / ls.FRAME_W:.6f} {(y1 + y2) / 2 / ls.FRAME_H:.6f} "
+                labels.append(f"{0 if is_bike else 1} {(x1 + x2) / 2 / ls.FRAME_W:.6f} {(y1 + y2) / 2 / ls.FRAME_H:.6f} "
                               f"{(x2 - x1) / ls.FRAME_W:.6f} {(y2 - y1) / ls.FRAME_H:.6f}")
     noisy = frame.astype(np.float32) * rng.uniform(0.85, 1.15) + rng.normal(0, 2, frame.shape)
     return np.clip(noisy, 0, 255).astype(np.uint8), labels
