@@ -47,6 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 NAME_FILES = ("classes.txt", "obj.names")  # Label Studio / Ultralytics, CVAT YOLO 1.1
 DATASET_SUMMARY = "dataset.json"
+MAX_BACKGROUND_SHARE = 0.1  # Ultralytics' advice: 0-10 % background images (docs/retrain.md)
 OPSET = 12  # what the agent's onnxruntime (>= 1.17) and the RKNN toolchain both take
 
 
@@ -217,6 +218,7 @@ def write_dataset(splits: dict[str, list[Sample]], classes: list[str], out: Path
         summary["splits"][split] = {
             "images": len(samples),
             "hard_negatives": sum(s.origin == "hard_negative" for s in samples),
+            "background": sum(not s.boxes for s in samples),
             "boxes": {c: sum(b.class_id == i for s in samples for b in s.boxes) for i, c in enumerate(classes)},
         }
     names = "".join(f"  {i}: {json.dumps(c, ensure_ascii=False)}\n" for i, c in enumerate(classes))
@@ -224,6 +226,12 @@ def write_dataset(splits: dict[str, list[Sample]], classes: list[str], out: Path
                                    f"val: images/val\nnames:\n{names}", encoding="utf-8")
     (out / DATASET_SUMMARY).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return summary
+
+
+def background_share(summary: dict) -> float:
+    """The share of a data set's images with no boxes (hard negatives and empty labelled frames)."""
+    images = sum(d["images"] for d in summary["splits"].values())
+    return sum(d["background"] for d in summary["splits"].values()) / max(images, 1)
 
 
 def build_dataset(labelled: list[Path], hard_negatives: list[Path], out: Path, classes: list[str] | None = None,
@@ -300,8 +308,9 @@ def model_source(model: str) -> str:
 
 
 def train(data: Path, out: Path, model: str = "yolo11n.yaml", epochs: int = 100, imgsz: int = 640,
-          batch: int = 16, patience: int = 50, seed: int = 0, hours: float | None = None) -> Path:
-    """Fine-tune (or train from scratch, for a yaml) on the CPU; the best checkpoint's path."""
+          batch: int = 16, patience: int = 50, seed: int = 0, hours: float | None = None, **augment) -> Path:
+    """Fine-tune (or train from scratch, for a yaml) on the CPU; the best checkpoint's path.
+    ``augment``: more Ultralytics train arguments (mosaic=..., degrees=...)."""
     import torch
     from ultralytics import YOLO
 
@@ -311,7 +320,8 @@ def train(data: Path, out: Path, model: str = "yolo11n.yaml", epochs: int = 100,
     start = time.monotonic()
     yolo.train(data=str(data.resolve()), epochs=epochs, time=hours, imgsz=imgsz, batch=batch, patience=patience,
                workers=0, device="cpu", seed=seed, deterministic=True, pretrained=source.endswith(".pt"),
-               amp=False, plots=False, project=str(out.resolve()), name="train", exist_ok=True, verbose=False)
+               amp=False, plots=False, project=str(out.resolve()), name="train", exist_ok=True, verbose=False,
+               **augment)
     best = out.resolve() / "train" / "weights" / "best.pt"
     print(f"train_model: trained {source} in {time.monotonic() - start:.0f} s: {best}", file=sys.stderr)
     return best
@@ -446,6 +456,10 @@ def main(argv: list[str] | None = None) -> int:
             summary = build_dataset(args.labelled, args.hard_negatives, args.out, classes, set(args.rule),
                                     set(args.camera), args.val_fraction)
             print(json.dumps(summary["splits"], ensure_ascii=False), file=sys.stderr)
+            if (share := background_share(summary)) > MAX_BACKGROUND_SHARE:
+                print(f"train_model: note: {share:.0%} of the images have no boxes; Ultralytics advises "
+                      f"at most {MAX_BACKGROUND_SHARE:.0%}: too many teach the model to see nothing",
+                      file=sys.stderr)
         elif args.command == "register":
             register(args.model, args.name, args.licence, args.models_dir, args.source, args.replace)
         else:
