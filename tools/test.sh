@@ -12,9 +12,12 @@
 #    `playwright install` is never run)
 # 2. creates .venv if missing and installs the project with its test extra
 #    (skipped while pyproject.toml is unchanged since the last install),
-# 3. fetches the test footage (tools/fetch_footage.py, cached in .cache/footage
+# 3. creates .venv-train if missing, for tests/test_training.py, with the pinned torch and the
+#    train extra's packages (not the project: the box's code never runs there; skipped while the
+#    pins and the extra are unchanged since the last install),
+# 4. fetches the test footage (tools/fetch_footage.py, cached in .cache/footage
 #    or $EDGE_FOOTAGE_DIR),
-# 4. runs pytest.
+# 5. runs pytest.
 #
 # PYTHON=python3.12 picks the interpreter for a new .venv (default: python3).
 set -euo pipefail
@@ -88,6 +91,21 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
     echo "$want" > "$stamp"
 else
     say "venv up to date"
+fi
+
+# ---------------------------------------------------------------- training venv
+# torch and torchvision pinned together: Ultralytics' predict fails with other torchvision builds.
+TRAIN_PINS=(torch==2.14.1 torchvision==0.29.1)
+mapfile -t train_extra < <("$PY" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["train"]))')
+train_stamp=.venv-train/.edge-agent-train-installed
+train_want="${TRAIN_PINS[*]} ${train_extra[*]}"
+if [ "$(cat "$train_stamp" 2>/dev/null || true)" != "$train_want" ]; then
+    [ -x .venv-train/bin/python ] || "$PY" -m venv .venv-train
+    say "pip install ${train_want} into .venv-train (torch is large: minutes)"
+    .venv-train/bin/python -m pip install -q --disable-pip-version-check "${TRAIN_PINS[@]}" "${train_extra[@]}"
+    echo "$train_want" > "$train_stamp"
+else
+    say "training venv up to date"
 fi
 
 # ---------------------------------------------------------------- footage

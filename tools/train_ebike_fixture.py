@@ -1,6 +1,6 @@
 """Train the test fixture tests/data/ebike-yolov8n-256.onnx: a one-class ("ebike") YOLOv8n.
 
-    /work/train-venv/bin/python tools/train_ebike_fixture.py
+    .venv-train/bin/python tools/train_ebike_fixture.py
 
 A FIXTURE, not a field model: trained from scratch (yolov8n.yaml, no pretrained weights) on
 composites of real pixels: lift-floor-like patches (tests/lift_scenes.py's FLOORS: vtest lawn and
@@ -10,17 +10,17 @@ unlabelled distractors. It proves the lift rule's custom-model path end to end; 
 bicycle's look and nothing about a ceiling fisheye.
 
 The dataset is rendered by the project venv (it has av and the scenario kit); training and the
-export run in the training venv (torch, ultralytics), which the agent never needs.
+export run in the training venv (torch, ultralytics; tools/test.sh makes .venv-train), which the
+agent never needs, through tools/train_model.py (offline, the network refused). The export is not
+simplified (train_model's, with no onnxslim in the training venv), unlike the committed file.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,8 +30,9 @@ TRAIN_SEED, VAL_SEED = 1000, 2000  # the test uses seeds >= 5000
 N_TRAIN, N_VAL = 220, 60
 
 
-def composite(rng):
-    """(image, [yolo label rows]) of one frame."""
+def composite(rng, label_people: bool = False):
+    """(image, [yolo label rows]) of one frame: the bicycle as class 0; with ``label_people`` the
+    people as class 1 too (the fixture leaves them unlabelled, as distractors)."""
     import cv2
     import numpy as np
 
@@ -59,12 +60,12 @@ def composite(rng):
     for i in order:
         s, at, is_bike = layers[i]
         paste(frame, s, at, 2.0, rng)
-        if is_bike:
+        if is_bike or label_people:
             x1, y1, x2, y2 = ls.box_of(s, at)
             x1, y1 = max(0, x1), max(0, y1)
             x2, y2 = min(ls.FRAME_W, x2), min(ls.FRAME_H, y2)
             if x2 - x1 > 8 and y2 - y1 > 8:
-                labels.append(f"0 {(x1 + x2) / 2 / ls.FRAME_W:.6f} {(y1 + y2) / 2 / ls.FRAME_H:.6f} "
+                labels.append(f"{0 if is_bike else 1} {(x1 + x2) / 2 / ls.FRAME_W:.6f} {(y1 + y2) / 2 / ls.FRAME_H:.6f} "
                               f"{(x2 - x1) / ls.FRAME_W:.6f} {(y2 - y1) / ls.FRAME_H:.6f}")
     noisy = frame.astype(np.float32) * rng.uniform(0.85, 1.15) + rng.normal(0, 2, frame.shape)
     return np.clip(noisy, 0, 255).astype(np.uint8), labels
@@ -90,30 +91,26 @@ def build_dataset(root: Path) -> None:
 
 
 def train(root: Path, minutes: float) -> None:
-    """Runs in the training venv."""
+    """Runs in the training venv, offline, with tools/train_model.py's train and export."""
     import torch
 
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    from ultralytics import YOLO
-    from ultralytics.utils import SETTINGS
+    from tools import train_model
 
-    SETTINGS.update(sync=False)
-    model = YOLO("yolov8n.yaml")
-    start = time.time()
-    model.train(data=str(root / "data.yaml"), imgsz=IMGSZ, epochs=300, time=minutes / 60, batch=16, workers=0,
-                device="cpu", seed=0, deterministic=True, pretrained=False, amp=False, plots=False,
-                project=str(root / "runs"), name="ebike", exist_ok=True, patience=1000,
-                mosaic=1.0, close_mosaic=0, degrees=0.0, fliplr=0.5, verbose=False)
-    print(f"training wall: {time.time() - start:.0f} s", file=sys.stderr)
-    best = YOLO(str(root / "runs" / "ebike" / "weights" / "best.pt"))
-    metrics = best.val(data=str(root / "data.yaml"), imgsz=IMGSZ, batch=16, workers=0, device="cpu",
-                       plots=False, verbose=False, project=str(root / "runs"), name="val", exist_ok=True)
+    tried = train_model.forbid_network()
+    train_model.offline_ultralytics(root / "cfg")
+    torch.set_num_threads(1)
+    best = train_model.train(root / "data.yaml", root / "runs", "yolov8n.yaml", epochs=300, imgsz=IMGSZ,
+                             patience=1000, hours=minutes / 60, mosaic=1.0, close_mosaic=0, degrees=0.0,
+                             fliplr=0.5)
+    from ultralytics import YOLO
+
+    metrics = YOLO(str(best)).val(data=str(root / "data.yaml"), imgsz=IMGSZ, batch=16, workers=0, device="cpu",
+                                  plots=False, verbose=False, project=str(root / "runs"), name="val", exist_ok=True)
     print(f"held-out ({N_VAL} images, seed {VAL_SEED}): precision {metrics.box.mp:.3f} recall {metrics.box.mr:.3f} "
           f"mAP50 {metrics.box.map50:.3f}", file=sys.stderr)
-    exported = best.export(format="onnx", imgsz=IMGSZ, opset=12, simplify=True, dynamic=False, device="cpu")
-    shutil.copyfile(exported, OUT)
-    print(f"wrote {OUT} ({os.path.getsize(OUT)} bytes)", file=sys.stderr)
+    train_model.export(best, OUT)
+    if tried:
+        raise SystemExit("network use was refused: " + "; ".join(tried))
 
 
 def main() -> int:
@@ -122,10 +119,8 @@ def main() -> int:
         build_dataset(Path(sys.argv[2]))
         return 0
     minutes = float(os.environ.get("TRAIN_MINUTES", "8"))
-    os.environ.setdefault("YOLO_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="ebike-fixture.") as tmp:
         root = Path(tmp)
-        os.environ.setdefault("YOLO_CONFIG_DIR", str(root / "cfg"))
         subprocess.run([str(REPO / ".venv" / "bin" / "python"), __file__, "--build-dataset", str(root)],
                        check=True, cwd=REPO)
         train(root, minutes)
