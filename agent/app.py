@@ -32,6 +32,8 @@ from agent.metrics import AgentCollector, agent_registry, serve_metrics
 from agent.outbox import Outbox
 from agent.pipeline import CameraPipeline
 from agent.privacy import PEOPLE, PeopleTrail
+from agent.rules import Cadence
+from agent.scheduler import AnalysisScheduler
 from agent.sdnotify import ServiceNotifier
 from agent.storage import StorageJanitor
 from agent.ticket_signing import KEY_FILE, DeviceKey
@@ -123,6 +125,11 @@ class Agent:
             self.books[cam.id].on_message = on_ticket
             self.pipelines[cam.id] = CameraPipeline(cam, detector, self.books[cam.id], self.health[cam.id],
                                                     storage / REFERENCE_DIR, ticket_hook, self.trails.get(cam.id))
+        self.scheduler = AnalysisScheduler()
+        for cam in config.cameras:
+            self.scheduler.add(cam.id, live=cam.cadence is Cadence.LIVE, fps=cam.analysis_fps,
+                               analyse=self.pipelines[cam.id].on_frame, health=self.health[cam.id],
+                               wait_for_room=cam.is_file and not cam.realtime)
         self.commands = CommandHandler(config.agent.id, self.topics, self.outbox, self.evidence, self.clock,
                                        self.books, self.pipelines, chunk_bytes, self._command_auth())
         self._requests: queue.Queue[Request | None] = queue.Queue(maxsize=1000)
@@ -208,10 +215,13 @@ class Agent:
             self.transport.start()
         else:
             log_event(log, "store_only", reason="no [mqtt] in config", outbox=self.outbox.path)
-        workers = [CameraWorker(cam, self.clock, self.health[cam.id], self.pipelines[cam.id].on_frame, stop,
+        analysis_stop = threading.Event()
+        analysers = [threading.Thread(target=self.scheduler.work, args=(analysis_stop,), name=f"analysis-{i}",
+                                      daemon=True) for i in range(self.config.inference.workers)]
+        workers = [CameraWorker(cam, self.clock, self.health[cam.id], self.scheduler.offer, stop,
                                 self.rings.get(cam.id)) for cam in self.config.cameras]
-        for worker in workers:
-            worker.start()
+        for thread in analysers + workers:
+            thread.start()
         service.ready(self.service_status())
         watches = {cam.id: OfflineWatch(self.config.tickets.offline_grace_s, self.clock.now())
                    for cam in self.config.cameras if not cam.is_file}
@@ -227,6 +237,12 @@ class Agent:
         stop.set()
         for worker in workers:
             worker.join(timeout=10)
+        # The last frames of files that ended are still waiting: analyse them before stopping.
+        if not self.scheduler.drain(timeout=60):
+            log_event(log, "analysis_unfinished", level=logging.WARNING, reason="frames still waiting after 60 s")
+        analysis_stop.set()
+        for thread in analysers:
+            thread.join(timeout=10)
         self._requests.put(None)
         command_thread.join(timeout=10)
         clipper_stop.set()

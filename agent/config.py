@@ -256,6 +256,14 @@ class ModelSection:
 
 
 @dataclass(frozen=True)
+class InferenceSection:
+    workers: int = setting(
+        2, ge=1, le=64, help="Threads analysing frames for all cameras (agent/scheduler.py): lift cameras first, "
+                             "then the static camera whose frame is due soonest; one per core is plenty, as "
+                             "each model's own threads parallelise inside the detector")
+
+
+@dataclass(frozen=True)
 class EdgeFile:
     agent: AgentSection = setting(help="Who this box is and how it logs")
     cameras: list[Path] = setting(help="Camera config files, one per camera")
@@ -267,6 +275,7 @@ class EdgeFile:
     tickets: TicketsSection = setting(factory=TicketsSection, help="Ticket lifecycle and evidence")
     metrics: MetricsSection | None = setting(
         None, help="Local Prometheus metrics and JSON health endpoint; leave out for none")
+    inference: InferenceSection = setting(factory=InferenceSection, help="How the cameras share the detector")
     categories: dict[str, CategorySection] = setting(
         factory=dict, help="Per rule type or camera fault: the platform case class its tickets carry")
 
@@ -419,6 +428,7 @@ class BoxConfig:
     command_key: CommandKey | None = None  # loaded from commands.key_file; None: no command is accepted
     mqtt_password: str | None = dataclasses.field(default=None, repr=False)  # read at load, never in TOML
     metrics: MetricsSection | None = None  # None: no /metrics and /healthz endpoint
+    inference: InferenceSection = InferenceSection()
 
     def secret_files(self) -> list[tuple[str, Path]]:
         """(what, path) of the files holding this box's secrets, for the permission check: the
@@ -470,7 +480,8 @@ def load_config(path: str | Path, strict_calibration: bool = True) -> BoxConfig:
     # Read at load, so a missing or short key stops the agent at start, not at its first command.
     command_key = load_key(edge.commands.key_file, path) if edge.commands else None
     return BoxConfig(path, edge.agent, edge.storage, edge.mqtt, edge.models, cameras, edge.tickets,
-                     fault_categories, edge.commands, command_key, password, edge.metrics)
+                     fault_categories, edge.commands, command_key, password, edge.metrics,
+                     edge.inference)
 
 
 def load_camera(path: str | Path, edge_path: str | Path) -> CameraConfig:

@@ -55,6 +55,7 @@ class CameraHealth:
     keyframe_interval_s: float | None = None
     frames_superseded: int = 0  # sampled frames replaced by a newer one before analysis (box busy)
     detections_skipped: int = 0  # analysed frames whose detections were reused: nothing changed
+    degraded: bool = False  # the box is short of CPU: many of this camera's frames are superseded
     outside: tuple[str, ...] = ()  # zones covering no pixel of the stream's picture, refused
     inference: LatencyHistogram = field(default_factory=LatencyHistogram, repr=False)  # detector calls
     _analysed_at: deque = field(default_factory=lambda: deque(maxlen=20), repr=False)
@@ -71,6 +72,10 @@ class CameraHealth:
     def frame_superseded(self) -> None:
         with self._lock:
             self.frames_superseded += 1
+
+    def cadence_degraded(self, degraded: bool) -> None:
+        with self._lock:
+            self.degraded = degraded
 
     def detection_skipped(self) -> None:
         with self._lock:
@@ -142,6 +147,7 @@ class CameraHealth:
                                         else round(self.keyframe_interval_s, 2)),
                 "frames_superseded": self.frames_superseded,
                 "detections_skipped": self.detections_skipped,
+                "cadence_degraded": self.degraded,
                 "disconnects": self.disconnects,
                 "last_frame_age_s": None if self.last_frame_at is None else round(now - self.last_frame_at, 3),
                 "last_error": self.last_error,

@@ -20,9 +20,10 @@ from enum import Enum
 from pathlib import Path
 
 from agent.calibration import CalibrationFile, PointSection
+from agent.change_gate import ChangeGateParams
 from agent.command_auth import CommandsSection
-from agent.config import AgentSection, CameraFile, EdgeFile, LocationSection, MetricsSection, ModelSection, \
-    MqttSection, StorageSection, ZoneSection
+from agent.config import AgentSection, CameraFile, EdgeFile, InferenceSection, LocationSection, MetricsSection, \
+    ModelSection, MqttSection, StorageSection, ZoneSection
 from agent.privacy import PrivacyParams
 from agent.rules import rule_types
 from agent.scene import SceneParams
@@ -42,12 +43,14 @@ SECTIONS = [
     ("edge.toml [mqtt]", MqttSection),
     ("edge.toml [commands] (signed platform commands)", CommandsSection),
     ("edge.toml [metrics] (Prometheus /metrics and JSON /healthz; docs/monitor.md)", MetricsSection),
+    ("edge.toml [inference] (cameras sharing the detector)", InferenceSection),
     ("camera file (top level)", CameraFile),
     ("camera file [location]", LocationSection),
     ("camera file [zones.<id>]", ZoneSection),
     ("camera file [tamper] (the view check)", TamperParams),
     ("camera file [tracker]", TrackerParams),
     ("camera file [scene] (static new objects)", SceneParams),
+    ("camera file [change_gate] (skipping the detector when nothing changed)", ChangeGateParams),
     ("camera file [zone_crops] (small objects in bike zones)", ZoneCropParams),
     ("camera file [tiling] (grid tiles over the whole frame)", TilingParams),
     ("camera file [privacy] and [zones.<id>.privacy] (people hidden in evidence)", PrivacyParams),
