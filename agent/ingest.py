@@ -31,6 +31,7 @@ from agent.health import CameraHealth
 from agent.logs import log_event
 from agent.redact import redact
 from agent.rules import Cadence
+from agent.threads import name_native_thread
 from agent.types import Frame
 
 log = logging.getLogger("agent.ingest")
@@ -218,6 +219,7 @@ class CameraWorker(threading.Thread):
         self.reader = CameraReader(camera, clock, health, ring)
 
     def run(self) -> None:
+        name_native_thread()
         delay = RECONNECT_MIN_S
         while not self.stop.is_set():
             try:

@@ -41,6 +41,10 @@ CAMERA_COUNTERS = (
     ("edge_camera_analysis_errors", "analysis_errors", "Frames whose analysis raised an error"),
     ("edge_camera_disconnects", "disconnects",
      "Connections lost or streams ended; a live camera reconnects after each"),
+    ("edge_camera_frames_superseded", "frames_superseded",
+     "Sampled frames replaced by a newer one before any worker was free (the box is short of CPU)"),
+    ("edge_camera_detections_skipped", "detections_skipped",
+     "Analysed frames whose zones had not changed: the detector's last result was reused"),
 )
 
 

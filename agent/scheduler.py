@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from agent.health import CameraHealth
 from agent.logs import log_event
+from agent.threads import name_native_thread
 from agent.types import Frame
 
 log = logging.getLogger("agent.scheduler")
@@ -138,6 +139,7 @@ class AnalysisScheduler:
 
     def work(self, stop: threading.Event) -> None:
         """One worker's loop, until ``stop`` is set."""
+        name_native_thread()
         while not stop.is_set():
             job = self.take(timeout=0.5)
             if job is None:

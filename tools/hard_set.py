@@ -38,7 +38,7 @@ if __package__ in (None, ""):  # run as `python tools/hard_set.py`: make `tools`
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tools.scenario_kit import _camera_toml  # noqa: E402
+from tools.scenario_kit import camera_toml  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "scenarios" / "hard"
@@ -256,7 +256,7 @@ class Scene:
 
     def toml(self, seed: int) -> str:
         def table(values: dict) -> str:  # TOML has no null: a missing key is the kit's default
-            return _camera_toml({k: v for k, v in values.items() if v is not None})
+            return camera_toml({k: v for k, v in values.items() if v is not None})
 
         head = "".join(f"# {line}\n" for line in self.notes)
         text = (f"# Written by tools/hard_set.py (seed {seed}); do not edit, rerun the generator.\n{head}"

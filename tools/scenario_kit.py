@@ -603,7 +603,7 @@ def _background_frames(recipe: Recipe, fps: Fraction) -> Iterator[np.ndarray]:
                 yield from _frames_forward(container, first, last)
 
 
-def _camera_toml(table: dict, prefix: str = "") -> str:
+def camera_toml(table: dict, prefix: str = "") -> str:
     """TOML for a camera table: scalars and arrays first, then sub-tables ([zones.x.rule] style)."""
     def value(v) -> str:
         if isinstance(v, bool):
@@ -620,7 +620,7 @@ def _camera_toml(table: dict, prefix: str = "") -> str:
             name = f"{prefix}.{k}" if prefix else k
             # A table holding only tables needs no header of its own: [zones.lawn] implies [zones].
             header = f"\n[{name}]\n" if not v or any(not isinstance(x, dict) for x in v.values()) else ""
-            text += header + _camera_toml(v, name)
+            text += header + camera_toml(v, name)
     return text
 
 
@@ -697,7 +697,7 @@ def build(recipe: Recipe, out_dir: str | os.PathLike[str] = DEFAULT_OUT) -> Comp
 
     camera_file = out_dir / f"{recipe.name}.camera.toml"
     _write_atomically(camera_file, f"# Built by tools/scenario_kit.py from {recipe.path.name}; do not edit.\n"
-                      + _camera_toml({"url": video.name, **recipe.camera}))
+                      + camera_toml({"url": video.name, **recipe.camera}))
     done = {
         "scenario": recipe.name, "recipe": str(recipe.path), "build_key": key, "video": video.name,
         "camera_file": camera_file.name, "camera_id": recipe.camera["id"], "fps": float(fps), "frames": frames,
