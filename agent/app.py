@@ -20,13 +20,14 @@ from agent.clock import Clock, SystemClock
 from agent.command_auth import NONCE_TABLE, CommandAuth
 from agent.commands import CommandHandler
 from agent.config import BoxConfig, CameraConfig, ConfigError
-from agent.detect import Detector, load_detector
+from agent.detect import Detector
 from agent.detect.manifest import cpu_flags, int8_risk
 from agent.evidence import EvidenceStore
 from agent.faults import REFERENCE_DIR, OfflineWatch
 from agent.health import CameraHealth
 from agent.ingest import CameraWorker
 from agent.logs import log_event
+from agent.model_update import MODELS_DIR, ActiveModels, ModelUpdater, load_model
 from agent.outbox import Outbox
 from agent.pipeline import CameraPipeline
 from agent.privacy import PEOPLE, PeopleTrail
@@ -44,13 +45,12 @@ DEFAULT_CHUNK_BYTES = 256 * 1024
 JANITOR_INTERVAL_S = 30.0
 
 
-def load_detectors(config: BoxConfig) -> dict[str, Detector]:
-    """The models the cameras use, each loaded once and shared (sha256 checked at load)."""
+def load_detectors(config: BoxConfig, models_dir: Path | None = None) -> dict[str, Detector]:
+    """The models the cameras use, each loaded once and shared (sha256 checked at load): those
+    model commands installed in ``models_dir`` where they did, else edge.toml's."""
     used = {cam.model for cam in config.cameras}
-    detectors = {
-        name: load_detector(m.manifest, m.threads, m.min_score, m.nms_iou, m.providers)
-        for name, m in config.models.items() if name in used
-    }
+    active = ActiveModels(models_dir) if models_dir is not None else None
+    detectors = {name: load_model(name, m, active) for name, m in config.models.items() if name in used}
     for name, detector in detectors.items():
         if detector.missing_providers:
             log_event(log, "model_provider_missing", level=logging.WARNING, model=name,
@@ -69,8 +69,7 @@ def precision_risks(detectors: dict[str, Detector]) -> dict[str, str]:
 def check_privacy(camera: CameraConfig, detector: Detector) -> None:
     """A camera that hides people needs a model that finds them: otherwise nobody would be hidden,
     silently. Class names are known only once the model is loaded (they may be in its metadata)."""
-    hides = [camera.privacy] + [zc.privacy for zc in camera.zones if zc.privacy is not None]
-    if any(p.active for p in hides) and not PEOPLE & set(detector.class_names):
+    if camera.hides_people and not PEOPLE & set(detector.class_names):
         raise ConfigError(camera.source_file, "privacy",
                           f"model {detector.name!r} has no class {'/'.join(sorted(PEOPLE))}: nobody could be "
                           f"hidden (set mode = \"off\" to send people as seen)")
@@ -90,7 +89,7 @@ class Agent:
         self.janitor = StorageJanitor(self.outbox, self.evidence.root, config.storage.limits)
         self.topics = Topics(config.mqtt.prefix if config.mqtt else DEFAULT_PREFIX, config.agent.id)
         chunk_bytes = config.mqtt.chunk_bytes if config.mqtt else DEFAULT_CHUNK_BYTES
-        self.detectors = load_detectors(config)
+        self.detectors = load_detectors(config, storage / MODELS_DIR)
         for cam in config.cameras:
             check_privacy(cam, self.detectors[cam.model])
         for name, risk in precision_risks(self.detectors).items():
@@ -117,8 +116,9 @@ class Agent:
             self.books[cam.id].on_message = on_ticket
             self.pipelines[cam.id] = CameraPipeline(cam, detector, self.books[cam.id], self.health[cam.id],
                                                     storage / REFERENCE_DIR, ticket_hook, self.trails.get(cam.id))
+        self.models = ModelUpdater(config, storage / MODELS_DIR, self.detectors, self.pipelines, self.books)
         self.commands = CommandHandler(config.agent.id, self.topics, self.outbox, self.evidence, self.clock,
-                                       self.books, self.pipelines, chunk_bytes, self._command_auth())
+                                       self.books, self.pipelines, chunk_bytes, self._command_auth(), self.models)
         self._requests: queue.Queue[Request | None] = queue.Queue(maxsize=1000)
         self.transport = (MqttTransport(config.mqtt, self.topics, self.outbox, self.clock,
                                         on_command=self._enqueue_command, status=self.status,

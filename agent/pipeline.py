@@ -54,6 +54,9 @@ class CameraPipeline:
                      if camera.view_check else None)
         self._latest: Observation | None = None
         self._latest_lock = threading.Lock()
+        # A model update swaps detector and tiler from the command thread: a frame takes both
+        # from one side of the swap.
+        self._detector_lock = threading.Lock()
         types = rule_types()
         # Per zone and rule, kept across picture-size changes: what `replay` sums up at the end.
         self.accounts = {(zc.zone.id, zc.rule_type): ZoneAccount.for_rule(
@@ -91,7 +94,8 @@ class CameraPipeline:
         self.tracker = Tracker(self.camera.tracker) if Need.TRACKS in needs else None
         blob_zones = [zc.zone for zc in watched if Need.STATIC_BLOBS in types[zc.rule_type].needs]
         self.scene = SceneModel(self.camera.scene, region=_joint_bounds(blob_zones)) if blob_zones else None
-        self.tiler = camera_tiler(self.camera, self.detector, watched)
+        with self._detector_lock:
+            self.tiler = camera_tiler(self.camera, self.detector, watched)
         self.tickets.use_zones([zc.zone for zc in configs])
 
     @property
@@ -106,8 +110,18 @@ class CameraPipeline:
                 return zr.rule
         return None
 
+    def use_detector(self, detector: Detector) -> None:
+        """Analyse the next frames with ``detector`` (a model update): rules, tracks and the scene
+        model go on; only the detection step, whose crops depend on the model's input size, is new."""
+        watched = [zr.config for zr in self.zone_rules if not zr.outside]
+        tiler = camera_tiler(self.camera, detector, watched)
+        with self._detector_lock:
+            self.detector, self.tiler = detector, tiler
+
     def observe(self, frame: Frame) -> Observation:
-        detections = self.tiler.detect(self.detector, frame.image, frame.ts)
+        with self._detector_lock:
+            detector, tiler = self.detector, self.tiler
+        detections = tiler.detect(detector, frame.image, frame.ts)
         tracks = self.tracker.update(frame.ts, detections) if self.tracker is not None else None
         blobs: tuple = ()
         if self.scene is not None:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from agent.calibration import CalibrationFile, PointSection
 from agent.command_auth import CommandsSection
-from agent.config import AgentSection, CameraFile, EdgeFile, LocationSection, ModelSection, MqttSection, \
-    StorageSection, ZoneSection
+from agent.config import AgentSection, CameraFile, EdgeFile, LocationSection, ModelSection, \
+    ModelsUpdateSection, MqttSection, StorageSection, ZoneSection
 from agent.privacy import PrivacyParams
 from agent.rules import rule_types
 from agent.scene import SceneParams
@@ -41,6 +41,7 @@ SECTIONS = [
     ("edge.toml [models.<name>]", ModelSection),
     ("edge.toml [mqtt]", MqttSection),
     ("edge.toml [commands] (signed platform commands)", CommandsSection),
+    ("edge.toml [models_update] (model downloads by `model` command; docs/update.md)", ModelsUpdateSection),
     ("camera file (top level)", CameraFile),
     ("camera file [location]", LocationSection),
     ("camera file [zones.<id>]", ZoneSection),
