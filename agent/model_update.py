@@ -19,11 +19,13 @@ pointer and the installed files as they were. See docs/update.md.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import http.client
 import json
 import logging
 import os
+import threading
 import tomllib
 import urllib.error
 import urllib.request
@@ -94,11 +96,7 @@ class ActiveModels:
     def entry(self, name: str, config_manifest: Path) -> ActiveEntry | None:
         """The update ``name`` runs, None when edge.toml's own manifest applies."""
         entry = self.entries().get(name)
-        if entry is not None and entry.config_manifest != config_manifest:
-            log_event(log, "model_update_superseded", level=logging.WARNING, model=name,
-                      reason=f"edge.toml now names {config_manifest}, not {entry.config_manifest}")
-            return None
-        return entry
+        return entry if entry is not None and entry.config_manifest == config_manifest else None
 
     def running(self, name: str, config_manifest: Path) -> Path:
         entry = self.entry(name, config_manifest)
@@ -147,8 +145,14 @@ def open_detector(manifest: Path, section: ModelSection) -> Detector:
 def load_model(name: str, section: ModelSection, active: ActiveModels | None) -> Detector:
     """The detector of ``[models.<name>]``: the update the pointer names, else edge.toml's. An
     update that no longer loads (a file deleted or damaged on disk) is rolled back, loudly."""
-    entry = active.entry(name, section.manifest) if active is not None else None
-    while entry is not None and active is not None:
+    if active is None:
+        return open_detector(section.manifest, section)
+    installed = active.entries().get(name)
+    if installed is not None and installed.config_manifest != section.manifest:
+        log_event(log, "model_update_superseded", level=logging.WARNING, model=name,
+                  reason=f"edge.toml now names {section.manifest}, not {installed.config_manifest}")
+    entry = active.entry(name, section.manifest)
+    while entry is not None:
         try:
             return open_detector(entry.manifest, section)
         except ConfigError as exc:
@@ -291,6 +295,8 @@ class ModelUpdater:
                  pipelines: dict[str, CameraPipeline], books: dict[str, TicketBook]):
         self.config, self.active = config, ActiveModels(models_dir)
         self.detectors, self.pipelines, self.books = detectors, pipelines, books
+        # Commands come from one thread, but a camera's first frame on a new model may roll it back.
+        self._lock = threading.Lock()
 
     def handle(self, command: dict) -> dict:
         name = command["model"]
@@ -326,8 +332,10 @@ class ModelUpdater:
             for file in (staged, onnx, manifest):
                 file.unlink(missing_ok=True)
             raise
-        self.active.install(name, manifest, section.manifest)
-        self._use(name, detector)
+        with self._lock:
+            fallback = self.detectors[name]
+            self.active.install(name, manifest, section.manifest)
+            self._use(name, detector, fallback)
         log_event(log, "model_installed", model=name, manifest=manifest.name, sha256=sha256, host=host, bytes=size,
                   cameras=",".join(c.id for c in self._cameras_of(name)))
         return self._reply("model_installed", name, detector)
@@ -340,8 +348,9 @@ class ModelUpdater:
                                                   "with nothing kept to go back to")
         # The previous model is tried like a new one: a rollback must not break the cameras either.
         detector = verify(entry.previous, section, reference_frame(self._pipelines_of(name)), set())
-        self.active.roll_back(name, section.manifest)
-        self._use(name, detector)
+        with self._lock:
+            self.active.roll_back(name, section.manifest)
+            self._use(name, detector)
         log_event(log, "model_rolled_back", model=name, now_running=entry.previous, reason="rollback command")
         return self._reply("model_rolled_back", name, detector)
 
@@ -360,13 +369,28 @@ class ModelUpdater:
             raise ModelUpdateError("bad_manifest", str(exc)) from None
         return doc
 
-    def _use(self, name: str, detector: Detector) -> None:
-        """Swap ``detector`` in for the cameras of ``name`` only, then delete what is no longer kept."""
+    def _use(self, name: str, detector: Detector, fallback: Detector | None = None) -> None:
+        """Swap ``detector`` in for the cameras of ``name`` only, then delete what is no longer kept.
+        With a ``fallback``, a camera whose first frame on ``detector`` fails brings that back."""
         self.detectors[name] = detector
         for cam in self._cameras_of(name):
-            self.pipelines[cam.id].use_detector(detector)
+            first_use = functools.partial(self._first_use, name, cam.id, fallback) if fallback else None
+            self.pipelines[cam.id].use_detector(detector, first_use)
             self.books[cam.id].model = ModelInfo(detector.name, detector.sha256)
         self.active.prune(name)
+
+    def _first_use(self, name: str, camera: str, fallback: Detector, detector: Detector,
+                   error: Exception | None) -> None:
+        """Told on the camera's thread: the reference frame passed, yet the camera's own frame failed."""
+        if error is None:
+            return
+        with self._lock:
+            if self.detectors.get(name) is not detector:
+                return  # another camera of the model already brought the fallback back
+            self.active.roll_back(name, self.config.models[name].manifest)
+            self._use(name, fallback)
+        log_event(log, "model_rolled_back", level=logging.ERROR, model=name, now_running=fallback.name,
+                  reason=f"failed at first use on camera {camera}: {type(error).__name__}: {error}")
 
     def _reply(self, result: str, name: str, detector: Detector) -> dict:
         entry = self.active.entry(name, self.config.models[name].manifest)

@@ -57,6 +57,7 @@ class CameraPipeline:
         # A model update swaps detector and tiler from the command thread: a frame takes both
         # from one side of the swap.
         self._detector_lock = threading.Lock()
+        self._first_use: Callable[[Detector, Exception | None], None] | None = None
         types = rule_types()
         # Per zone and rule, kept across picture-size changes: what `replay` sums up at the end.
         self.accounts = {(zc.zone.id, zc.rule_type): ZoneAccount.for_rule(
@@ -110,18 +111,32 @@ class CameraPipeline:
                 return zr.rule
         return None
 
-    def use_detector(self, detector: Detector) -> None:
+    def use_detector(self, detector: Detector,
+                     first_use: Callable[[Detector, Exception | None], None] | None = None) -> None:
         """Analyse the next frames with ``detector`` (a model update): rules, tracks and the scene
-        model go on; only the detection step, whose crops depend on the model's input size, is new."""
+        model go on; only the detection step, whose crops depend on the model's input size, is new.
+        ``first_use`` is told how the detector did on the next frame (None: it worked)."""
         watched = [zr.config for zr in self.zone_rules if not zr.outside]
         tiler = camera_tiler(self.camera, detector, watched)
         with self._detector_lock:
-            self.detector, self.tiler = detector, tiler
+            self.detector, self.tiler, self._first_use = detector, tiler, first_use
+
+    def _detect(self, frame: Frame) -> Detections:
+        with self._detector_lock:
+            detector, tiler, first_use = self.detector, self.tiler, self._first_use
+            self._first_use = None
+        try:
+            detections = tiler.detect(detector, frame.image, frame.ts)
+        except Exception as exc:
+            if first_use is not None:
+                first_use(detector, exc)
+            raise
+        if first_use is not None:
+            first_use(detector, None)
+        return detections
 
     def observe(self, frame: Frame) -> Observation:
-        with self._detector_lock:
-            detector, tiler = self.detector, self.tiler
-        detections = tiler.detect(detector, frame.image, frame.ts)
+        detections = self._detect(frame)
         tracks = self.tracker.update(frame.ts, detections) if self.tracker is not None else None
         blobs: tuple = ()
         if self.scene is not None:

@@ -10,7 +10,10 @@ import threading
 import uuid
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from agent import schemas
 from agent.app import Agent
@@ -21,6 +24,7 @@ from agent.transport import Request
 from agent.types import Frame
 from agent.typedtoml import ConfigError, read_toml
 from tests.helpers import NANODET_MANIFEST, REPO, signed, write_camera, write_edge
+from tests.onnx_fixtures import IR_VERSION, OPSET
 
 START = 1_800_000_000.0
 INT8_MANIFEST = REPO / "models" / "nanodet-g-416-int8.toml"
@@ -112,6 +116,37 @@ def int8_file() -> bytes:
     return (INT8_MANIFEST.parent / read_toml(INT8_MANIFEST)["file"]).read_bytes()
 
 
+def dark_frame_failing_onnx() -> bytes:
+    """A YOLO-shaped model (one class, person, one constant box) that onnxruntime cannot run on a
+    dark picture: its 5 output values are reshaped to [1, 5, 1] when some pixel is brighter than
+    0.5, else to [1, 5, 3], which they cannot fill. A street frame passes; a black one (night, a
+    covered lens) fails, for real."""
+    constant = np.array([[[100.0], [100.0], [40.0], [80.0], [0.9]]], np.float32)
+    nodes = [
+        helper.make_node("ReduceMax", ["images"], ["brightest"], keepdims=0),
+        helper.make_node("Greater", ["brightest", "half"], ["bright"]),
+        helper.make_node("Where", ["bright", "fits", "too_many"], ["shape"]),
+        helper.make_node("Reshape", ["constant", "shape"], ["output0"]),
+    ]
+    initializers = [numpy_helper.from_array(constant, "constant"),
+                    numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+                    numpy_helper.from_array(np.array([1, 5, 1], np.int64), "fits"),
+                    numpy_helper.from_array(np.array([1, 5, 3], np.int64), "too_many")]
+    graph = helper.make_graph(nodes, "fails_when_dark",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])],
+                              [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 5, None])],
+                              initializer=initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model, full_check=True)
+    return model.SerializeToString()
+
+
+DARK_FAILING_MANIFEST = {"name": "fails-when-dark", "decoder": "yolo", "source": "tests/test_model_update.py",
+                         "licence": "test fixture", "input_name": "images", "input_size": [64, 64],
+                         "resize": "stretch", "output": "output0", "classes": ["person"]}
+
+
 def models_dir(edge: Path) -> Path:
     return edge.parent / "var" / MODELS_DIR
 
@@ -152,6 +187,25 @@ def test_an_update_swaps_one_model_survives_a_restart_and_rolls_back(tmp_path, s
     assert start(edge).detectors["default"].sha256 == fp32_sha
     again = send(restarted, model="default", rollback=True)
     assert not again["ok"] and again["error"]["code"] == "no_previous"
+
+
+def test_the_model_before_the_last_update_is_kept_and_older_ones_deleted(tmp_path, server, vtest_2fps):
+    edge = make_box(tmp_path)
+    agent = start(edge)
+    analyse(agent, "cam1", vtest_2fps[0])
+    int8_url, int8_sha = server.publish("nanodet-int8.onnx", int8_file())
+    dark_url, dark_sha = server.publish("fails-when-dark.onnx", dark_frame_failing_onnx())
+    first = send(agent, model="default", url=int8_url, sha256=int8_sha, manifest=manifest_keys(INT8_MANIFEST))
+    second = send(agent, model="default", url=dark_url, sha256=dark_sha, manifest=DARK_FAILING_MANIFEST)
+    assert second["model"]["previous_sha256"] == int8_sha
+    third = send(agent, model="default", url=int8_url, sha256=int8_sha, manifest=manifest_keys(INT8_MANIFEST))
+    assert first["ok"] and third["ok"] and third["model"]["previous_sha256"] == dark_sha
+    stems = {p.stem for p in (models_dir(edge) / "default").iterdir()}
+    assert stems == {f"{dark_sha[:12]}-{second['command_id']}", f"{int8_sha[:12]}-{third['command_id']}"}
+    back = send(agent, model="default", rollback=True)
+    assert back["model"]["sha256"] == dark_sha and agent.pipelines["cam1"].detector.sha256 == dark_sha
+    assert {p.stem for p in (models_dir(edge) / "default").iterdir()} == {f"{dark_sha[:12]}-{second['command_id']}"}
+    assert send(agent, model="default", rollback=True)["error"]["code"] == "no_previous"
 
 
 def assert_unchanged(agent: Agent, edge: Path, before) -> None:
@@ -262,6 +316,26 @@ def test_an_edited_edge_toml_wins_over_an_earlier_update(tmp_path, server):
     restarted = start(edge)
     assert restarted.detectors["default"].sha256 == fp32["sha256"]
     assert restarted.models.active.entry("default", copy) is None
+
+
+def test_a_model_that_fails_on_the_cameras_first_frame_is_rolled_back(tmp_path, server, vtest_2fps):
+    edge = make_box(tmp_path)
+    agent = start(edge)
+    analyse(agent, "cam1", vtest_2fps[0])
+    before = agent.detectors["default"]
+    url, sha = server.publish("fails-when-dark.onnx", dark_frame_failing_onnx())
+    reply = send(agent, model="default", url=url, sha256=sha, manifest=DARK_FAILING_MANIFEST)
+    assert reply["ok"], "it runs on the camera's last picture, a street by day"
+    assert agent.pipelines["cam1"].detector.sha256 == sha
+    analyse(agent, "cam1", np.zeros_like(vtest_2fps[1]))  # the lens is covered
+    assert agent.health["cam1"].snapshot(agent.clock.now())["analysis_errors"] == 1
+    assert agent.pipelines["cam1"].detector is before and agent.detectors["default"] is before
+    assert agent.books["cam1"].model.sha256 == before.sha256
+    assert json.loads((models_dir(edge) / POINTER_FILE).read_text())["models"] == {}
+    assert not list((models_dir(edge) / "default").iterdir())
+    analyse(agent, "cam1", np.zeros_like(vtest_2fps[1]))
+    assert agent.health["cam1"].snapshot(agent.clock.now())["analysis_errors"] == 1, "the old model runs it"
+    assert start(edge).detectors["default"].sha256 == before.sha256
 
 
 @pytest.mark.parametrize("host", ["http://files.city", "files.city:8080", "ops@files.city", ""])
