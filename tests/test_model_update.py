@@ -6,6 +6,10 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import signal
+import subprocess
+import sys
+import time
 import threading
 import uuid
 from pathlib import Path
@@ -23,7 +27,8 @@ from agent.model_update import MODELS_DIR, POINTER_FILE, STAGING_DIR
 from agent.transport import Request
 from agent.types import Frame
 from agent.typedtoml import ConfigError, read_toml
-from tests.helpers import NANODET_MANIFEST, REPO, signed, write_camera, write_edge
+from tests.helpers import COMMAND_KEY, NANODET_MANIFEST, REPO, signed, write_camera, write_edge
+from tools.ref_platform import RefPlatform
 from tests.onnx_fixtures import IR_VERSION, OPSET
 
 START = 1_800_000_000.0
@@ -344,3 +349,41 @@ def test_allowed_hosts_are_bare_hosts(tmp_path, host):
     edge.write_text(edge.read_text().replace('allowed_hosts = ["127.0.0.1"]', f'allowed_hosts = ["{host}"]'))
     with pytest.raises(ConfigError, match="models_update: allowed_hosts"):
         load_config(edge)
+
+
+def test_a_model_command_over_the_broker_updates_a_running_agent(tmp_path, server, mosquitto, footage):
+    """The whole path: the reference platform signs and publishes, the agent process receives it
+    from the broker, downloads, switches, replies; after it stops, `check` shows the new model."""
+    cam = write_camera(tmp_path, "cam1", str(footage["vtest.mp4"]), realtime=True)
+    cam.write_text(cam.read_text().replace("realtime = true", "realtime = true\nloop = true"))
+    edge = write_edge(tmp_path, [cam], mqtt_port=mosquitto.port,
+                      extra='[models_update]\nallowed_hosts = ["127.0.0.1"]\n')
+    url, sha = server.publish("nanodet-int8.onnx", int8_file())
+    with open(tmp_path / "agent.log", "wb") as log, \
+            RefPlatform(mosquitto.host, mosquitto.port, tmp_path / "platform.sqlite", command_timeout_s=60,
+                        command_keys={"test-box": COMMAND_KEY}) as platform:
+        agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "-c", str(edge), "run"],
+                                 stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        try:
+            wait_until(lambda: platform.db.read("SELECT state FROM agents WHERE agent = 'test-box'"), agent,
+                       "the agent's status on the broker")
+            reply = platform.update_model("test-box", "default", url, sha, manifest_keys(INT8_MANIFEST))
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            code = agent.wait(timeout=30)
+    log_text = (tmp_path / "agent.log").read_text()
+    assert code == 0, log_text
+    assert reply.ok and reply.result == "model_installed", reply.raw
+    assert reply.raw["model"]["sha256"] == sha and reply.raw["model"]["cameras"] == ["cam1"]
+    assert "event=model_installed model=default" in log_text
+    check = subprocess.run([sys.executable, "-m", "agent.cli", "-c", str(edge), "check"], cwd=REPO,
+                           capture_output=True, text=True)
+    assert f"model default: {sha[:12]}-" in check.stdout and f"sha256 {sha[:12]}" in check.stdout, check.stdout
+
+
+def wait_until(predicate, proc: subprocess.Popen, what: str, limit_s: float = 60) -> None:
+    deadline = time.monotonic() + limit_s
+    while not predicate():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"no {what} (agent exit code {proc.poll()})")
+        time.sleep(0.2)
