@@ -142,6 +142,7 @@ class Agent:
             muted = self.books[cam.id].muted_until("*", "*", now)
             entry["muted_until"] = iso_utc(muted) if muted else None
             entry["suspended"] = self.pipelines[cam.id].suspended
+            entry["model_sha256"] = self.pipelines[cam.id].detector.sha256
             cameras.append(entry)
         storage = self.janitor.last.as_dict() if self.janitor.last is not None else None
         return {"version": __version__, "outbox": self.outbox.counts(), "storage": storage,

@@ -175,6 +175,8 @@ def test_an_update_swaps_one_model_survives_a_restart_and_rolls_back(tmp_path, s
                               "previous_sha256": fp32_sha, "cameras": ["cam1"]}
     assert agent.pipelines["cam1"].detector.sha256 == sha and agent.books["cam1"].model.sha256 == sha
     assert agent.pipelines["cam2"].detector is other, "a camera on another model keeps its detector"
+    cameras = {c["camera_id"]: c for c in agent.status()["cameras"]}
+    assert (cameras["cam1"]["model_sha256"], cameras["cam2"]["model_sha256"]) == (sha, fp32_sha)
     analyse(agent, "cam1", vtest_2fps[1])
     assert "person" in agent.pipelines["cam1"].latest.detections.names(), "the new model finds vtest's walkers"
     assert not list((models_dir(edge) / STAGING_DIR).iterdir())
@@ -368,6 +370,7 @@ def test_a_model_command_over_the_broker_updates_a_running_agent(tmp_path, serve
             wait_until(lambda: platform.db.read("SELECT state FROM agents WHERE agent = 'test-box'"), agent,
                        "the agent's status on the broker")
             reply = platform.update_model("test-box", "default", url, sha, manifest_keys(INT8_MANIFEST))
+            violations = platform.violation_list()
         finally:
             agent.send_signal(signal.SIGTERM)
             code = agent.wait(timeout=30)
@@ -375,6 +378,7 @@ def test_a_model_command_over_the_broker_updates_a_running_agent(tmp_path, serve
     assert code == 0, log_text
     assert reply.ok and reply.result == "model_installed", reply.raw
     assert reply.raw["model"]["sha256"] == sha and reply.raw["model"]["cameras"] == ["cam1"]
+    assert violations == [], "status (with model_sha256) and reply pass the platform's schema checks"
     assert "event=model_installed model=default" in log_text
     check = subprocess.run([sys.executable, "-m", "agent.cli", "-c", str(edge), "check"], cwd=REPO,
                            capture_output=True, text=True)
