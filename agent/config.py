@@ -220,6 +220,9 @@ class ModelsUpdateSection:
         256 * 1024 * 1024, ge=1024, help="A model file larger than this is refused, before or while it downloads")
     timeout_s: float = setting(
         30.0, gt=0, le=600, help="A download that sends nothing for this long fails")
+    tls_ca: Path | None = setting(
+        None, help="CA certificate(s), PEM, an https model server's certificate must chain to; "
+                   "default: the system's")
 
     def __post_init__(self):
         for host in self.allowed_hosts:
@@ -441,6 +444,8 @@ def load_config(path: str | Path, strict_calibration: bool = True) -> BoxConfig:
         seen.add(cam.id)
     fault_categories = {f: edge.categories[f.value].category() if f.value in edge.categories else c
                         for f, c in DEFAULT_CATEGORIES.items()}
+    if edge.models_update is not None and edge.models_update.tls_ca is not None:
+        _read_file(edge.models_update.tls_ca, path, "models_update.tls_ca")  # at start, not at the first update
     password = _mqtt_password(edge.mqtt, path) if edge.mqtt else None
     add_secret(password)
     # Read at load, so a missing or short key stops the agent at start, not at its first command.

@@ -25,6 +25,7 @@ import http.client
 import json
 import logging
 import os
+import ssl
 import threading
 import tomllib
 import urllib.error
@@ -189,7 +190,9 @@ def download(url: str, sha256: str, settings: ModelsUpdateSection, dest: Path) -
     ``dest`` is left for the caller to delete on failure."""
     host = check_url(url, settings)
     # No proxy from the environment: the allow list is about where the bytes come from.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _RefuseRedirect())
+    tls = ssl.create_default_context(cafile=str(settings.tls_ca) if settings.tls_ca else None)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=tls),
+                                         _RefuseRedirect())
     digest, size = hashlib.sha256(), 0
     try:
         with opener.open(url, timeout=settings.timeout_s) as response, open(dest, "wb") as out:

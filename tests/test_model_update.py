@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import json
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ from agent.transport import Request
 from agent.types import Frame
 from agent.typedtoml import ConfigError, read_toml
 from tests.helpers import COMMAND_KEY, NANODET_MANIFEST, REPO, signed, write_camera, write_edge
+from tests.test_transport_security import Pki, pki  # noqa: F401  (the fixture: a CA and a loopback certificate)
 from tools.ref_platform import RefPlatform
 from tests.onnx_fixtures import IR_VERSION, OPSET
 
@@ -39,8 +41,8 @@ EBIKE_MANIFEST = REPO / "tests" / "data" / "ebike-yolov8n-256.toml"
 class FileServer:
     """http.server on 127.0.0.1 serving a folder; remembers every path asked for."""
 
-    def __init__(self, root: Path):
-        self.root, self.requests = root, []
+    def __init__(self, root: Path, tls: ssl.SSLContext | None = None):
+        self.root, self.requests, self.scheme = root, [], "https" if tls else "http"
         server = self
 
         class Handler(http.server.SimpleHTTPRequestHandler):
@@ -60,6 +62,8 @@ class FileServer:
                 pass
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
@@ -67,7 +71,7 @@ class FileServer:
     def publish(self, name: str, data: bytes) -> tuple[str, str]:
         """Put ``data`` on the server; returns (its URL, its sha256)."""
         (self.root / name).write_bytes(data)
-        return f"http://127.0.0.1:{self.port}/{name}", hashlib.sha256(data).hexdigest()
+        return f"{self.scheme}://127.0.0.1:{self.port}/{name}", hashlib.sha256(data).hexdigest()
 
     def stop(self):
         self.httpd.shutdown()
@@ -83,8 +87,20 @@ def server(tmp_path):
     srv.stop()
 
 
-def make_box(tmp_path: Path, max_bytes: int = 64 * 1024 * 1024) -> Path:
+@pytest.fixture
+def https_server(tmp_path, pki: Pki):
+    root = tmp_path / "www-tls"
+    root.mkdir()
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(pki.server, pki.server_key)
+    srv = FileServer(root, tls)
+    yield srv
+    srv.stop()
+
+
+def make_box(tmp_path: Path, max_bytes: int = 64 * 1024 * 1024, more: str = "") -> Path:
     """Two cameras: cam1 on [models.default] (fp32 NanoDet), cam2 on [models.other]."""
+    tmp_path.mkdir(exist_ok=True)
     cam1 = write_camera(tmp_path, "cam1", "/nonexistent.mp4", polygon="[[0, 150], [768, 150], [768, 576], [0, 576]]")
     cam2 = write_camera(tmp_path, "cam2", "/nonexistent.mp4")
     cam2.write_text(cam2.read_text().replace('model = "default"', 'model = "other"'))
@@ -96,6 +112,7 @@ def make_box(tmp_path: Path, max_bytes: int = 64 * 1024 * 1024) -> Path:
         allowed_hosts = ["127.0.0.1"]
         max_bytes = {max_bytes}
         timeout_s = 10
+        {more}
     """)
 
 
@@ -343,6 +360,18 @@ def test_a_model_that_fails_on_the_cameras_first_frame_is_rolled_back(tmp_path, 
     analyse(agent, "cam1", np.zeros_like(vtest_2fps[1]))
     assert agent.health["cam1"].snapshot(agent.clock.now())["analysis_errors"] == 1, "the old model runs it"
     assert start(edge).detectors["default"].sha256 == before.sha256
+
+
+def test_https_is_verified_against_the_ca_configured(tmp_path, https_server, pki: Pki):
+    url, sha = https_server.publish("nanodet-int8.onnx", int8_file())
+    system_cas = start(make_box(tmp_path / "a"))
+    reply = send(system_cas, model="default", url=url, sha256=sha, manifest=manifest_keys(INT8_MANIFEST))
+    assert not reply["ok"] and reply["error"]["code"] == "download_failed"
+    assert "CERTIFICATE_VERIFY_FAILED" in reply["error"]["message"], "our own CA is not a system CA"
+    assert https_server.requests == []
+    city_ca = start(make_box(tmp_path / "b", more=f'tls_ca = "{pki.ca}"'))
+    reply = send(city_ca, model="default", url=url, sha256=sha, manifest=manifest_keys(INT8_MANIFEST))
+    assert reply["ok"] and city_ca.detectors["default"].sha256 == sha, reply
 
 
 @pytest.mark.parametrize("host", ["http://files.city", "files.city:8080", "ops@files.city", ""])
