@@ -21,7 +21,7 @@ from agent.clock import Clock, SystemClock
 from agent.command_auth import CommandAuth
 from agent.commands import CommandHandler
 from agent.config import BoxConfig, CameraConfig, ConfigError
-from agent.detect import Detector, load_detector
+from agent.detect import Detector
 from agent.detect.manifest import cpu_flags, int8_risk
 from agent.evidence import EvidenceStore
 from agent.faults import REFERENCE_DIR, OfflineWatch
@@ -29,6 +29,7 @@ from agent.health import CameraHealth
 from agent.ingest import CameraWorker
 from agent.logs import log_event
 from agent.metrics import AgentCollector, agent_registry, serve_metrics
+from agent.model_update import MODELS_DIR, ActiveModels, ModelUpdater, load_model
 from agent.outbox import Outbox
 from agent.pipeline import CameraPipeline
 from agent.privacy import PEOPLE, PeopleTrail
@@ -50,13 +51,12 @@ JANITOR_INTERVAL_S = 30.0
 NOT_A_SERVICE = ServiceNotifier()  # replay, tests: nobody to tell
 
 
-def load_detectors(config: BoxConfig) -> dict[str, Detector]:
-    """The models the cameras use, each loaded once and shared (sha256 checked at load)."""
+def load_detectors(config: BoxConfig, models_dir: Path | None = None) -> dict[str, Detector]:
+    """The models the cameras use, each loaded once and shared (sha256 checked at load): those
+    model commands installed in ``models_dir`` where they did, else edge.toml's."""
     used = {cam.model for cam in config.cameras}
-    detectors = {
-        name: load_detector(m.manifest, m.threads, m.min_score, m.nms_iou, m.providers)
-        for name, m in config.models.items() if name in used
-    }
+    active = ActiveModels(models_dir) if models_dir is not None else None
+    detectors = {name: load_model(name, m, active) for name, m in config.models.items() if name in used}
     for name, detector in detectors.items():
         if detector.missing_providers:
             log_event(log, "model_provider_missing", level=logging.WARNING, model=name,
@@ -75,8 +75,7 @@ def precision_risks(detectors: dict[str, Detector]) -> dict[str, str]:
 def check_privacy(camera: CameraConfig, detector: Detector) -> None:
     """A camera that hides people needs a model that finds them: otherwise nobody would be hidden,
     silently. Class names are known only once the model is loaded (they may be in its metadata)."""
-    hides = [camera.privacy] + [zc.privacy for zc in camera.zones if zc.privacy is not None]
-    if any(p.active for p in hides) and not PEOPLE & set(detector.class_names):
+    if camera.hides_people and not PEOPLE & set(detector.class_names):
         raise ConfigError(camera.source_file, "privacy",
                           f"model {detector.name!r} has no class {'/'.join(sorted(PEOPLE))}: nobody could be "
                           f"hidden (set mode = \"off\" to send people as seen)")
@@ -98,7 +97,7 @@ class Agent:
                                delivers=config.mqtt is not None)
         self.topics = Topics(config.mqtt.prefix if config.mqtt else DEFAULT_PREFIX, config.agent.id)
         chunk_bytes = config.mqtt.chunk_bytes if config.mqtt else DEFAULT_CHUNK_BYTES
-        self.detectors = load_detectors(config)
+        self.detectors = load_detectors(config, storage / MODELS_DIR)
         for cam in config.cameras:
             check_privacy(cam, self.detectors[cam.model])
         for name, risk in precision_risks(self.detectors).items():
@@ -130,8 +129,9 @@ class Agent:
             self.scheduler.add(cam.id, live=cam.cadence is Cadence.LIVE, fps=cam.analysis_fps,
                                analyse=self.pipelines[cam.id].on_frame, health=self.health[cam.id],
                                wait_for_room=cam.is_file and not cam.realtime)
+        self.models = ModelUpdater(config, storage / MODELS_DIR, self.detectors, self.pipelines, self.books)
         self.commands = CommandHandler(config.agent.id, self.topics, self.outbox, self.evidence, self.clock,
-                                       self.books, self.pipelines, chunk_bytes, self._command_auth())
+                                       self.books, self.pipelines, chunk_bytes, self._command_auth(), self.models)
         self._requests: queue.Queue[Request | None] = queue.Queue(maxsize=1000)
         self.transport = (MqttTransport(config.mqtt, self.topics, self.outbox, self.clock,
                                         on_command=self._enqueue_command, status=self.status,
@@ -158,6 +158,7 @@ class Agent:
             muted = self.books[cam.id].muted_until("*", "*", now)
             entry["muted_until"] = iso_utc(muted) if muted else None
             entry["suspended"] = self.pipelines[cam.id].suspended
+            entry["model_sha256"] = self.pipelines[cam.id].detector.sha256
             cameras.append(entry)
         storage = self.janitor.last.as_dict() if self.janitor.last is not None else None
         return {"version": __version__, "outbox": self.outbox.counts(), "storage": storage,

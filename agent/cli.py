@@ -31,6 +31,7 @@ from agent.evidence import spot_check
 from agent.ingest import grab_frame
 from agent.logs import setup_logging
 from agent.migrations import MIGRATIONS, DatabaseSchemaError
+from agent.model_update import MODELS_DIR
 from agent.pipeline import camera_tiler, scaled_zones
 from agent.privacy import PrivacyParams
 from agent.redact import redact
@@ -337,7 +338,8 @@ def cmd_snapshot(config: BoxConfig, args) -> int:
     """What the agent sees now: the frame with zones and the detector's boxes, people hidden as
     the camera's privacy says (as the platform's snapshot command does)."""
     cam = config.camera(args.camera)
-    detector = load_detectors(dataclasses.replace(config, cameras=(cam,)))[cam.model]
+    one_camera = dataclasses.replace(config, cameras=(cam,))
+    detector = load_detectors(one_camera, config.storage.dir / MODELS_DIR)[cam.model]
     check_privacy(cam, detector)
     frame = grab_frame(cam, SystemClock())
     height, width = frame.image.shape[:2]

@@ -21,6 +21,7 @@ from agent.clock import Clock
 from agent.command_auth import AuthError, CommandAuth
 from agent.evidence import EvidenceStore, spot_check
 from agent.logs import log_event
+from agent.model_update import ModelUpdateError, ModelUpdater
 from agent.outbox import MessageProps, OutMessage, Outbox
 from agent.pipeline import CameraPipeline
 from agent.redact import redact
@@ -43,11 +44,11 @@ class CommandError(Exception):
 class CommandHandler:
     def __init__(self, agent_id: str, topics: Topics, outbox: Outbox, evidence: EvidenceStore, clock: Clock,
                  books: dict[str, TicketBook], pipelines: dict[str, CameraPipeline], chunk_bytes: int,
-                 auth: CommandAuth | None):
+                 auth: CommandAuth | None, models: ModelUpdater):
         """``auth`` None: the box has no command key, so every command is refused."""
         self.agent_id, self.topics, self.outbox, self.evidence = agent_id, topics, outbox, evidence
         self.clock, self.books, self.pipelines, self.chunk_bytes = clock, books, pipelines, chunk_bytes
-        self.auth = auth
+        self.auth, self.models = auth, models
 
     def handle(self, request: Request) -> dict:
         """Carry out one command and store its reply; returns the reply document."""
@@ -58,7 +59,7 @@ class CommandHandler:
             self._authenticate(request, command, now)
             self._validate(request, command)
             reply = self._dispatch(command, now)
-        except (CommandError, AuthError, TicketError) as exc:
+        except (CommandError, AuthError, TicketError, ModelUpdateError) as exc:
             reply = {"ok": False, "error": {"code": exc.code, "message": redact(str(exc))}}
             log_event(log, "command_refused", level=logging.WARNING, topic=request.topic, code=exc.code,
                       reason=str(exc))
@@ -107,7 +108,10 @@ class CommandHandler:
     def _dispatch(self, command: dict, now: float) -> dict:
         verb = command["verb"]
         log_event(log, "command", verb=verb, command_id=command["command_id"],
-                  ticket=command.get("ticket_id", "-"), camera=command.get("camera_id", "-"))
+                  ticket=command.get("ticket_id", "-"), camera=command.get("camera_id", "-"),
+                  model=command.get("model", "-"))
+        if verb == "model":
+            return self.models.handle(command)  # downloads, verifies and swaps: agent/model_update.py
         if verb in ("ack", "dispatched", "handled"):
             book = self._book_of_ticket(command["ticket_id"])
             step = {"ack": "acked", "dispatched": "dispatched", "handled": "handled"}[verb]

@@ -264,6 +264,37 @@ class InferenceSection:
 
 
 @dataclass(frozen=True)
+class ModelsUpdateSection:
+    allowed_hosts: list[str] = setting(
+        factory=list, help="Hosts a `model` command may download from (the platform's own file server), "
+                           "as its URL writes them: a name or an address, any port; empty: every model "
+                           "update is refused (a `rollback` is still carried out)")
+    max_bytes: int = setting(
+        256 * 1024 * 1024, ge=1024, help="A model file larger than this is refused, before or while it downloads")
+    timeout_s: float = setting(
+        30.0, gt=0, le=600, help="A download that sends nothing for this long fails")
+    tls_ca: Path | None = setting(
+        None, help="CA certificate(s), PEM, an https model server's certificate must chain to; "
+                   "default: the system's")
+
+    def __post_init__(self):
+        for host in self.allowed_hosts:
+            if not host or any(c in host for c in "/:@ ") and not _is_ipv6(host):
+                raise ValueError(f"allowed_hosts: {host!r} is not a bare host name or address "
+                                 "(no scheme, port, path or user)")
+
+    def allows(self, host: str) -> bool:
+        return host.lower() in {h.lower() for h in self.allowed_hosts}
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).version == 6
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
 class EdgeFile:
     agent: AgentSection = setting(help="Who this box is and how it logs")
     cameras: list[Path] = setting(help="Camera config files, one per camera")
@@ -272,6 +303,9 @@ class EdgeFile:
     mqtt: MqttSection | None = setting(None, help="Leave out to store tickets locally only")
     commands: CommandsSection | None = setting(
         None, help="The key platform commands are signed with; leave out and every command is refused")
+    models_update: ModelsUpdateSection | None = setting(
+        None, help="Where signed `model` commands may fetch models from (docs/update.md); leave out "
+                   "and every model download is refused")
     tickets: TicketsSection = setting(factory=TicketsSection, help="Ticket lifecycle and evidence")
     metrics: MetricsSection | None = setting(
         None, help="Local Prometheus metrics and JSON health endpoint; leave out for none")
@@ -413,6 +447,11 @@ class CameraConfig:
         """LIVE when any of the camera's rules is (agent/rules): full decode, analysed first."""
         return camera_cadence(zc.rule_type for zc in self.zones)
 
+    @property
+    def hides_people(self) -> bool:
+        """Some picture of this camera hides people: its model must find them."""
+        return any(p.active for p in [self.privacy] + [zc.privacy for zc in self.zones if zc.privacy is not None])
+
 
 @dataclass(frozen=True)
 class BoxConfig:
@@ -426,6 +465,7 @@ class BoxConfig:
     fault_categories: dict[Fault, Category]
     commands: CommandsSection | None = None
     command_key: CommandKey | None = None  # loaded from commands.key_file; None: no command is accepted
+    models_update: ModelsUpdateSection | None = None  # None: no model is downloaded
     mqtt_password: str | None = dataclasses.field(default=None, repr=False)  # read at load, never in TOML
     metrics: MetricsSection | None = None  # None: no /metrics and /healthz endpoint
     inference: InferenceSection = InferenceSection()
@@ -475,13 +515,15 @@ def load_config(path: str | Path, strict_calibration: bool = True) -> BoxConfig:
         seen.add(cam.id)
     fault_categories = {f: edge.categories[f.value].category() if f.value in edge.categories else c
                         for f, c in DEFAULT_CATEGORIES.items()}
+    if edge.models_update is not None and edge.models_update.tls_ca is not None:
+        _read_file(edge.models_update.tls_ca, path, "models_update.tls_ca")  # at start, not at the first update
     password = _mqtt_password(edge.mqtt, path) if edge.mqtt else None
     add_secret(password)
     # Read at load, so a missing or short key stops the agent at start, not at its first command.
     command_key = load_key(edge.commands.key_file, path) if edge.commands else None
     return BoxConfig(path, edge.agent, edge.storage, edge.mqtt, edge.models, cameras, edge.tickets,
-                     fault_categories, edge.commands, command_key, password, edge.metrics,
-                     edge.inference)
+                     fault_categories, edge.commands, command_key, models_update=edge.models_update,
+                     mqtt_password=password, metrics=edge.metrics, inference=edge.inference)
 
 
 def load_camera(path: str | Path, edge_path: str | Path) -> CameraConfig:

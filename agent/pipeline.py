@@ -55,6 +55,10 @@ class CameraPipeline:
                      if camera.view_check else None)
         self._latest: Observation | None = None
         self._latest_lock = threading.Lock()
+        # A model update swaps detector and tiler from the command thread: a frame takes both
+        # from one side of the swap.
+        self._detector_lock = threading.Lock()
+        self._first_use: Callable[[Detector, Exception | None], None] | None = None
         types = rule_types()
         # Per zone and rule, kept across picture-size changes: what `replay` sums up at the end.
         self.accounts = {(zc.zone.id, zc.rule_type): ZoneAccount.for_rule(
@@ -92,7 +96,8 @@ class CameraPipeline:
         self.tracker = Tracker(self.camera.tracker) if Need.TRACKS in needs else None
         blob_zones = [zc.zone for zc in watched if Need.STATIC_BLOBS in types[zc.rule_type].needs]
         self.scene = SceneModel(self.camera.scene, region=_joint_bounds(blob_zones)) if blob_zones else None
-        self.tiler = camera_tiler(self.camera, self.detector, watched)
+        with self._detector_lock:
+            self.tiler = camera_tiler(self.camera, self.detector, watched)
         self.gate = (ChangeGate(self.camera.change_gate, [zc.zone for zc in watched], size)
                      if size is not None and watched and self.camera.change_gate.enabled else None)
         self._detections = Detections.empty()
@@ -110,12 +115,36 @@ class CameraPipeline:
                 return zr.rule
         return None
 
+    def use_detector(self, detector: Detector,
+                     first_use: Callable[[Detector, Exception | None], None] | None = None) -> None:
+        """Analyse the next frames with ``detector`` (a model update): rules, tracks and the scene
+        model go on; only the detection step, whose crops depend on the model's input size, is new.
+        ``first_use`` is told how the detector did on the next frame (None: it worked)."""
+        watched = [zr.config for zr in self.zone_rules if not zr.outside]
+        tiler = camera_tiler(self.camera, detector, watched)
+        with self._detector_lock:
+            self.detector, self.tiler, self._first_use = detector, tiler, first_use
+
+    def _detect(self, frame: Frame) -> Detections:
+        with self._detector_lock:
+            detector, tiler, first_use = self.detector, self.tiler, self._first_use
+            self._first_use = None
+        try:
+            detections = tiler.detect(detector, frame.image, frame.ts)
+        except Exception as exc:
+            if first_use is not None:
+                first_use(detector, exc)
+            raise
+        if first_use is not None:
+            first_use(detector, None)
+        return detections
+
     def observe(self, frame: Frame) -> Observation:
         if self.gate is None or self.gate.needs_detection(frame.ts, frame.image):
             # Timed on the performance counter, not the agent's clock: a replay's manual clock
             # stands still while the detector runs.
             started = time.perf_counter()
-            detections = self._detections = self.tiler.detect(self.detector, frame.image, frame.ts)
+            detections = self._detections = self._detect(frame)
             self.health.inference_took(time.perf_counter() - started)
         else:
             detections = self._detections  # nothing changed in the zones: what was there still is

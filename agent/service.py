@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.app import Agent, check_privacy, load_detectors
+from agent.model_update import MODELS_DIR
 from agent.calibration import CalibrationError
 from agent.config import BoxConfig, load_config
 from agent.detect import Detector
@@ -31,7 +32,7 @@ log = logging.getLogger("agent.service")
 def checked_detectors(config: BoxConfig) -> dict[str, Detector]:
     """What ``check`` validates beyond loading the config: each model loads (sha256 too), and each
     camera that hides people has a model that finds them."""
-    detectors = load_detectors(config)
+    detectors = load_detectors(config, config.storage.dir / MODELS_DIR)  # what `run` would run
     for cam in config.cameras:
         check_privacy(cam, detectors[cam.model])
     return detectors

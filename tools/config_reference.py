@@ -23,7 +23,7 @@ from agent.calibration import CalibrationFile, PointSection
 from agent.change_gate import ChangeGateParams
 from agent.command_auth import CommandsSection
 from agent.config import AgentSection, CameraFile, EdgeFile, InferenceSection, LocationSection, MetricsSection, \
-    ModelSection, MqttSection, StorageSection, ZoneSection
+    ModelSection, ModelsUpdateSection, MqttSection, StorageSection, ZoneSection
 from agent.privacy import PrivacyParams
 from agent.rules import rule_types
 from agent.scene import SceneParams
@@ -44,6 +44,7 @@ SECTIONS = [
     ("edge.toml [commands] (signed platform commands)", CommandsSection),
     ("edge.toml [metrics] (Prometheus /metrics and JSON /healthz; docs/monitor.md)", MetricsSection),
     ("edge.toml [inference] (cameras sharing the detector)", InferenceSection),
+    ("edge.toml [models_update] (model downloads by `model` command; docs/update.md)", ModelsUpdateSection),
     ("camera file (top level)", CameraFile),
     ("camera file [location]", LocationSection),
     ("camera file [zones.<id>]", ZoneSection),

@@ -905,6 +905,18 @@ class RefPlatform:
     def unmute(self, agent: str, camera_id: str, zone_id: str | None = None) -> Reply:
         return self.send(agent, "unmute", self._where(camera_id, zone_id))
 
+    def update_model(self, agent: str, model: str, url: str, sha256: str, manifest: dict | None = None,
+                     timeout_s: float | None = None) -> Reply:
+        """A new model for ``[models.<model>]`` on ``agent``: it downloads ``url`` (a host on its
+        [models_update] allowed_hosts), checks ``sha256``, tries it and switches (docs/update.md).
+        ``manifest``: the new model's manifest keys but file and sha256; None keeps the current ones."""
+        body = {"model": model, "url": url, "sha256": sha256} | ({"manifest": manifest} if manifest is not None else {})
+        return self.send(agent, "model", body, timeout_s)
+
+    def roll_back_model(self, agent: str, model: str) -> Reply:
+        """Back to the model ``[models.<model>]`` ran before its last update."""
+        return self.send(agent, "model", {"model": model, "rollback": True})
+
     def _ticket_step(self, ticket_id: str, verb: str, body: dict, *, step: str | None = None,
                      case_id: str | None = None) -> Reply:
         ticket = self.ledger.ticket(ticket_id)
