@@ -106,3 +106,48 @@ def test_a_file_read_faster_than_real_time_loses_no_frame():
     worker.join(timeout=10)
     assert seen == [float(i) for i in range(200)]
     assert sched.slot("file").superseded == 0
+
+
+def test_a_real_agent_keeps_its_lift_camera_while_street_cameras_overload_it(tmp_path, footage):
+    """Six street cameras asking 10 fps each of one analysis worker (about 25 detections/s here)
+    and a lift camera asking 5 fps: the lift loses (almost) nothing, the streets lose most. Counters
+    only: what was analysed against what was replaced unanalysed."""
+    from agent.app import Agent
+    from agent.config import load_config
+    from tests.helpers import write_edge
+    from tools.scenario_kit import camera_toml
+
+    video = str(footage["vtest.mp4"])
+    zone = {"polygon": [[0, 250], [768, 250], [768, 576], [0, 576]]}
+
+    def camera(camera_id: str, fps: float, rule: dict, **more) -> Path:
+        path = tmp_path / f"{camera_id}.toml"
+        path.write_text(camera_toml({
+            "id": camera_id, "url": video, "analysis_fps": fps, "realtime": True, "loop": True,
+            "location": {"lat": 31.23, "lon": 121.47, "grid_code": "310101001001"},
+            "zones": {"z": zone | {"rule": rule}}} | more))
+        return path
+
+    # Every street frame goes to the detector (no change gate): the overload is certain.
+    streets = [camera(f"street{i}", 10.0, {"type": "object_dwell", "classes": ["person"]},
+                      change_gate={"enabled": False}) for i in range(6)]
+    lift = camera("lift", 5.0, {"type": "lift_ebike"})
+    edge = write_edge(tmp_path, streets + [lift], extra="\n[inference]\nworkers = 1\n")
+    agent = Agent(load_config(edge))
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        deadline = threading.Event()
+        while agent.health["lift"].snapshot(0.0)["frames_analysed"] < 75 and thread.is_alive():
+            deadline.wait(0.5)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    lift_counts = agent.health["lift"].snapshot(0.0)
+    assert lift_counts["frames_superseded"] <= 0.05 * lift_counts["frames_analysed"], lift_counts
+    assert not lift_counts["cadence_degraded"]
+    for i in range(6):
+        street = agent.health[f"street{i}"].snapshot(0.0)
+        assert street["frames_superseded"] > street["frames_analysed"] > 0, street
+        assert street["cadence_degraded"]

@@ -30,6 +30,7 @@ import dataclasses
 import json
 import os
 import resource
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -347,26 +348,28 @@ def main_run(args) -> dict:
         mounts |= {"/lift": lift.video, "/liftalone": lift.video}
     server = RtspServer(mounts)
     figures: dict = {"args": vars(args)}
+    tmp = args.work or Path(tempfile.mkdtemp(prefix="bench-cameras-"))
     try:
-        with tempfile.TemporaryDirectory(prefix="bench-cameras-") as tmp:
-            cams = {cam: (street, server.urls[f"/{cam}"], args.fps) for cam in statics}
-            if lift:
-                cams["lift"] = (lift, server.urls["/lift"], LIFT_FPS)
-            main = run_agent(cams, args.seconds, server, Path(tmp) / "main")
-            figures["agent"] = summary(main, statics, args.fps, street.dwell_s)
-            if lift:
-                figures["agent"]["lift_rate"] = main.rates.get("lift", 0.0)
-                alone = run_agent({"lift": (lift, server.urls["/liftalone"], LIFT_FPS)}, 30.0, server, Path(tmp) / "lift")
-                figures["lift_alone"] = {"rate": alone.rates.get("lift", 0.0), "cpu_cores": alone.cpu_cores,
-                                         "by_thread": alone.by_thread}
-            one = run_agent({"single": (street, server.urls["/single"], args.fps)}, 30.0, server, Path(tmp) / "one")
-            figures["agent_one_camera"] = summary(one, ["single"], args.fps, street.dwell_s)
+        cams = {cam: (street, server.urls[f"/{cam}"], args.fps) for cam in statics}
+        if lift:
+            cams["lift"] = (lift, server.urls["/lift"], LIFT_FPS)
+        main = run_agent(cams, args.seconds, server, Path(tmp) / "main")
+        figures["agent"] = summary(main, statics, args.fps, street.dwell_s)
+        if lift:
+            figures["agent"]["lift_rate"] = main.rates.get("lift", 0.0)
+            alone = run_agent({"lift": (lift, server.urls["/liftalone"], LIFT_FPS)}, 30.0, server, Path(tmp) / "lift")
+            figures["lift_alone"] = {"rate": alone.rates.get("lift", 0.0), "cpu_cores": alone.cpu_cores,
+                                     "by_thread": alone.by_thread}
+        one = run_agent({"single": (street, server.urls["/single"], args.fps)}, 30.0, server, Path(tmp) / "one")
+        figures["agent_one_camera"] = summary(one, ["single"], args.fps, street.dwell_s)
         every = round(OUT_FPS / args.fps)
         naive_urls = [server.urls[f"/naive{i}"] for i in range(args.naive)]
         figures["naive_cadence"] = run_naive(naive_urls, 30.0, every)
         figures["naive_every_frame"] = run_naive([server.urls[f"/naive{args.naive}"]], 30.0, 1)
     finally:
         server.stop()
+        if args.work is None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return figures
 
 
@@ -421,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive", type=int, default=4, help="cameras of the naive same-cadence baseline")
     parser.add_argument("--naive-worker", help=argparse.SUPPRESS)
     parser.add_argument("--detect-every", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help="where the runs' files go (default: a temporary folder)")
     parser.add_argument("--json", type=Path, default=CACHE / "bench_cameras.json")
     args = parser.parse_args(argv)
     if args.naive_worker:
