@@ -68,7 +68,7 @@ class Agent:
                  on_ticket: Callable[[dict], None] | None = None, storage_dir: Path | None = None):
         """``on_ticket`` is told every ticket message the outbox stores, in order: openings and
         clears, and the ``updated`` ones a clip or a command adds later."""
-        self.config = config
+        self.config = config  # as the agent started: the cameras running now are self.cameras.configs()
         self.clock = clock or SystemClock()
         storage = storage_dir or config.storage.dir
         self.outbox = Outbox(storage / "outbox.sqlite")

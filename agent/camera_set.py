@@ -56,6 +56,7 @@ class CameraSet:
         self._workers: dict[str, tuple[threading.Thread, threading.Event]] = {}
         self._lock = threading.RLock()
         self._swapping = 0  # swaps under way: a camera between its old worker and its new one
+        self._closed = False  # the agent is stopping: no worker starts again (a rollback under way)
 
     # --- what runs ----------------------------------------------------------------------------
     def configs(self) -> tuple[CameraConfig, ...]:
@@ -83,6 +84,8 @@ class CameraSet:
 
     def start(self, camera_id: str) -> None:
         with self._lock:
+            if self._closed:
+                return
             stop = threading.Event()
             worker = self.make_worker(self._parts[camera_id], stop)
             self._workers[camera_id] = (worker, stop)
@@ -102,7 +105,9 @@ class CameraSet:
                       waited_s=WORKER_JOIN_S)
 
     def stop_all(self) -> None:
+        """Stop every worker, for good: the agent is stopping."""
         with self._lock:
+            self._closed = True
             entries = list(self._workers.values())
             self._workers.clear()
         for _, stop in entries:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.camera_set import CameraSet
-from agent.config import ConfigError, load_config, read_toml
+from agent.config import BoxConfig, ConfigError, load_config, read_toml
 from agent.config_check import checked_config
 from agent.files import write_atomically
 from agent.logs import log_event
@@ -141,19 +141,14 @@ class RemoteConfig:
         """Check the box with ``text`` as the camera's file, as ``check`` would; returns whether
         the file holds a secret (a password in its url)."""
         shutil.rmtree(self.staging, ignore_errors=True)
-        staged_file = self.staging / change.camera_file.relative_to(change.config_dir)
-        staged_edge = self.staging / change.edge_file.name
         try:
-            _mirror(change.config_dir, self.staging, {change.edge_file, change.camera_file})
-            staged_file.write_text(text)
-            entries = [str(staged_file) if _absolute(change.config_dir / e) == change.camera_file else e
-                       for e in change.entries]
-            staged_edge.write_text(_with_cameras(change.edge_text, entries + ([str(staged_file)] if change.is_new
-                                                                                else [])))
-            box = checked_config(staged_edge)
+            staged_file, box = self._check_staged(change, text)
+        except ConfigRefused:
+            raise
         except ConfigError as exc:
             file = self._live(exc.source)
-            raise ConfigRefused("invalid_config", f"{file}: {exc.key}: {self._live(exc.reason)}", file, exc.key) from None
+            raise ConfigRefused("invalid_config", str(ConfigError(file, exc.key, self._live(exc.reason))),
+                                file, exc.key) from None
         except Exception as exc:  # noqa: BLE001 - a calibration's or a model's own error: still a refusal
             raise ConfigRefused("invalid_config", f"{type(exc).__name__}: {self._live(str(exc))}",
                                 change.camera_file) from None
@@ -164,6 +159,18 @@ class RemoteConfig:
             raise ConfigRefused("invalid_config", f"{change.camera_file}: id: is {camera.id!r}, but the command "
                                 f"is for camera {change.camera_id!r}", change.camera_file, "id")
         return camera.password_in_file
+
+    def _check_staged(self, change: Change, text: str) -> tuple[Path, BoxConfig]:
+        """The staging mirror with ``text`` as the camera's file, and the box config checked from
+        there; returns the staged file and that config."""
+        staged_file = self.staging / change.camera_file.relative_to(change.config_dir)
+        _mirror(change.config_dir, self.staging, {change.edge_file, change.camera_file})
+        staged_file.write_text(text)
+        entries = [str(staged_file) if _absolute(change.config_dir / e) == change.camera_file else e
+                   for e in change.entries] + ([str(staged_file)] if change.is_new else [])
+        staged_edge = self.staging / change.edge_file.name
+        staged_edge.write_text(_with_cameras(change.edge_text, entries))
+        return staged_file, checked_config(staged_edge)
 
     def _live(self, text: str) -> str:
         """``text`` with staged paths shown as the live files they stand for."""

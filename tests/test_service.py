@@ -19,7 +19,7 @@ import pytest
 from agent import __version__
 from agent.migrations import MIGRATIONS
 from agent.sdnotify import ServiceNotifier
-from tests.helpers import REPO, looping_camera, write_camera, write_edge
+from tests.helpers import REPO, looping_camera, write_edge
 
 UNIT = REPO / "packaging" / "edge-agent.service"
 
