@@ -172,3 +172,17 @@ def test_a_new_camera_that_does_not_come_up_is_removed_again(box):
     assert box.edge.read_text() == old_edge and not box.camera_file("cam3").exists()
     assert "cam3" not in agent.health and "cam3" not in agent.pipelines and agent.cameras.worker("cam3") is None
     assert [c["camera_id"] for c in agent.status()["cameras"]] == ["cam1", "cam2"]
+
+
+def test_a_camera_file_outside_the_config_folder_is_left_alone(tmp_path, footage):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "box").mkdir()
+    camera_file = looping_camera(tmp_path / "elsewhere", "cam1", footage["vtest.mp4"])
+    agent = Agent(load_config(write_edge(tmp_path / "box", [camera_file])))  # refused before any camera runs
+    text = camera_file.read_text()
+
+    reply = send_config(agent, "cam1", text.replace("plaza", "bench"))
+
+    assert not reply["ok"] and reply["error"]["code"] == "config_not_writable", reply
+    assert str(tmp_path / "box") in reply["error"]["message"]
+    assert camera_file.read_text() == text and zone_ids(agent, "cam1") == ["plaza"]
