@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from agent import __version__
+from agent.camera_set import CameraParts, CameraSet
 from agent.checkup import Checkup
 from agent.clipper import Clipper
 from agent.clips import PacketRing
 from agent.clock import Clock, SystemClock
-from agent.camera_set import CameraParts, CameraSet
 from agent.command_auth import CONFIG_APPLY_TIMEOUT_S, CommandAuth
 from agent.commands import CommandHandler
 from agent.config import BoxConfig, CameraConfig
