@@ -97,8 +97,10 @@ class Agent:
             self.cameras.add(cam)
         # Without [commands] no command gets as far as the config verb: the default timeout is moot.
         apply_timeout_s = config.commands.config_apply_timeout_s if config.commands else CONFIG_APPLY_TIMEOUT_S
-        remote_config = RemoteConfig(config.source_file, self.cameras, storage / STAGING_DIR, apply_timeout_s)
-        self.models = ModelUpdater(config, storage / MODELS_DIR, self.detectors, self.pipelines, self.books)
+        remote_config = RemoteConfig(config.source_file, self.cameras, storage / STAGING_DIR, storage / MODELS_DIR,
+                                     apply_timeout_s)
+        self.models = ModelUpdater(config, storage / MODELS_DIR, self.detectors, self.pipelines, self.books,
+                                   self.cameras.configs)
         self.commands = CommandHandler(config.agent.id, self.topics, self.outbox, self.evidence, self.clock,
                                        self.books, self.pipelines, chunk_bytes, self._command_auth(), self.models,
                                        remote_config)

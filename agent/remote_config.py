@@ -85,9 +85,10 @@ class Written:
 
 
 class RemoteConfig:
-    def __init__(self, edge_file: Path, cameras: CameraSet, staging: Path, apply_timeout_s: float):
-        self.edge_file = _absolute(edge_file)
-        self.cameras, self.staging, self.apply_timeout_s = cameras, _absolute(staging), apply_timeout_s
+    def __init__(self, edge_file: Path, cameras: CameraSet, staging: Path, models_dir: Path, apply_timeout_s: float):
+        """``models_dir``: where model commands installed models, so the check loads what would run."""
+        self.edge_file, self.cameras, self.staging = _absolute(edge_file), cameras, _absolute(staging)
+        self.models_dir, self.apply_timeout_s = models_dir, apply_timeout_s
 
     def apply(self, camera_id: str, text: str) -> dict:
         """Carry out one ``config`` command; returns the reply's result fields."""
@@ -170,7 +171,7 @@ class RemoteConfig:
                    for e in change.entries] + ([str(staged_file)] if change.is_new else [])
         staged_edge = self.staging / change.edge_file.name
         staged_edge.write_text(_with_cameras(change.edge_text, entries))
-        return staged_file, checked_config(staged_edge)
+        return staged_file, checked_config(staged_edge, self.models_dir)
 
     def _live(self, text: str) -> str:
         """``text`` with staged paths shown as the live files they stand for."""
