@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 import queue
@@ -14,13 +15,15 @@ from pathlib import Path
 import numpy as np
 
 from agent import __version__
+from agent.camera_set import CameraParts, CameraSet
 from agent.checkup import Checkup
 from agent.clipper import Clipper
 from agent.clips import PacketRing
 from agent.clock import Clock, SystemClock
-from agent.command_auth import CommandAuth
+from agent.command_auth import CONFIG_APPLY_TIMEOUT_S, CommandAuth
 from agent.commands import CommandHandler
-from agent.config import BoxConfig, CameraConfig, ConfigError
+from agent.config import BoxConfig, CameraConfig
+from agent.config_check import checked_detectors, load_detectors
 from agent.detect import Detector
 from agent.detect.manifest import cpu_flags, int8_risk
 from agent.evidence import EvidenceStore
@@ -29,10 +32,11 @@ from agent.health import CameraHealth
 from agent.ingest import CameraWorker
 from agent.logs import log_event
 from agent.metrics import AgentCollector, agent_registry, serve_metrics
-from agent.model_update import MODELS_DIR, ActiveModels, ModelUpdater, load_model
+from agent.model_update import MODELS_DIR, ModelUpdater
 from agent.outbox import Outbox
 from agent.pipeline import CameraPipeline
-from agent.privacy import PEOPLE, PeopleTrail
+from agent.privacy import PeopleTrail
+from agent.remote_config import STAGING_DIR, RemoteConfig
 from agent.rules import Cadence
 from agent.scheduler import AnalysisScheduler
 from agent.sdnotify import ServiceNotifier
@@ -51,19 +55,6 @@ JANITOR_INTERVAL_S = 30.0
 NOT_A_SERVICE = ServiceNotifier()  # replay, tests: nobody to tell
 
 
-def load_detectors(config: BoxConfig, models_dir: Path | None = None) -> dict[str, Detector]:
-    """The models the cameras use, each loaded once and shared (sha256 checked at load): those
-    model commands installed in ``models_dir`` where they did, else edge.toml's."""
-    used = {cam.model for cam in config.cameras}
-    active = ActiveModels(models_dir) if models_dir is not None else None
-    detectors = {name: load_model(name, m, active) for name, m in config.models.items() if name in used}
-    for name, detector in detectors.items():
-        if detector.missing_providers:
-            log_event(log, "model_provider_missing", level=logging.WARNING, model=name,
-                      missing=",".join(detector.missing_providers), running_on=detector.providers[0])
-    return detectors
-
-
 def precision_risks(detectors: dict[str, Detector]) -> dict[str, str]:
     """Per model name, why it may detect worse on this CPU than it was measured to (int8 on x86
     without VNNI, :func:`agent.detect.manifest.int8_risk`); models without a risk are left out."""
@@ -72,21 +63,12 @@ def precision_risks(detectors: dict[str, Detector]) -> dict[str, str]:
             if (risk := int8_risk(detector.manifest, machine, flags))}
 
 
-def check_privacy(camera: CameraConfig, detector: Detector) -> None:
-    """A camera that hides people needs a model that finds them: otherwise nobody would be hidden,
-    silently. Class names are known only once the model is loaded (they may be in its metadata)."""
-    if camera.hides_people and not PEOPLE & set(detector.class_names):
-        raise ConfigError(camera.source_file, "privacy",
-                          f"model {detector.name!r} has no class {'/'.join(sorted(PEOPLE))}: nobody could be "
-                          f"hidden (set mode = \"off\" to send people as seen)")
-
-
 class Agent:
     def __init__(self, config: BoxConfig, clock: Clock | None = None,
                  on_ticket: Callable[[dict], None] | None = None, storage_dir: Path | None = None):
         """``on_ticket`` is told every ticket message the outbox stores, in order: openings and
         clears, and the ``updated`` ones a clip or a command adds later."""
-        self.config = config
+        self.config = config  # as the agent started: the cameras running now are self.cameras.configs()
         self.clock = clock or SystemClock()
         storage = storage_dir or config.storage.dir
         self.outbox = Outbox(storage / "outbox.sqlite")
@@ -97,41 +79,31 @@ class Agent:
                                delivers=config.mqtt is not None)
         self.topics = Topics(config.mqtt.prefix if config.mqtt else DEFAULT_PREFIX, config.agent.id)
         chunk_bytes = config.mqtt.chunk_bytes if config.mqtt else DEFAULT_CHUNK_BYTES
-        self.detectors = load_detectors(config, storage / MODELS_DIR)
-        for cam in config.cameras:
-            check_privacy(cam, self.detectors[cam.model])
+        self.detectors = checked_detectors(config, storage / MODELS_DIR)
         for name, risk in precision_risks(self.detectors).items():
             log_event(log, "model_may_be_inaccurate_here", level=logging.WARNING, model=name, reason=risk)
-        self.health = {cam.id: CameraHealth(cam.id, cam.model) for cam in config.cameras}
         settings = config.tickets
+        self._storage, self._on_ticket = storage, on_ticket
+        self._chunk_bytes = chunk_bytes
         # The ring keeps the pre-roll plus two GOPs of margin, so a clip can start at a keyframe.
-        keep_s = settings.clip_pre_s + settings.clip_post_s + 10.0
-        self.rings = {cam.id: PacketRing(keep_s=keep_s) for cam in config.cameras} if settings.clips else {}
-        # Where people were in the ring's span, to hide them in clips: a picture further than 1.5
-        # analysis intervals from an analysed frame is hidden whole (agent/privacy.py).
-        self.trails = ({cam.id: PeopleTrail(keep_s, max_gap_s=1.5 / cam.analysis_fps) for cam in config.cameras}
-                       if settings.clips else {})
-        self.books: dict[str, TicketBook] = {}
-        self.pipelines: dict[str, CameraPipeline] = {}
+        self._keep_s = settings.clip_pre_s + settings.clip_post_s + 10.0
+        self.scheduler = AnalysisScheduler()
+        self.cameras = CameraSet(self._camera_parts, self._camera_worker, self.scheduler.remove)
+        self.health, self.rings, self.trails = self.cameras.health, self.cameras.rings, self.cameras.trails
+        self.books, self.pipelines = self.cameras.books, self.cameras.pipelines
         self.clipper = Clipper(self.rings, self.trails, self.books, self.clock, settings.clip_pre_s,
                                settings.clip_post_s)
-        ticket_hook = self.clipper.on_ticket if settings.clips else None
         for cam in config.cameras:
-            detector = self.detectors[cam.model]
-            self.books[cam.id] = TicketBook(config.agent.id, cam, ModelInfo(detector.name, detector.sha256),
-                                            self.topics, self.outbox, self.evidence, config.tickets, chunk_bytes,
-                                            config.fault_categories, self.device_key)
-            self.books[cam.id].on_message = on_ticket
-            self.pipelines[cam.id] = CameraPipeline(cam, detector, self.books[cam.id], self.health[cam.id],
-                                                    storage / REFERENCE_DIR, ticket_hook, self.trails.get(cam.id))
-        self.scheduler = AnalysisScheduler()
-        for cam in config.cameras:
-            self.scheduler.add(cam.id, live=cam.cadence is Cadence.LIVE, fps=cam.analysis_fps,
-                               analyse=self.pipelines[cam.id].on_frame, health=self.health[cam.id],
-                               wait_for_room=cam.is_file and not cam.realtime)
-        self.models = ModelUpdater(config, storage / MODELS_DIR, self.detectors, self.pipelines, self.books)
+            self.cameras.add(cam)
+        # Without [commands] no command gets as far as the config verb: the default timeout is moot.
+        apply_timeout_s = config.commands.config_apply_timeout_s if config.commands else CONFIG_APPLY_TIMEOUT_S
+        remote_config = RemoteConfig(config.source_file, self.cameras, storage / STAGING_DIR, storage / MODELS_DIR,
+                                     apply_timeout_s)
+        self.models = ModelUpdater(config, storage / MODELS_DIR, self.detectors, self.pipelines, self.books,
+                                   self.cameras.configs)
         self.commands = CommandHandler(config.agent.id, self.topics, self.outbox, self.evidence, self.clock,
-                                       self.books, self.pipelines, chunk_bytes, self._command_auth(), self.models)
+                                       self.books, self.pipelines, chunk_bytes, self._command_auth(), self.models,
+                                       remote_config)
         self._requests: queue.Queue[Request | None] = queue.Queue(maxsize=1000)
         self.transport = (MqttTransport(config.mqtt, self.topics, self.outbox, self.clock,
                                         on_command=self._enqueue_command, status=self.status,
@@ -140,6 +112,36 @@ class Agent:
         broker_connected = (lambda: self.transport.connected) if self.transport else None
         self.metrics_registry = agent_registry(AgentCollector(
             config.agent.id, self.health, self.outbox, self.janitor, self.clock, self.health_summary, broker_connected))
+
+    def _camera_parts(self, cam: CameraConfig) -> CameraParts:
+        """What one camera is analysed with, built from its config; the detector is the box's,
+        loaded now if no camera used its model so far (a remote config may switch models)."""
+        if cam.model not in self.detectors:
+            one_camera = dataclasses.replace(self.config, cameras=(cam,))
+            self.detectors |= load_detectors(one_camera, self._storage / MODELS_DIR)
+        detector = self.detectors[cam.model]
+        clips = self.config.tickets.clips
+        health = CameraHealth(cam.id, cam.model)
+        ring = PacketRing(keep_s=self._keep_s) if clips else None
+        # Where people were in the ring's span, to hide them in clips: a picture further than 1.5
+        # analysis intervals from an analysed frame is hidden whole (agent/privacy.py).
+        trail = PeopleTrail(self._keep_s, max_gap_s=1.5 / cam.analysis_fps) if clips else None
+        book = TicketBook(self.config.agent.id, cam, ModelInfo(detector.name, detector.sha256), self.topics,
+                          self.outbox, self.evidence, self.config.tickets, self._chunk_bytes,
+                          self.config.fault_categories, self.device_key)
+        book.on_message = self._on_ticket
+        pipeline = CameraPipeline(cam, detector, book, health, self._storage / REFERENCE_DIR,
+                                  self.clipper.on_ticket if clips else None, trail)
+        return CameraParts(cam, health, book, pipeline, ring, trail)
+
+    def _camera_worker(self, parts: CameraParts, stop: threading.Event) -> CameraWorker:
+        """The thread that reads one camera until ``stop`` and offers its frames to the scheduler,
+        the camera's slot there made anew for these parts (a swap brings new ones)."""
+        cam = parts.camera
+        self.scheduler.add(cam.id, live=cam.cadence is Cadence.LIVE, fps=cam.analysis_fps,
+                           analyse=parts.pipeline.on_frame, health=parts.health,
+                           wait_for_room=cam.is_file and not cam.realtime)
+        return CameraWorker(cam, self.clock, parts.health, self.scheduler.offer, stop, parts.ring)
 
     def _command_auth(self) -> CommandAuth | None:
         if self.config.command_key is None:
@@ -153,7 +155,7 @@ class Agent:
         """What the retained status topic says about the box and each camera."""
         now = self.clock.now()
         cameras = []
-        for cam in self.config.cameras:
+        for cam in self.cameras.configs():
             entry = self.health[cam.id].snapshot(now)
             muted = self.books[cam.id].muted_until("*", "*", now)
             entry["muted_until"] = iso_utc(muted) if muted else None
@@ -181,16 +183,20 @@ class Agent:
             self.commands.handle(request)
 
     def _watch_offline(self, watches: dict[str, OfflineWatch]) -> None:
+        """``watches``: per stream camera (a file has no offline), made when the camera is first seen."""
         now = self.clock.now()
-        for camera, watch in watches.items():
-            health = self.health[camera]
+        for cam in self.cameras.configs():
+            if cam.is_file:
+                continue
+            watch = watches.setdefault(cam.id, OfflineWatch(self.config.tickets.offline_grace_s, now))
+            health, pipeline = self.health[cam.id], self.pipelines[cam.id]
             for event in watch.update(now, health.last_frame_at, health.last_error):
-                latest = self.pipelines[camera].latest
+                latest = pipeline.latest
                 # The last picture the camera gave, so the platform sees what went dark.
                 if latest is not None:
-                    self.pipelines[camera].ticket(event, latest.image, latest.detections)
+                    pipeline.ticket(event, latest.image, latest.detections)
                 else:
-                    self.pipelines[camera].ticket(event, np.zeros((576, 768, 3), np.uint8), Detections.empty())
+                    pipeline.ticket(event, np.zeros((576, 768, 3), np.uint8), Detections.empty())
 
     def _tidy_storage(self) -> None:
         try:
@@ -201,7 +207,7 @@ class Agent:
     def service_status(self) -> str:
         """The one line ``systemctl status`` shows."""
         counts = self.outbox.counts()
-        return f"{len(self.config.cameras)} cameras, outbox {counts['pending']} pending of {counts['stored']}"
+        return f"{len(self.cameras.configs())} cameras, outbox {counts['pending']} pending of {counts['stored']}"
 
     def run(self, stop: threading.Event, service: ServiceNotifier = NOT_A_SERVICE) -> None:
         """Run until ``stop`` is set or every camera has ended (files that do not loop); tell
@@ -219,15 +225,14 @@ class Agent:
         analysis_stop = threading.Event()
         analysers = [threading.Thread(target=self.scheduler.work, args=(analysis_stop,), name=f"analysis-{i}",
                                       daemon=True) for i in range(self.config.inference.workers)]
-        workers = [CameraWorker(cam, self.clock, self.health[cam.id], self.scheduler.offer, stop,
-                                self.rings.get(cam.id)) for cam in self.config.cameras]
-        for thread in analysers + workers:
+        for thread in analysers:
             thread.start()
+        for cam in self.cameras.configs():
+            self.cameras.start(cam.id)
         service.ready(self.service_status())
-        watches = {cam.id: OfflineWatch(self.config.tickets.offline_grace_s, self.clock.now())
-                   for cam in self.config.cameras if not cam.is_file}
+        watches: dict[str, OfflineWatch] = {}
         next_janitor = 0.0
-        while not stop.is_set() and any(w.is_alive() for w in workers):
+        while not stop.is_set() and self.cameras.any_running():
             stop.wait(0.5)
             service.watchdog()
             self._watch_offline(watches)
@@ -236,8 +241,7 @@ class Agent:
                 service.status(self.service_status())
                 next_janitor = time.monotonic() + JANITOR_INTERVAL_S
         stop.set()
-        for worker in workers:
-            worker.join(timeout=10)
+        self.cameras.stop_all()
         # The last frames of files that ended are still waiting: analyse them before stopping.
         if not self.scheduler.drain(timeout=60):
             log_event(log, "analysis_unfinished", level=logging.WARNING, reason="frames still waiting after 60 s")

@@ -22,11 +22,12 @@ import cv2
 
 from agent import __version__, calibration
 from agent.annotated_video import AnnotatedVideo
-from agent.app import Agent, check_privacy, load_detectors, precision_risks
+from agent.app import Agent, precision_risks
 from agent.calibration import LOCAL_M, WGS84, CalibrationError, GroundPoint
 from agent.camera_calibration import store
 from agent.clock import ManualClock, SystemClock
 from agent.config import BoxConfig, load_config
+from agent.config_check import check_privacy, checked_detectors, load_detectors
 from agent.evidence import spot_check
 from agent.ingest import grab_frame
 from agent.logs import setup_logging
@@ -36,7 +37,7 @@ from agent.pipeline import camera_tiler, scaled_zones
 from agent.privacy import PrivacyParams
 from agent.redact import redact
 from agent.sdnotify import ServiceNotifier
-from agent.service import AgentService, checked_detectors
+from agent.service import AgentService
 from agent.ticket_signing import KEY_FILE, DeviceKey, public_pem
 from agent.typedtoml import ConfigError
 

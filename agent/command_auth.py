@@ -35,6 +35,8 @@ NONCE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 SIG = re.compile(r"^[0-9a-f]{64}$")
 DOMAIN = b"edge-agent/command/1\n"  # a MAC made for anything else never verifies as a command
 
+CONFIG_APPLY_TIMEOUT_S = 30.0  # an RTSP camera connects, decodes and is analysed well within it
+
 # Its table (command_nonces) is made, and changed between versions, by agent/migrations.py.
 
 
@@ -45,6 +47,10 @@ class CommandsSection:
              "bytes as hex (openssl rand -hex 32), mode 0600")
     max_skew_s: float = setting(
         120.0, gt=0, le=3600, help="A command whose ts is further than this from the box's clock is stale")
+    config_apply_timeout_s: float = setting(
+        CONFIG_APPLY_TIMEOUT_S, gt=0, le=600,
+        help="A camera changed by a remote config command that analyses no frame this long is rolled back "
+             "to its previous file (docs/update.md)")
 
 
 class CommandKey:

@@ -25,6 +25,7 @@ from agent.model_update import ModelUpdateError, ModelUpdater
 from agent.outbox import MessageProps, OutMessage, Outbox
 from agent.pipeline import CameraPipeline
 from agent.redact import redact
+from agent.remote_config import RemoteConfig
 from agent.tickets import SCHEMA_VERSION, TicketBook, TicketError, iso_utc
 from agent.topics import Topics
 from agent.transport import Request
@@ -44,11 +45,11 @@ class CommandError(Exception):
 class CommandHandler:
     def __init__(self, agent_id: str, topics: Topics, outbox: Outbox, evidence: EvidenceStore, clock: Clock,
                  books: dict[str, TicketBook], pipelines: dict[str, CameraPipeline], chunk_bytes: int,
-                 auth: CommandAuth | None, models: ModelUpdater):
+                 auth: CommandAuth | None, models: ModelUpdater, remote_config: RemoteConfig):
         """``auth`` None: the box has no command key, so every command is refused."""
         self.agent_id, self.topics, self.outbox, self.evidence = agent_id, topics, outbox, evidence
         self.clock, self.books, self.pipelines, self.chunk_bytes = clock, books, pipelines, chunk_bytes
-        self.auth, self.models = auth, models
+        self.auth, self.models, self.remote_config = auth, models, remote_config
 
     def handle(self, request: Request) -> dict:
         """Carry out one command and store its reply; returns the reply document."""
@@ -125,6 +126,8 @@ class CommandHandler:
             book = self._book_of_ticket(command["ticket_id"])
             book.reject(command["ticket_id"], now, command.get("duration_s"))
             return {"ok": True, "result": "rejected", "ticket_id": command["ticket_id"], "ticket_status": "rejected"}
+        if verb == "config":  # before the camera's book: it may be a new camera
+            return self.remote_config.apply(command["camera_id"], command["camera_toml"])
         book = self._book_of_camera(command["camera_id"])
         zone = command.get("zone_id")
         if verb == "snapshot":

@@ -85,7 +85,7 @@ class AgentCollector(Collector):
         latency = HistogramMetricFamily("edge_camera_inference_seconds",
                                         "Detector time per analysed frame (tiles and zone crops included)",
                                         labels=["camera"])
-        for camera, health in self.cameras.items():
+        for camera, health in list(self.cameras.items()):  # a remote config may add a camera meanwhile
             snapshot = health.snapshot(now)
             for name, key, _ in CAMERA_COUNTERS:
                 counters[name].add_metric([camera], snapshot[key])

@@ -30,6 +30,7 @@ import threading
 import tomllib
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -295,8 +296,11 @@ class ModelUpdater:
     ticket books (updated in place: the Agent and the command handler hold the same dicts)."""
 
     def __init__(self, config: BoxConfig, models_dir: Path, detectors: dict[str, Detector],
-                 pipelines: dict[str, CameraPipeline], books: dict[str, TicketBook]):
-        self.config, self.active = config, ActiveModels(models_dir)
+                 pipelines: dict[str, CameraPipeline], books: dict[str, TicketBook],
+                 cameras: Callable[[], Iterable[CameraConfig]]):
+        """``cameras``: those running now, which a ``config`` command may have changed since the
+        agent started with ``config`` (agent/camera_set.py)."""
+        self.config, self.active, self.cameras = config, ActiveModels(models_dir), cameras
         self.detectors, self.pipelines, self.books = detectors, pipelines, books
         # Commands come from one thread, but a camera's first frame on a new model may roll it back.
         self._lock = threading.Lock()
@@ -403,7 +407,7 @@ class ModelUpdater:
                           "previous_sha256": previous, "cameras": [c.id for c in self._cameras_of(name)]}}
 
     def _cameras_of(self, name: str) -> list[CameraConfig]:
-        return [cam for cam in self.config.cameras if cam.model == name]
+        return [cam for cam in self.cameras() if cam.model == name]
 
     def _pipelines_of(self, name: str) -> list[CameraPipeline]:
         return [self.pipelines[cam.id] for cam in self._cameras_of(name)]

@@ -16,11 +16,10 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.app import Agent, check_privacy, load_detectors
-from agent.model_update import MODELS_DIR
+from agent.app import Agent
 from agent.calibration import CalibrationError
-from agent.config import BoxConfig, load_config
-from agent.detect import Detector
+from agent.config import BoxConfig
+from agent.config_check import checked_config
 from agent.logs import log_event, setup_logging
 from agent.redact import redact
 from agent.sdnotify import ServiceNotifier
@@ -29,21 +28,11 @@ from agent.typedtoml import ConfigError
 log = logging.getLogger("agent.service")
 
 
-def checked_detectors(config: BoxConfig) -> dict[str, Detector]:
-    """What ``check`` validates beyond loading the config: each model loads (sha256 too), and each
-    camera that hides people has a model that finds them."""
-    detectors = load_detectors(config, config.storage.dir / MODELS_DIR)  # what `run` would run
-    for cam in config.cameras:
-        check_privacy(cam, detectors[cam.model])
-    return detectors
-
-
 def reload_config(path: Path) -> BoxConfig | None:
     """The config at ``path`` if it passes ``check``, else None with the reason logged. The one
     entry point of a reload: what is reloaded, and how, is up to the caller."""
     try:
-        config = load_config(path)
-        checked_detectors(config)
+        config = checked_config(path)
     except ConfigError as exc:
         log_event(log, "config_reload_refused", level=logging.ERROR, file=exc.source, key=exc.key,
                   reason=redact(exc.reason), running="the old config")

@@ -70,11 +70,19 @@ def write_camera(folder: Path, camera_id: str, url: str, *, zone: str = "plaza",
     return path
 
 
+def looping_camera(folder: Path, camera_id: str, video: Path) -> Path:
+    """A file camera that plays in real time and starts again at the end: a camera that never ends."""
+    path = write_camera(folder, camera_id, str(video), realtime=True)
+    path.write_text(path.read_text().replace("realtime = true", "realtime = true\nloop = true"))
+    return path
+
+
 def write_edge(folder: Path, cameras: list[Path], *, agent_id: str = "test-box", mqtt_port: int | None = None,
                prefix: str = "cityops", manifest: Path = NANODET_MANIFEST, command_key: bool = True,
-               mqtt_extra: str = "", extra: str = "") -> Path:
+               mqtt_extra: str = "", extra: str = "", commands_extra: str = "") -> Path:
     """``command_key``: write COMMAND_KEY_HEX to command.key (0600) and name it in [commands];
-    ``mqtt_extra``: more lines of the [mqtt] table; ``extra``: more tables after it."""
+    ``mqtt_extra``, ``commands_extra``: more lines of the [mqtt], [commands] tables; ``extra``:
+    more tables after them."""
     mqtt = textwrap.dedent(f"""
         [mqtt]
         host = "127.0.0.1"
@@ -88,7 +96,7 @@ def write_edge(folder: Path, cameras: list[Path], *, agent_id: str = "test-box",
         key = folder / "command.key"
         key.write_text(COMMAND_KEY_HEX + "\n")
         key.chmod(0o600)
-        commands = f'\n[commands]\nkey_file = "{key}"\n'
+        commands = f'\n[commands]\nkey_file = "{key}"\n' + textwrap.dedent(commands_extra)
     path = folder / "edge.toml"
     path.write_text(EDGE_TOML.format(
         cameras=", ".join(f'"{c}"' for c in cameras), agent_id=agent_id, storage=folder / "var",

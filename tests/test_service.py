@@ -19,7 +19,7 @@ import pytest
 from agent import __version__
 from agent.migrations import MIGRATIONS
 from agent.sdnotify import ServiceNotifier
-from tests.helpers import REPO, write_camera, write_edge
+from tests.helpers import REPO, looping_camera, write_edge
 
 UNIT = REPO / "packaging" / "edge-agent.service"
 
@@ -53,13 +53,6 @@ class NotifySocket:
 
     def close(self):
         self.sock.close()
-
-
-def looping_camera(folder: Path, camera_id: str, video: Path) -> Path:
-    """A file camera that plays in real time and starts again at the end: a camera that never ends."""
-    path = write_camera(folder, camera_id, str(video), realtime=True)
-    path.write_text(path.read_text().replace("realtime = true", "realtime = true\nloop = true"))
-    return path
 
 
 def start_agent(edge: Path, notify: NotifySocket, log_path: Path) -> subprocess.Popen:
