@@ -34,14 +34,16 @@ from tools.evaluate import replay  # noqa: E402
 from tools.scenario_kit import DEFAULT_OUT, ensure_built, load_recipe  # noqa: E402
 
 FIXTURES = REPO / "tests" / "data" / "fixtures"
-# The scenario whose replay shows each rule opening (and clearing) a ticket.
+# The recipe whose replay shows each rule (or camera fault) opening and clearing a ticket.
 SCENARIOS = {
-    "litter": "litter_lawn.toml",
-    "object_dwell": "person_dwell_lawn.toml",
-    "misparked_bikes": "bikes_parked_green_belt.toml",
-    "crowd": "crowd_vtest_plaza.toml",
-    "out_of_shop": "shop_front_goods.toml",
-    "lift_ebike": "lift_ebike_car.toml",  # with alarm_topic: its alarms too
+    "litter": "scenarios/litter_lawn.toml",
+    "object_dwell": "scenarios/person_dwell_lawn.toml",
+    "misparked_bikes": "scenarios/bikes_parked_green_belt.toml",
+    "crowd": "scenarios/crowd_vtest_plaza.toml",
+    "out_of_shop": "scenarios/shop_front_goods.toml",
+    "lift_ebike": "scenarios/lift_ebike_car.toml",  # with alarm_topic: its alarms too
+    # Camera faults are tickets too; the view check's facts are shared by view_shifted.
+    "camera_tampered": "tools/fixture_recipes/camera_covered.toml",
 }
 JSON_KINDS = ("ticket", "telemetry", "alarm")
 # Made-up codes of the right shape: 20 digits, as a GB/T 28181 directory lists them.
@@ -70,7 +72,7 @@ def sent_messages(store: Path) -> list[dict]:
 
 
 def make_fixture(rule: str, out_dir: Path) -> dict:
-    recipe = load_recipe(REPO / "scenarios" / SCENARIOS[rule])
+    recipe = load_recipe(REPO / SCENARIOS[rule])
     composite = ensure_built(recipe, out_dir)
     with tempfile.TemporaryDirectory(prefix="fixtures-") as tmp:
         replay(composite.video, fixture_camera(composite.camera_file), composite.camera_id, store=Path(tmp))
