@@ -309,8 +309,8 @@ class TicketBook:
     def send_alarm(self, ticket: dict, ts: float, topic: str | None = None) -> None:
         """A local alarm for devices on site (a lift's speaker, a barrier): the ticket, on its own topic."""
         alarm = {"schema": "edge-agent/alarm", "schema_version": SCHEMA_VERSION, "ticket_id": ticket["ticket_id"],
-                 "agent_id": self.agent_id, "camera_id": self.camera.id, "zone_id": ticket["zone_id"], "rule": ticket["rule"],
-                 "time": ticket["event_time"], "class": ticket["class"]}
+                 "agent_id": self.agent_id, "camera_id": self.camera.id, "zone_id": ticket["zone_id"],
+                 "rule": ticket["rule"], "time": ticket["event_time"], "class": ticket["class"]}
         with self.outbox.transaction(ts) as tx:
             tx.add(OutMessage(topic or self.topics.alarm(self.camera.id), "alarm", "application/json", ticket["ticket_id"],
                               payload=json.dumps(alarm, ensure_ascii=False).encode()))
@@ -318,7 +318,7 @@ class TicketBook:
     # --- messages -----------------------------------------------------------------------------
     def _first_document(self, ticket_id: str, event: RuleEvent, shape: tuple) -> dict:
         cam = self.camera
-        return {
+        doc = {
             "schema": SCHEMA_ID,
             "schema_version": SCHEMA_VERSION,
             "ticket_id": ticket_id,
@@ -343,7 +343,10 @@ class TicketBook:
             "location": self._location(event, shape),
             "model": {"name": self.model.name, "sha256": self.model.sha256},
             "evidence": [],
-        } | ({"gb28181": cam.gb28181.as_dict()} if cam.gb28181 is not None else {})
+        }
+        if cam.gb28181 is not None:  # where the platform pulls the camera's live picture
+            doc["gb28181"] = cam.gb28181.as_dict()
+        return doc
 
     def _location(self, event: RuleEvent, shape: tuple) -> dict:
         """Where the ticket is: the camera's configured lat/lon; on a calibrated camera the ground

@@ -97,3 +97,8 @@ def test_operations_send_what_the_agent_sends_and_receive_commands():
     assert actions.pop("{prefix}/{agentId}/cmd/{verb}") == "receive"
     assert set(actions.values()) == {"send"}
     assert len(actions) == len(doc["channels"]) - 2  # replies are the command operation's reply
+
+
+def test_the_command_verbs_are_the_command_schemas():
+    verbs = document()["channels"]["commands"]["parameters"]["verb"]["enum"]
+    assert verbs == schemas.load("command")["properties"]["verb"]["enum"]
