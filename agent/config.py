@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from enum import Enum
 import ipaddress
 import os
+import re
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -314,11 +315,45 @@ class EdgeFile:
         factory=dict, help="Per rule type or camera fault: the platform case class its tickets carry")
 
 
+class Datum(str, Enum):
+    """The coordinate system a camera file's lat/lon are in, carried into its tickets: positions read
+    off Chinese web maps (Amap, Tencent) are GCJ-02, GPS receivers and survey points give WGS-84.
+    Spelled as the ground calibration spells its datum."""
+
+    WGS84 = calibration.WGS84
+    GCJ02 = "GCJ-02"
+
+
 @dataclass(frozen=True)
 class LocationSection:
     lat: float = setting(ge=-90, le=90)
     lon: float = setting(ge=-180, le=180)
     grid_code: str = setting(help="The city grid (网格) code the camera looks at")
+    datum: Datum | None = setting(
+        None, help="WGS-84 or GCJ-02: the datum of lat/lon, carried into tickets as location.datum; a calibrated "
+                   "camera's must be its calibration's (WGS-84). Leave out and tickets say nothing of it")
+
+
+GB28181_CODE = re.compile(r"[0-9]{20}")
+
+
+@dataclass(frozen=True)
+class Gb28181Section:
+    """The camera as the platform's GB/T 28181 video network knows it, so a ticket leads to its live
+    picture. Codes are the 20 digits the platform's device directory lists; the agent never speaks SIP."""
+
+    device_id: str = setting(help="20-digit code of the device registered with the platform (the camera or its NVR)")
+    channel_id: str | None = setting(
+        None, help="20-digit code of the camera's channel on that device; leave out when the device is the camera")
+
+    def __post_init__(self):
+        for key in ("device_id", "channel_id"):
+            value = getattr(self, key)
+            if value is not None and not GB28181_CODE.fullmatch(value):
+                raise ValueError(f"{key}: a GB/T 28181 code is 20 digits, got {value!r}")
+
+    def as_dict(self) -> dict:
+        return {"device_id": self.device_id} | ({"channel_id": self.channel_id} if self.channel_id else {})
 
 
 @dataclass(frozen=True)
@@ -340,6 +375,8 @@ class CameraFile:
     url: str = setting(help="rtsp://user@host/... or a video file path (relative to the camera file); "
                             "its password goes in password_file or password_env")
     location: LocationSection = setting(help="Where the camera looks: lat, lon, grid_code")
+    gb28181: Gb28181Section | None = setting(
+        None, help="The camera's GB/T 28181 device and channel codes, carried into its tickets; leave out for none")
     calibration: Path | None = setting(
         None, help="Ground calibration file (<camera>.calibration.toml, relative to the camera file): "
                    "tickets then carry the object's lat/lon and crowd zones their area in m²")
@@ -413,6 +450,8 @@ class CameraConfig:
     lon: float
     grid_code: str
     zones: tuple[ZoneConfig, ...]
+    datum: Datum | None = None  # of lat/lon; None: not configured, tickets say nothing of it
+    gb28181: Gb28181Section | None = None
     telemetry_interval_s: float = 10.0
     decode: DecodeMode = DecodeMode.AUTO
     view_check: bool = True
@@ -591,13 +630,15 @@ def _load_camera(path: Path, edge: EdgeFile, edge_path: Path, strict_calibration
         if strict_calibration:
             raise
         ground = None
+    _check_datum(raw.location.datum, ground, path)
     zones = tuple(_load_zone(path, zone_id, section, edge, tz, ground, raw.frame_size)
                   for zone_id, section in raw.zones.items())
     return CameraConfig(
         id=raw.id, name=raw.name or raw.id, url=url, source_file=path, model=raw.model,
         analysis_fps=raw.analysis_fps, read_timeout_s=raw.read_timeout_s, realtime=raw.realtime,
         loop=raw.loop, lat=raw.location.lat, lon=raw.location.lon,
-        grid_code=raw.location.grid_code, zones=zones, view_check=raw.view_check,
+        grid_code=raw.location.grid_code, datum=raw.location.datum, gb28181=raw.gb28181, zones=zones,
+        view_check=raw.view_check,
         telemetry_interval_s=raw.telemetry_interval_s, decode=raw.decode,
         reference_image=raw.reference_image, tamper=raw.tamper, tracker=raw.tracker, scene=raw.scene,
         change_gate=raw.change_gate,
@@ -605,6 +646,16 @@ def _load_camera(path: Path, edge: EdgeFile, edge_path: Path, strict_calibration
         password_file=raw.password_file, password_in_file=password_in_file, calibration=ground,
         calibration_file=raw.calibration, frame_size=raw.frame_size,
     )
+
+
+def _check_datum(datum: Datum | None, ground: GroundCalibration | None, path: Path) -> None:
+    """A ticket's lat/lon come from the calibration on a calibrated camera and from the camera file
+    otherwise, under one ``location.datum``: the two must agree."""
+    if datum is None or ground is None or datum is Datum.WGS84:
+        return
+    # A local-m calibration's origin is a lat/lon too, and the calibration file says WGS-84 for it.
+    raise ConfigError(path, "location.datum", f"{datum.value}, but the ground calibration's lat/lon are "
+                      f"{calibration.WGS84}: give the camera's position in {calibration.WGS84} too")
 
 
 def _load_calibration(file: Path | None, path: Path) -> GroundCalibration | None:

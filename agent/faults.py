@@ -40,7 +40,8 @@ class Fault(str, Enum):
 
 
 # Codes follow the platform's "other" range until an operator maps them: check them against the
-# platform's own code table and override in edge.toml.
+# platform's own code table and override in edge.toml. docs/messages.md "Categories" says where every
+# default comes from (these are the project's own).
 DEFAULT_CATEGORIES = {
     Fault.OFFLINE: Category("设施设备", "视频监控离线", "99-01"),
     Fault.VIEW_SHIFTED: Category("设施设备", "视频监控移位", "99-02"),

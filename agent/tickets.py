@@ -42,7 +42,7 @@ from agent.types import Detections, EventKind, RuleEvent, bottom_centres
 from agent.zones import Zone
 
 SCHEMA_ID = "edge-agent/ticket"
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1 added reasons, location.datum, gb28181 and the alarm schema
 TICKET_SEQ = "ticket_seq"
 ANY = "*"
 
@@ -174,7 +174,7 @@ class TicketBook:
                 changed = sorted(k for k, v in event.facts.items() if latest.doc["facts"].get(k) != v)
                 return self._send(latest, "updated", Status.OPEN, event.ts, facts=event,
                                   evidence=self._pictures(latest.id, public_pictures()),
-                                  reason=",".join(changed) or "update")
+                                  reasons=changed or ["update"])
             public = obscure(image, hidden, privacy)
             snapshot = self._snapshot(latest.id, "snapshot_after", public, event, "(last seen)")
             return self._send(latest, "cleared", Status.CLEARED, event.ts, facts=event, evidence=[snapshot])
@@ -190,7 +190,7 @@ class TicketBook:
                 and event.ts - latest.changed_at <= self.settings.reopen_window_s):
             snapshot = self._snapshot(latest.id, "snapshot", public, event)
             return self._send(latest, "reopened", Status.OPEN, event.ts, facts=event,
-                              evidence=[snapshot, *self._pictures(latest.id, pictures)], reason="returned")
+                              evidence=[snapshot, *self._pictures(latest.id, pictures)], reasons=["returned"])
         ticket_id = uuid.uuid4().hex
         # The raw frame stays on the box (never published): if the platform rejects the ticket it
         # becomes a hard negative for training.
@@ -212,7 +212,7 @@ class TicketBook:
             ticket = self.get(ticket_id)
             if ticket.status in ENDED:
                 return None
-            return self._send(ticket, "updated", ticket.status, ts, evidence=[item], reason="evidence")
+            return self._send(ticket, "updated", ticket.status, ts, evidence=[item], reasons=["evidence"])
 
     # --- platform commands --------------------------------------------------------------------
     def record_step(self, ticket_id: str, step: str, ts: float, case_id: str | None = None) -> Ticket:
@@ -245,10 +245,10 @@ class TicketBook:
             snapshot = self.evidence.save_jpeg(ticket_id, "snapshot_verify", picture)
             verification = {"result": result, "time": iso_utc(ts)}
             if result == "verified_cleared":
-                doc = self._send(ticket, "closed", Status.CLOSED, ts, evidence=[snapshot], reason="verify",
+                doc = self._send(ticket, "closed", Status.CLOSED, ts, evidence=[snapshot], reasons=["verify"],
                                  verification=verification)
             else:
-                doc = self._send(ticket, "updated", ticket.status, ts, evidence=[snapshot], reason="verify",
+                doc = self._send(ticket, "updated", ticket.status, ts, evidence=[snapshot], reasons=["verify"],
                                  verification=verification)
             return result, doc
 
@@ -259,7 +259,7 @@ class TicketBook:
             if ticket.status in ENDED:
                 raise TicketError("not_allowed", f"ticket {ticket_id} is {ticket.status.value}")
             duration = self.settings.reject_mute_s if mute_s is None else mute_s
-            doc = self._send(ticket, "rejected", Status.REJECTED, ts, reason="platform_rejected",
+            doc = self._send(ticket, "rejected", Status.REJECTED, ts, reasons=["platform_rejected"],
                              mute=(ticket.zone, ticket.rule, ts + duration))
             self._keep_hard_negative(ticket)
             return doc
@@ -309,8 +309,8 @@ class TicketBook:
     def send_alarm(self, ticket: dict, ts: float, topic: str | None = None) -> None:
         """A local alarm for devices on site (a lift's speaker, a barrier): the ticket, on its own topic."""
         alarm = {"schema": "edge-agent/alarm", "schema_version": SCHEMA_VERSION, "ticket_id": ticket["ticket_id"],
-                 "camera_id": self.camera.id, "zone_id": ticket["zone_id"], "rule": ticket["rule"],
-                 "time": ticket["event_time"], "class": ticket["class"]}
+                 "agent_id": self.agent_id, "camera_id": self.camera.id, "zone_id": ticket["zone_id"],
+                 "rule": ticket["rule"], "time": ticket["event_time"], "class": ticket["class"]}
         with self.outbox.transaction(ts) as tx:
             tx.add(OutMessage(topic or self.topics.alarm(self.camera.id), "alarm", "application/json", ticket["ticket_id"],
                               payload=json.dumps(alarm, ensure_ascii=False).encode()))
@@ -318,7 +318,7 @@ class TicketBook:
     # --- messages -----------------------------------------------------------------------------
     def _first_document(self, ticket_id: str, event: RuleEvent, shape: tuple) -> dict:
         cam = self.camera
-        return {
+        doc = {
             "schema": SCHEMA_ID,
             "schema_version": SCHEMA_VERSION,
             "ticket_id": ticket_id,
@@ -344,6 +344,9 @@ class TicketBook:
             "model": {"name": self.model.name, "sha256": self.model.sha256},
             "evidence": [],
         }
+        if cam.gb28181 is not None:  # where the platform pulls the camera's live picture
+            doc["gb28181"] = cam.gb28181.as_dict()
+        return doc
 
     def _location(self, event: RuleEvent, shape: tuple) -> dict:
         """Where the ticket is: the camera's configured lat/lon; on a calibrated camera the ground
@@ -352,6 +355,8 @@ class TicketBook:
         camera's own position and the calibration kept beside it (docs/messages.md)."""
         cam = self.camera
         location = {"lat": cam.lat, "lon": cam.lon, "grid_code": cam.grid_code}
+        if cam.datum is not None:
+            location["datum"] = cam.datum.value
         if cam.calibration is None:
             return location
         location |= {"position": "camera", "camera": {"lat": cam.lat, "lon": cam.lon},
@@ -384,14 +389,16 @@ class TicketBook:
         return self._ground[size]
 
     def _send(self, ticket: Ticket, event: str, status: Status, ts: float, *, facts: RuleEvent | None = None,
-              evidence: list[Evidence] = (), reason: str | None = None, verification: dict | None = None,
+              evidence: list[Evidence] = (), reasons: list[str] = (), verification: dict | None = None,
               mute: tuple[str, str, float] | None = None) -> dict:
         """Store the next message about ``ticket`` (state change, message, evidence rows) atomically."""
         doc = dict(ticket.doc)
         doc.update(event=event, status=status.value, event_time=iso_utc(ts))
         doc.pop("reason", None)
-        if reason:
-            doc["reason"] = reason
+        doc.pop("reasons", None)
+        if reasons:
+            # The joined string is what 1.0 consumers read; the list is the same, unparsed.
+            doc.update(reason=",".join(reasons), reasons=list(reasons))
         if facts is not None:
             doc.update(last_seen=iso_utc(facts.last_seen), facts={**doc["facts"], **facts.facts})
             if len(facts.boxes):

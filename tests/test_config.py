@@ -122,7 +122,33 @@ BROKEN = [
      "cam1.toml", r"zones\.plaza\.polygon: zone 'plaza': point \[768, 250\] lies outside frame_size 640x272"),
     ("unknown time zone", lambda t, e, c: _replace(e, "[agent]\n", '[agent]\ntimezone = "Mars/Olympus"\n'),
      "edge.toml", r"agent: timezone: unknown time zone 'Mars/Olympus'"),
+    ("unknown datum", lambda t, e, c: _replace(c, "lat = 31.2304", 'datum = "BD-09"\nlat = 31.2304'),
+     "cam1.toml", r"location\.datum: must be one of \['WGS-84', 'GCJ-02'\], got 'BD-09'"),
+    ("GB/T 28181 code too short", lambda t, e, c: _replace(c, "[location]", '[gb28181]\ndevice_id = "3402"\n\n[location]'),
+     "cam1.toml", r"gb28181: device_id: a GB/T 28181 code is 20 digits, got '3402'"),
+    ("GCJ-02 camera with a WGS-84 calibration", lambda t, e, c: _gcj02_calibrated(t, c),
+     "cam1.toml", r"location\.datum: GCJ-02, but the ground calibration's lat/lon are WGS-84"),
 ]
+
+
+def _gcj02_calibrated(tmp_path, camera):
+    """A camera file saying GCJ-02 that names a calibration, whose lat/lon are WGS-84 by definition."""
+    from agent.calibration import LOCAL_M, GroundPoint, fit, save
+    pixels = [(100, 560), (700, 540), (520, 250), (260, 260), (400, 400)]
+    ground = [(0, 0), (12, 0), (12, 20), (0, 20), (6, 9)]
+    fitted = fit([GroundPoint(p, g) for p, g in zip(pixels, ground)], LOCAL_M, (31.2304, 121.4737), (768, 576))
+    save(tmp_path / "cam1.calibration.toml", fitted, 1)
+    _replace(camera, "lat = 31.2304", 'datum = "GCJ-02"\nlat = 31.2304')
+    _replace(camera, "[location]", 'calibration = "cam1.calibration.toml"\n\n[location]')
+
+
+def test_datum_and_gb28181_codes_load_from_the_camera_file(box):
+    edge, cam = box
+    _replace(cam, "lat = 31.2304", 'datum = "GCJ-02"\nlat = 31.2304')
+    _replace(cam, "[location]", '[gb28181]\ndevice_id = "34020000001180000001"\n\n[location]')
+    camera = load_config(edge).cameras[0]
+    assert camera.datum.value == "GCJ-02"
+    assert camera.gb28181.as_dict() == {"device_id": "34020000001180000001"}
 
 
 @pytest.mark.parametrize("case, breaker, names_file, expected", BROKEN, ids=[b[0] for b in BROKEN])

@@ -22,8 +22,8 @@ from pathlib import Path
 from agent.calibration import CalibrationFile, PointSection
 from agent.change_gate import ChangeGateParams
 from agent.command_auth import CommandsSection
-from agent.config import AgentSection, CameraFile, EdgeFile, InferenceSection, LocationSection, MetricsSection, \
-    ModelSection, ModelsUpdateSection, MqttSection, StorageSection, ZoneSection
+from agent.config import AgentSection, CameraFile, EdgeFile, Gb28181Section, InferenceSection, LocationSection, \
+    MetricsSection, ModelSection, ModelsUpdateSection, MqttSection, StorageSection, ZoneSection
 from agent.privacy import PrivacyParams
 from agent.rules import rule_types
 from agent.scene import SceneParams
@@ -47,6 +47,7 @@ SECTIONS = [
     ("edge.toml [models_update] (model downloads by `model` command; docs/update.md)", ModelsUpdateSection),
     ("camera file (top level)", CameraFile),
     ("camera file [location]", LocationSection),
+    ("camera file [gb28181] (the camera on the platform's GB/T 28181 video network)", Gb28181Section),
     ("camera file [zones.<id>]", ZoneSection),
     ("camera file [tamper] (the view check)", TamperParams),
     ("camera file [tracker]", TrackerParams),

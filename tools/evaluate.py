@@ -222,9 +222,12 @@ def read_tickets(stdout: str) -> list[TicketMessage]:
     return messages
 
 
-def replay(video: Path, camera_file: Path, camera_id: str, manifest: Path = MANIFEST) -> list[TicketMessage]:
+def replay(video: Path, camera_file: Path, camera_id: str, manifest: Path = MANIFEST,
+           store: Path | None = None) -> list[TicketMessage]:
     """Run ``edge-agent replay`` over ``video`` in a throwaway box, as its own process: a crash or
-    a leak in one scenario cannot touch the next, and what runs is exactly the shipped CLI."""
+    a leak in one scenario cannot touch the next, and what runs is exactly the shipped CLI.
+    ``store``: keep the replay's outbox and evidence there (tools/make_fixtures.py reads the
+    messages as they would be sent)."""
     model = tomllib.loads(camera_file.read_text()).get("model", "default")
     with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp:
         edge = Path(tmp) / "edge.toml"
@@ -233,7 +236,7 @@ def replay(video: Path, camera_file: Path, camera_id: str, manifest: Path = MANI
                                          manifest=json.dumps(str(manifest.resolve()))))
         done = subprocess.run(
             [sys.executable, "-m", "agent.cli", "-c", str(edge), "replay", str(video), "--camera", camera_id,
-             "--start-time", START_TIME],
+             "--start-time", START_TIME, *(["--store", str(store)] if store is not None else [])],
             cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-5:])

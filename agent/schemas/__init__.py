@@ -12,7 +12,7 @@ from importlib import resources
 
 from jsonschema import Draft202012Validator
 
-NAMES = ("ticket", "command", "reply", "status", "telemetry")
+NAMES = ("ticket", "command", "reply", "status", "telemetry", "alarm")
 
 
 @cache
