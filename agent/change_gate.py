@@ -1,9 +1,10 @@
 """Change gating: skip the detector on frames where nothing changed in any zone.
 
 Most of a street camera's analysed frames show what the last one showed. Comparing a 160-pixel
-wide grey thumbnail of the zones with the one taken when the detector last ran costs ~1 ms of a
-1080p frame; the detector costs 20-40 ms. When the zones have not changed, the last detections
-stand for this frame too (the tracker, the scene model and the rules still see every frame).
+wide grey thumbnail of the zones with the one taken when the detector last ran costs well under
+1 ms of a 1080p frame; the detector costs 20-40 ms. When the zones have not changed, the last
+detections stand for this frame too (the tracker, the scene model and the rules still see every
+frame).
 
 The comparison is against the picture of the detector's last run, not the previous frame, so a
 slow change (dusk, a bike pushed in a little between frames) adds up until it shows; and the
@@ -32,8 +33,8 @@ class ChangeGateParams:
     """The detector runs at least this often, changed or not: bounds how late a change too small
     for the thumbnail is seen (well under the rules' dwell times, which are 30 s and more)."""
     pixel_level: int = setting(10, ge=1, le=255)
-    """Grey levels a thumbnail pixel (the mean of ~12x12 pixels of a 1080p frame) must move by to
-    count as changed: above compression noise, below a person's or a bike's contrast."""
+    """Grey levels a thumbnail pixel (the mean of four samples, blurred with its neighbours) must
+    move by to count as changed: above compression noise, below a person's or a bike's contrast."""
     changed_fraction: float = setting(0.001, gt=0, le=1)
     """Share of the zones' thumbnail pixels that must change to run the detector (at least one
     pixel): a pedestrian 60 px tall at 1080p changes ~20 of a quarter-frame zone's 3600."""
@@ -66,7 +67,11 @@ class ChangeGate:
         return True
 
     def _thumbnail(self, image: np.ndarray) -> np.ndarray:
-        small = cv2.resize(image, self.thumb_size, interpolation=cv2.INTER_AREA)
+        # Nearest to twice the size, then area: 0.13 ms for a 1080p frame against 2.6 ms for area
+        # alone, and each thumbnail pixel is still the mean of four samples.
+        width, height = self.thumb_size
+        half = cv2.resize(image, (2 * width, 2 * height), interpolation=cv2.INTER_NEAREST)
+        small = cv2.resize(half, self.thumb_size, interpolation=cv2.INTER_AREA)
         grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
         return cv2.GaussianBlur(grey, (3, 3), 0)
 
