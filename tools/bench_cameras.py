@@ -376,14 +376,18 @@ def main_run(args) -> dict:
 
 
 def ratios(fig: dict) -> dict:
-    agent = fig["agent"]
-    per_camera = agent["cpu_cores"] / (agent["cameras"] + (1 if "lift_rate" in agent else 0))
+    """Per camera against the naive pipelines. The agent's figure is its one-camera run, analysed
+    at the cadence asked like the naive one; on a loaded box an agent camera costs less because it
+    is analysed less often, which would flatter the ratio."""
+    agent, one = fig["agent"], fig["agent_one_camera"]
+    per_camera = one["cpu_cores"]
     naive = fig["naive_cadence"]["cpu_cores"] / fig["naive_cadence"]["cameras"]
     every = fig["naive_every_frame"]
     # It cannot keep up with 25 fps on this box: the cost of keeping up, from the frames it managed.
     every_cost = every["cpu_cores"] * OUT_FPS / max(every["detect_fps"][0], 1e-6)
-    one = fig["agent_one_camera"]
-    return {"agent_cpu_per_camera": per_camera, "naive_cpu_per_camera": naive, "naive_every_frame_cost": every_cost,
+    return {"agent_cpu_per_camera": per_camera,
+            "agent_cpu_share_loaded": agent["cpu_cores"] / (agent["cameras"] + (1 if "lift_rate" in agent else 0)),
+            "naive_cpu_per_camera": naive, "naive_every_frame_cost": every_cost,
             "ratio_naive": naive / per_camera, "ratio_every_frame": every_cost / per_camera,
             "rss_per_added_camera_mb": (agent["rss_mb"] - one["rss_mb"]) / max(agent["cameras"] - 1, 1)}
 
@@ -398,7 +402,8 @@ def table(fig: dict) -> str:
                                    f"{a['at_least_asked_share']:.0%} of cameras at >= 95% of asked"),
         ("agent CPU (cores)", f"{a['cpu_cores']:.2f} = decode {a['by_thread']['decode']:.2f} + analysis "
                               f"{a['by_thread']['analysis']:.2f} + other {a['by_thread']['other']:.2f}"),
-        ("agent CPU per camera", f"{100 * r['agent_cpu_per_camera']:.2f}% of a core"),
+        ("agent CPU per camera: one camera alone at the cadence asked; share when loaded",
+         f"{100 * r['agent_cpu_per_camera']:.1f}% of a core; {100 * r['agent_cpu_share_loaded']:.1f}%"),
         ("detections reused (change gate)", f"{a['detections_skipped_share']:.0%} of analysed frames"),
         ("RSS", f"{a['rss_mb']:.0f} MB; {r['rss_per_added_camera_mb']:.1f} MB per added camera"),
         ("ticket latency from truth (dwell {:.0f} s)".format(a["dwell_s"]),
