@@ -39,11 +39,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from agent.files import write_atomically
 from agent.typedtoml import ConfigError, load_dataclass, read_toml, setting
+
+# cv2 is imported inside the functions that use it: agent.config imports this module, and reading
+# the config must not load OpenCV (tests/test_config.py).
 
 WGS84 = "WGS-84"
 LOCAL_M = "local-m"
@@ -159,6 +161,8 @@ class GroundCalibration:
 def fit(points: list[GroundPoint], datum: str, origin: tuple[float, float] | None,
         frame_size: tuple[int, int]) -> GroundCalibration:
     """Fit the homography of ``points``; :class:`CalibrationError` says why it cannot be."""
+    import cv2
+
     points = tuple(GroundPoint((float(p.pixel[0]), float(p.pixel[1])), (float(p.ground[0]), float(p.ground[1])))
                    for p in points)
     if datum not in DATUMS:
@@ -229,6 +233,8 @@ def _facing(homography: np.ndarray, pixels: np.ndarray) -> np.ndarray:
     """``homography`` signed so that w (the projective depth) is positive over the points' hull,
     where the ground is; refused when w changes sign there: the horizon crosses the points and
     the ground quadrilateral folds (a bow tie), typically two points' ground positions swapped."""
+    import cv2
+
     hull = cv2.convexHull(pixels.astype(np.float32)).reshape(-1, 2).astype(np.float64)
     w = homography[2] @ np.vstack([hull.T, np.ones(len(hull))])
     if (w > 0).all():
@@ -240,6 +246,8 @@ def _facing(homography: np.ndarray, pixels: np.ndarray) -> np.ndarray:
 
 
 def _project(homography: np.ndarray, points_px, what: str) -> np.ndarray:
+    import cv2
+
     pts = np.asarray(points_px, np.float64).reshape(-1, 2)
     w = homography[2] @ np.vstack([pts.T, np.ones(len(pts))])
     if (w <= 0).any():

@@ -14,30 +14,13 @@ for the thumbnail (a can dropped far from the camera) makes no motion once it li
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
 
-from agent.typedtoml import setting
+from agent.analysis_params import ChangeGateParams  # lives there: config loads without OpenCV
 from agent.zones import Zone
 
 THUMB_WIDTH = 160
-
-
-@dataclass(frozen=True)
-class ChangeGateParams:
-    enabled: bool = setting(True)
-    """Skip the detector on frames where no zone changed since its last run."""
-    rescan_s: float = setting(10.0, gt=0, le=600)
-    """The detector runs at least this often, changed or not: bounds how late a change too small
-    for the thumbnail is seen (well under the rules' dwell times, which are 30 s and more)."""
-    pixel_level: int = setting(10, ge=1, le=255)
-    """Grey levels a thumbnail pixel (the mean of four samples, blurred with its neighbours) must
-    move by to count as changed: above compression noise, below a person's or a bike's contrast."""
-    changed_fraction: float = setting(0.001, gt=0, le=1)
-    """Share of the zones' thumbnail pixels that must change to run the detector (at least one
-    pixel): a pedestrian 60 px tall at 1080p changes ~20 of a quarter-frame zone's 3600."""
 
 
 class ChangeGate:

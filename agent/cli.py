@@ -26,8 +26,9 @@ from agent.app import Agent, precision_risks
 from agent.calibration import LOCAL_M, WGS84, CalibrationError, GroundPoint
 from agent.camera_calibration import store
 from agent.clock import ManualClock, SystemClock
-from agent.config import BoxConfig, load_config
+from agent.config import BoxConfig, CameraConfig, ZoneConfig, load_config
 from agent.config_check import check_privacy, checked_detectors, load_detectors
+from agent.detect import Detector
 from agent.evidence import spot_check
 from agent.ingest import grab_frame
 from agent.logs import setup_logging
@@ -129,6 +130,15 @@ def cmd_check(config: BoxConfig, args) -> int:
     """What a SIGHUP's reload checks too (:func:`agent.service.reload_config`), printed."""
     detectors = checked_detectors(config)
     print(f"config {config.source_file}: agent {config.agent.id}")
+    _print_models(detectors)
+    _print_delivery(config)
+    _print_secrets(config)
+    for cam in config.cameras:
+        _print_camera(cam)
+    return 0
+
+
+def _print_models(detectors: dict[str, Detector]) -> None:
     risks = precision_risks(detectors)
     for name, det in detectors.items():
         print(f"model {name}: {det.manifest.file.name} sha256 {det.sha256[:12]}… ok, "
@@ -139,6 +149,10 @@ def cmd_check(config: BoxConfig, args) -> int:
                   f"running on {det.providers[0]}")
         if name in risks:
             print(f"  warning: {risks[name]}")
+
+
+def _print_delivery(config: BoxConfig) -> None:
+    """Where messages go, where they wait, and who may command the box."""
     mqtt = config.mqtt
     print(f"mqtt: {mqtt.host}:{mqtt.port} prefix {mqtt.prefix}, {mqtt.mode()}" if mqtt
           else "mqtt: none (store locally only)")
@@ -151,6 +165,10 @@ def cmd_check(config: BoxConfig, args) -> int:
         print("commands: no [commands] key_file, every command is refused")
         if mqtt:
             print("  warning: the platform cannot ack, verify or mute anything on this box")
+
+
+def _print_secrets(config: BoxConfig) -> None:
+    """The device key, and a warning for each secret file other users can read."""
     device_key = config.storage.dir / KEY_FILE
     secrets = config.secret_files()
     if device_key.is_file():
@@ -162,35 +180,39 @@ def cmd_check(config: BoxConfig, args) -> int:
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:  # a secret is its owner's alone: group members are other users too
             print(f"  warning: {what} {path} is readable by other users (mode {mode:04o}); chmod 600 it")
-    for cam in config.cameras:
-        print(f"camera {cam.id}: {redact(cam.url)} model {cam.model} at {cam.analysis_fps:g} fps, "
-              f"grid {cam.grid_code} ({cam.lat}, {cam.lon}), people in evidence: {_privacy(cam.privacy)}")
-        if cam.calibration is not None:
-            cal = cam.calibration
-            print(f"  ground calibration: {cam.calibration_file} version {cal.version}, {len(cal.points)} points "
-                  f"on {cal.frame_size[0]}x{cal.frame_size[1]}, rms {cal.rms_px:.2f} px")
-        if cam.password_in_file:
-            print("  warning: its url holds the camera's password: move it to password_file or password_env, "
-                  "camera files get copied and committed")
-        if cam.frame_size is not None:
-            width, height = cam.frame_size
-            print(f"  zones drawn on {width}x{height}, scaled to the stream's picture at connect")
-        elif cam.zones:
-            print("  warning: no frame_size: zone polygons are pixels of the stream as it comes, and a sub-stream "
-                  "or another resolution moves every zone; set frame_size = [width, height] of the picture "
-                  "they were drawn on")
-        for zc in cam.zones:
-            params = ", ".join(f"{f.name}={_show(getattr(zc.params, f.name))}"
-                               for f in dataclasses.fields(zc.params))
-            print(f"  zone {zc.zone.id}: {len(zc.zone.polygon)} points, rule {zc.rule_type} ({params})")
-            if zc.privacy is not None:
-                print(f"    people in its tickets' evidence: {_privacy(zc.privacy)}")
-            assumed = [name for name in zc.defaulted if name in SCENE_DEPENDENT]
-            if assumed:
-                print(f"    assumes the defaults {', '.join(f'{n}={_show(getattr(zc.params, n))}' for n in assumed)}: "
-                      "short, for a camera over a quiet street; set them in the camera file where "
-                      "people wait, deliver or set things down for a while")
-    return 0
+
+
+def _print_camera(cam: CameraConfig) -> None:
+    print(f"camera {cam.id}: {redact(cam.url)} model {cam.model} at {cam.analysis_fps:g} fps, "
+          f"grid {cam.grid_code} ({cam.lat}, {cam.lon}), people in evidence: {_privacy(cam.privacy)}")
+    if cam.calibration is not None:
+        cal = cam.calibration
+        print(f"  ground calibration: {cam.calibration_file} version {cal.version}, {len(cal.points)} points "
+              f"on {cal.frame_size[0]}x{cal.frame_size[1]}, rms {cal.rms_px:.2f} px")
+    if cam.password_in_file:
+        print("  warning: its url holds the camera's password: move it to password_file or password_env, "
+              "camera files get copied and committed")
+    if cam.frame_size is not None:
+        width, height = cam.frame_size
+        print(f"  zones drawn on {width}x{height}, scaled to the stream's picture at connect")
+    elif cam.zones:
+        print("  warning: no frame_size: zone polygons are pixels of the stream as it comes, and a sub-stream "
+              "or another resolution moves every zone; set frame_size = [width, height] of the picture "
+              "they were drawn on")
+    for zc in cam.zones:
+        _print_zone(zc)
+
+
+def _print_zone(zc: ZoneConfig) -> None:
+    params = ", ".join(f"{f.name}={_show(getattr(zc.params, f.name))}" for f in dataclasses.fields(zc.params))
+    print(f"  zone {zc.zone.id}: {len(zc.zone.polygon)} points, rule {zc.rule_type} ({params})")
+    if zc.privacy is not None:
+        print(f"    people in its tickets' evidence: {_privacy(zc.privacy)}")
+    assumed = [name for name in zc.defaulted if name in SCENE_DEPENDENT]
+    if assumed:
+        print(f"    assumes the defaults {', '.join(f'{n}={_show(getattr(zc.params, n))}' for n in assumed)}: "
+              "short, for a camera over a quiet street; set them in the camera file where "
+              "people wait, deliver or set things down for a while")
 
 
 def _privacy(params: PrivacyParams) -> str:

@@ -26,6 +26,7 @@ from agent.outbox import MessageProps, OutMessage, Outbox
 from agent.pipeline import CameraPipeline
 from agent.redact import redact
 from agent.remote_config import RemoteConfig
+from agent.ticket_store import TicketStore
 from agent.tickets import SCHEMA_VERSION, TicketBook, TicketError, iso_utc
 from agent.topics import Topics
 from agent.transport import Request
@@ -50,6 +51,7 @@ class CommandHandler:
         self.agent_id, self.topics, self.outbox, self.evidence = agent_id, topics, outbox, evidence
         self.clock, self.books, self.pipelines, self.chunk_bytes = clock, books, pipelines, chunk_bytes
         self.auth, self.models, self.remote_config = auth, models, remote_config
+        self.tickets = TicketStore(outbox)
 
     def handle(self, request: Request) -> dict:
         """Carry out one command and store its reply; returns the reply document."""
@@ -172,10 +174,10 @@ class CommandHandler:
         return obs
 
     def _book_of_ticket(self, ticket_id: str) -> TicketBook:
-        rows = self.outbox.query("SELECT camera FROM tickets WHERE ticket_id = ?", (ticket_id,))
-        if not rows or rows[0][0] not in self.books:
+        ticket = self.tickets.get(ticket_id)
+        if ticket is None or ticket.camera not in self.books:
             raise CommandError("unknown_ticket", f"no ticket {ticket_id} on agent {self.agent_id}")
-        return self.books[rows[0][0]]
+        return self.books[ticket.camera]
 
     def _book_of_camera(self, camera: str) -> TicketBook:
         if camera not in self.books:

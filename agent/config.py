@@ -29,17 +29,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from agent import calibration
+from agent.analysis_params import ChangeGateParams, PrivacyParams, SceneParams, TamperParams
 from agent.calibration import CalibrationError, GroundCalibration
-from agent.change_gate import ChangeGateParams
 from agent.command_auth import CommandKey, CommandsSection, load_key
 from agent.detect.manifest import load_manifest
-from agent.faults import DEFAULT_CATEGORIES, Fault
-from agent.privacy import PrivacyParams
+from agent.fault_kinds import DEFAULT_CATEGORIES, Fault
 from agent.redact import add_secret, redact
 from agent.rules import Cadence, Category, camera_cadence, rule_types
-from agent.scene import SceneParams
 from agent.storage import StorageLimits
-from agent.tamper import TamperParams
 from agent.tiling import TilingParams, ZoneCropParams
 from agent.track import TrackerParams
 from agent.schedule import DAYS, Schedule, Window, parse_hhmm

@@ -8,15 +8,14 @@ They are not zone rules: they concern the whole picture, so their tickets name t
 from __future__ import annotations
 
 import logging
-from enum import Enum
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from agent.fault_kinds import DEFAULT_CATEGORIES, Fault  # there so config loads without OpenCV
 from agent.files import write_atomically
 from agent.logs import log_event
-from agent.rules import Category
 from agent.tamper import TamperMonitor, TamperParams, Verdict, ViewReference
 from agent.types import EventKind, RuleEvent
 from agent.zones import Zone
@@ -29,24 +28,9 @@ REFERENCE_DIR = "reference"  # in storage: the view references the agent saved
 WHOLE_PICTURE = Zone(CAMERA_ZONE, np.array([[0, 0], [100_000, 0], [100_000, 100_000], [0, 100_000]], np.float32))
 
 
-class Fault(str, Enum):
-    OFFLINE = "camera_offline"
-    VIEW_SHIFTED = "view_shifted"
-    TAMPERED = "camera_tampered"
-
-    @classmethod
-    def of_verdict(cls, verdict: Verdict) -> Fault:
-        return cls.VIEW_SHIFTED if verdict is Verdict.SHIFTED else cls.TAMPERED
-
-
-# Codes follow the platform's "other" range until an operator maps them: check them against the
-# platform's own code table and override in edge.toml. docs/messages.md "Categories" says where every
-# default comes from (these are the project's own).
-DEFAULT_CATEGORIES = {
-    Fault.OFFLINE: Category("设施设备", "视频监控离线", "99-01"),
-    Fault.VIEW_SHIFTED: Category("设施设备", "视频监控移位", "99-02"),
-    Fault.TAMPERED: Category("设施设备", "视频监控遮挡或失焦", "99-03"),
-}
+def fault_of(verdict: Verdict) -> Fault:
+    """The fault ticket a bad view check opens."""
+    return Fault.VIEW_SHIFTED if verdict is Verdict.SHIFTED else Fault.TAMPERED
 
 
 def fault_event(fault: Fault, kind: EventKind, ts: float, since: float, facts: dict) -> RuleEvent:
@@ -119,7 +103,7 @@ class ViewGuard:
             events.append(fault_event(self.fault, EventKind.CLEARED, ts, self.since, facts))
             self.fault = None
         if state.tampered:
-            self.fault, self.since = Fault.of_verdict(state.verdict), state.since
+            self.fault, self.since = fault_of(state.verdict), state.since
             events.append(fault_event(self.fault, EventKind.OPENED, ts, state.since, facts))
         return events
 

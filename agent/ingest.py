@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import av
 
+from agent.backoff import Backoff
 from agent.clips import PacketRing, packet_ts
 from agent.clock import Clock
 from agent.config import CameraConfig, DecodeMode
@@ -208,7 +209,7 @@ def grab_frame(camera: CameraConfig, clock: Clock) -> Frame:
 
 
 class CameraWorker(threading.Thread):
-    """Reads one camera forever: reconnects with capped exponential backoff, never gives up."""
+    """Reads one camera forever: reconnects with capped, jittered exponential backoff, never gives up."""
 
     def __init__(self, camera: CameraConfig, clock: Clock, health: CameraHealth,
                  on_frame: Callable[[Frame], None], stop: threading.Event, ring: PacketRing | None = None):
@@ -220,12 +221,12 @@ class CameraWorker(threading.Thread):
 
     def run(self) -> None:
         name_native_thread()
-        delay = RECONNECT_MIN_S
+        backoff = Backoff(RECONNECT_MIN_S, RECONNECT_MAX_S)
         while not self.stop.is_set():
             try:
                 for frame in self.reader.frames(self.stop):
                     self.on_frame(frame)
-                    delay = RECONNECT_MIN_S
+                    backoff.reset()
                 return
             except StreamEnded:
                 log_event(log, "camera_ended", camera=self.camera.id)
@@ -234,10 +235,10 @@ class CameraWorker(threading.Thread):
             except (av.error.FFmpegError, OSError, ConnectionError) as exc:
                 reason = redact(f"{type(exc).__name__}: {exc}")
                 self.health.disconnected(reason)
+                wait = backoff.next_wait()
                 log_event(log, "camera_dropped", level=logging.WARNING, camera=self.camera.id,
-                          reason=reason, retry_in_s=round(delay, 1))
-            if self.stop.wait(delay):
-                return
-            delay = min(delay * 2, RECONNECT_MAX_S)
+                          reason=reason, retry_in_s=round(wait, 1))
+                if self.stop.wait(wait):
+                    return
             log_event(log, "camera_reconnecting", camera=self.camera.id)
 

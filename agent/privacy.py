@@ -15,41 +15,17 @@ import bisect
 import math
 import threading
 from collections import deque
-from dataclasses import dataclass
-from enum import Enum
 
 import cv2
 import numpy as np
 
-from agent.typedtoml import setting
+from agent.analysis_params import PrivacyMode, PrivacyParams  # lives there: config loads without OpenCV
 from agent.types import Detections
 
 PEOPLE = frozenset({"person"})
 # A block edge of at least 1/8 of the box's shorter side: a face in a 40-px-wide person box becomes
 # a couple of flat squares whatever block_px says, and no sharpening brings the detail back.
 MIN_BLOCKS_ACROSS = 8
-
-
-class PrivacyMode(str, Enum):
-    PIXELATE = "pixelate"
-    BLUR = "blur"
-    OFF = "off"
-
-
-@dataclass(frozen=True)
-class PrivacyParams:
-    mode: PrivacyMode = setting(
-        PrivacyMode.PIXELATE, help="pixelate, blur, or off (people kept as seen: only where policy allows)")
-    people: bool = setting(True, help="Hide the detector's person boxes")
-    block_px: int = setting(
-        12, ge=8, le=256, help="Pixel block edge (pixelate) or blur sigma (blur), at least; "
-                               "grows to 1/8 of a box's shorter side")
-    margin: float = setting(
-        0.15, ge=0, le=1, help="Each box grows by this fraction of its width and height on every side")
-
-    @property
-    def active(self) -> bool:
-        return self.mode is not PrivacyMode.OFF and self.people
 
 
 def regions(detections: Detections, params: PrivacyParams, shape: tuple[int, ...]) -> np.ndarray:

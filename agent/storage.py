@@ -19,6 +19,7 @@ from pathlib import Path
 
 from agent.logs import log_event
 from agent.outbox import Outbox
+from agent.ticket_store import TicketStore
 from agent.typedtoml import setting
 
 log = logging.getLogger("agent.storage")
@@ -47,6 +48,7 @@ class StorageReport:
 class StorageJanitor:
     def __init__(self, outbox: Outbox, evidence_root: Path, limits: StorageLimits):
         self.outbox, self.evidence_root, self.limits = outbox, evidence_root, limits
+        self.tickets = TicketStore(outbox)
         self.last: StorageReport | None = None
 
     def run(self, now: float) -> StorageReport:
@@ -95,8 +97,7 @@ class StorageJanitor:
 
     def _removable(self, names: set[str]) -> set[str]:
         """Folders whose ticket is over and fully delivered (spot checks: delivered)."""
-        keep = {row[0] for row in self.outbox.query(
-            "SELECT ticket_id FROM tickets WHERE status = 'open'")}
+        keep = self.tickets.open_ids()
         undelivered_paths = {row[0] for row in self.outbox.query(
             "SELECT DISTINCT payload_path FROM messages WHERE delivered_at IS NULL AND payload_path IS NOT NULL")}
         keep |= {Path(p).parent.name for p in undelivered_paths}
@@ -109,6 +110,5 @@ class StorageJanitor:
         with self.outbox.transaction(now) as tx:
             rows = tx.execute("DELETE FROM messages WHERE delivered_at IS NOT NULL AND delivered_at < ?",
                               (cutoff,)).rowcount
-            rows += tx.execute("DELETE FROM tickets WHERE status IN ('closed', 'rejected') AND changed_at < ?",
-                               (cutoff,)).rowcount
+            rows += self.tickets.prune_ended(tx, cutoff)
         return rows

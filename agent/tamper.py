@@ -65,58 +65,11 @@ from enum import Enum
 import cv2
 import numpy as np
 
-from agent.typedtoml import setting
+from agent.analysis_params import TamperParams  # lives there: config loads without OpenCV
 
 # Side of the square cells the coverage test judges, in working pixels: 30 px of a 480-wide frame
 # is 16 x 12 cells, fine enough that a cover leaving a thin strip open still counts most cells.
 COVER_CELL_PX = 30
-
-
-@dataclass(frozen=True)
-class TamperParams:
-    """Thresholds of the tamper check and of the monitor's hysteresis."""
-
-    working_width: int = setting(
-        480, ge=160,
-        help="Frames are downscaled to this width before checking; smaller is faster and blinder "
-             "to fine detail. Pixel thresholds stay in full-frame pixels")
-    orb_features: int = setting(1000, ge=100, help="ORB keypoints kept per frame")
-    ratio_test: float = setting(
-        0.75, gt=0, le=1,
-        help="Lowe's ratio: a match counts only if clearly better than the second best")
-    ransac_reprojection_px: float = setting(
-        3.0, gt=0, help="RANSAC inlier distance for the homography, in working pixels")
-    min_keypoints: int = setting(
-        50, ge=4, help="Fewer ORB keypoints than this in the reference or the frame: UNKNOWN")
-    min_inliers: int = setting(
-        20, ge=4, help="Fewer homography inliers than this: the view no longer matches (SHIFTED)")
-    min_inlier_ratio: float = setting(
-        0.3, ge=0, le=1,
-        help="Inliers / matches below this: the view no longer matches (SHIFTED)")
-    max_shift_px: float = setting(
-        20.0, gt=0, help="Median feature displacement above this, in full-frame pixels: SHIFTED")
-    max_rotation_deg: float = setting(
-        2.0, gt=0,
-        help="Roll above this: SHIFTED (2 degrees move the corners of a 768x576 frame by ~17 px)")
-    max_zoom: float = setting(
-        0.05, gt=0,
-        help="Scale change above this fraction: SHIFTED (5% moves a 768x576 frame's corners ~24 px)")
-    min_sharpness_ratio: float = setting(
-        0.35, gt=0,
-        help="Sharpness below this fraction of the reference's: BLURRED (Gaussian blur of sigma "
-             "1 px at 768x576 gives ~0.26, sigma 4 gives ~0.01)")
-    min_brightness: float = setting(15.0, ge=0, le=255, help="A cell darker than this mean grey is blind")
-    min_contrast: float = setting(8.0, ge=0, help="A cell with a grey standard deviation below this is blind")
-    max_blind_fraction: float = setting(
-        0.75, gt=0, le=1,
-        help="COVERED when at least this fraction of the cells that showed texture in the "
-             "reference are dark or uniform")
-    interval_s: float = setting(
-        5.0, gt=0, help="TamperMonitor checks the view once per this many seconds")
-    confirm_checks: int = setting(
-        3, ge=1,
-        help="Consecutive bad checks before the view is called bad, and good ones before it is "
-             "called recovered; 3 checks 5 s apart ride out a passing bus")
 
 
 class Verdict(str, Enum):

@@ -24,7 +24,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from enum import Enum
 
 import numpy as np
 
@@ -33,10 +32,11 @@ from agent.config import CameraConfig, TicketsSection
 from agent.evidence import Evidence, EvidenceStore, annotate
 from agent.faults import CAMERA_ZONE, WHOLE_PICTURE, Fault
 from agent.logs import log_event
-from agent.outbox import MessageProps, OutMessage, Outbox, Transaction
+from agent.outbox import MessageProps, OutMessage, Outbox
 from agent.privacy import anonymise, obscure, regions
 from agent.rules import Category
 from agent.ticket_signing import DeviceKey
+from agent.ticket_store import ANY, ENDED, Status, Ticket, TicketStore
 from agent.topics import Topics
 from agent.types import Detections, EventKind, RuleEvent, bottom_centres
 from agent.zones import Zone
@@ -44,21 +44,12 @@ from agent.zones import Zone
 SCHEMA_ID = "edge-agent/ticket"
 SCHEMA_VERSION = "1.1"  # 1.1 added reasons, location.datum, gb28181 and the alarm schema
 TICKET_SEQ = "ticket_seq"
-ANY = "*"
 
-# Its tables (tickets, mutes) are made, and changed between versions, by agent/migrations.py.
+# Its tables (tickets, mutes) are read and written by agent/ticket_store.py, and made, and changed
+# between versions, by agent/migrations.py.
 
 log = logging.getLogger("agent.tickets")
 
-
-class Status(str, Enum):
-    OPEN = "open"
-    CLEARED = "cleared"
-    CLOSED = "closed"
-    REJECTED = "rejected"
-
-
-ENDED = (Status.CLOSED, Status.REJECTED)
 
 PLATFORM_STEPS = ("new", "acked", "dispatched", "handled")
 
@@ -81,16 +72,6 @@ class ModelInfo:
     sha256: str
 
 
-@dataclass(frozen=True)
-class Ticket:
-    id: str
-    zone: str
-    rule: str
-    status: Status
-    changed_at: float
-    doc: dict
-
-
 class TicketBook:
     """Tickets of one camera. Rule events come from the camera's thread, commands from the command
     thread: one lock orders them."""
@@ -100,6 +81,7 @@ class TicketBook:
                  fault_categories: dict[Fault, Category], signer: DeviceKey):
         self.agent_id, self.camera, self.model, self.signer = agent_id, camera, model, signer
         self.topics, self.outbox, self.evidence = topics, outbox, evidence
+        self.store = TicketStore(outbox)
         self.settings, self.chunk_bytes = settings, chunk_bytes
         self.zones = {z.zone.id: z.zone for z in camera.zones} | {CAMERA_ZONE: WHOLE_PICTURE}
         self.categories = ({(z.zone.id, z.rule_type): z.category for z in camera.zones}
@@ -117,22 +99,14 @@ class TicketBook:
 
     # --- reading ------------------------------------------------------------------------------
     def get(self, ticket_id: str) -> Ticket:
-        rows = self.outbox.query("SELECT ticket_id, zone, rule, status, changed_at, doc FROM tickets "
-                                 "WHERE ticket_id = ? AND camera = ?", (ticket_id, self.camera.id))
-        if not rows:
+        ticket = self.store.get(ticket_id)
+        if ticket is None or ticket.camera != self.camera.id:
             raise TicketError("unknown_ticket", f"no ticket {ticket_id} on camera {self.camera.id}")
-        return _ticket(rows[0])
+        return ticket
 
     def latest(self, zone: str, rule: str) -> Ticket | None:
-        """The most recently created ticket of a zone's rule, whatever its status.
-
-        By creation order (rowid), not by ``changed_at``: a clip attached or a command recorded
-        later changes an older ticket, and must not make it look like the newest one.
-        """
-        rows = self.outbox.query("SELECT ticket_id, zone, rule, status, changed_at, doc FROM tickets WHERE camera = ? "
-                                 "AND zone = ? AND rule = ? ORDER BY rowid DESC LIMIT 1",
-                                 (self.camera.id, zone, rule))
-        return _ticket(rows[0]) if rows else None
+        """The most recently created ticket of a zone's rule, whatever its status."""
+        return self.store.latest(self.camera.id, zone, rule)
 
     def muted_until(self, zone: str, rule: str, now: float) -> float | None:
         """Asked for every zone on every analysed frame, so it reads a copy of the mutes table that
@@ -142,8 +116,7 @@ class TicketBook:
         return max(untils, default=None)
 
     def _load_mutes(self) -> dict[tuple[str, str], float]:
-        rows = self.outbox.query("SELECT zone, rule, until FROM mutes WHERE camera = ?", (self.camera.id,))
-        return {(zone, rule): until for zone, rule, until in rows}
+        return self.store.mutes(self.camera.id)
 
     # --- rule events --------------------------------------------------------------------------
     def on_rule_event(self, event: RuleEvent, image: np.ndarray, detections: Detections,
@@ -197,7 +170,7 @@ class TicketBook:
         self.evidence.save_jpeg(ticket_id, "frame", image)
         snapshot = self._snapshot(ticket_id, "snapshot", public, event)
         doc = self._first_document(ticket_id, event, image.shape)
-        return self._send(Ticket(ticket_id, event.zone, event.rule, Status.OPEN, event.ts, doc), "opened",
+        return self._send(Ticket(ticket_id, self.camera.id, event.zone, event.rule, Status.OPEN, event.ts, doc), "opened",
                           Status.OPEN, event.ts, evidence=[snapshot, *self._pictures(ticket_id, pictures)])
 
     def _snapshot(self, ticket_id: str, kind: str, image: np.ndarray, event: RuleEvent, note: str = "") -> Evidence:
@@ -227,7 +200,7 @@ class TicketBook:
             if case_id:
                 doc.setdefault("facts", {})["case_id"] = case_id
             with self.outbox.transaction(ts) as tx:
-                self._store(tx, ticket, ticket.status, ts, doc)
+                self.store.save(tx, ticket, ticket.status, ts, doc)
             return self.get(ticket_id)
 
     def verify(self, ticket_id: str, ts: float, image: np.ndarray, detections: Detections,
@@ -267,16 +240,13 @@ class TicketBook:
     def mute(self, zone: str | None, until: float, ts: float) -> None:
         self._check_zone(zone)
         with self.outbox.transaction(ts) as tx:
-            _set_mute(tx, self.camera.id, zone or ANY, ANY, until)
+            self.store.set_mute(tx, self.camera.id, zone or ANY, ANY, until)
         self._mutes = self._load_mutes()
 
     def unmute(self, zone: str | None, ts: float) -> None:
         self._check_zone(zone)
         with self.outbox.transaction(ts) as tx:
-            if zone is None:
-                tx.execute("DELETE FROM mutes WHERE camera = ?", (self.camera.id,))
-            else:
-                tx.execute("DELETE FROM mutes WHERE camera = ? AND zone = ?", (self.camera.id, zone))
+            self.store.unmute(tx, self.camera.id, zone)
         self._mutes = self._load_mutes()
 
     def _check_zone(self, zone: str | None) -> None:
@@ -411,7 +381,7 @@ class TicketBook:
         doc["evidence"] = list(named.values())
         with self.outbox.transaction(ts) as tx:
             doc["seq"] = tx.next_counter(TICKET_SEQ)
-            self._store(tx, ticket, status, ts, doc)
+            self.store.save(tx, ticket, status, ts, doc)
             # Signed as sent; the stored doc stays unsigned, it is the base of the next message.
             tx.add(OutMessage(self.topics.tickets(self.camera.id), "ticket", "application/json", ticket.id,
                               payload=json.dumps(self.signer.sign(doc), ensure_ascii=False).encode()))
@@ -419,7 +389,7 @@ class TicketBook:
                 for message in item.messages(topics[item.kind], ticket.id, self.chunk_bytes):
                     tx.add(message)
             if mute is not None:
-                _set_mute(tx, self.camera.id, *mute)
+                self.store.set_mute(tx, self.camera.id, *mute)
         if mute is not None:
             self._mutes = self._load_mutes()
         log_event(log, f"ticket_{event}", camera=self.camera.id, zone=ticket.zone, rule=ticket.rule,
@@ -428,23 +398,6 @@ class TicketBook:
         if self.on_message is not None:
             self.on_message(doc)
         return doc
-
-    def _store(self, tx: Transaction, ticket: Ticket, status: Status, ts: float, doc: dict) -> None:
-        tx.execute("INSERT INTO tickets(ticket_id, camera, zone, rule, status, changed_at, doc) "
-                   "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(ticket_id) DO UPDATE SET "
-                   "status = excluded.status, changed_at = excluded.changed_at, doc = excluded.doc",
-                   (ticket.id, self.camera.id, ticket.zone, ticket.rule, status.value, ts,
-                    json.dumps(doc, ensure_ascii=False)))
-
-
-def _set_mute(tx: Transaction, camera: str, zone: str, rule: str, until: float) -> None:
-    tx.execute("INSERT INTO mutes(camera, zone, rule, until) VALUES (?, ?, ?, ?) "
-               "ON CONFLICT(camera, zone, rule) DO UPDATE SET until = excluded.until", (camera, zone, rule, until))
-
-
-def _ticket(row: tuple) -> Ticket:
-    ticket_id, zone, rule, status, changed_at, doc = row
-    return Ticket(ticket_id, zone, rule, Status(status), changed_at, json.loads(doc))
 
 
 def _frame_sized(kind: str, picture: np.ndarray, frame: np.ndarray) -> np.ndarray:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
+
+# cv2 is imported inside the methods that use it: agent.config makes zones, and reading the config
+# must not load OpenCV (tests/test_config.py).
 
 
 @dataclass(frozen=True, eq=False)
@@ -23,6 +25,8 @@ class Zone:
 
     def contains(self, points: np.ndarray) -> np.ndarray:
         """Boolean mask of the (N, 2) ``points`` that lie inside or on the polygon."""
+        import cv2
+
         contour = self.polygon.reshape(-1, 1, 2)
         return np.array(
             [cv2.pointPolygonTest(contour, (float(x), float(y)), False) >= 0 for x, y in points], dtype=bool
@@ -30,6 +34,8 @@ class Zone:
 
     def bounds(self) -> tuple[int, int, int, int]:
         """x, y, w, h of the polygon's bounding rectangle."""
+        import cv2
+
         return cv2.boundingRect(self.polygon.astype(np.int32))
 
     def scaled(self, sx: float, sy: float) -> Zone:
@@ -44,6 +50,8 @@ class Zone:
 
     def mask(self, width: int, height: int) -> np.ndarray:
         """The polygon rasterised on a ``width`` x ``height`` picture: uint8, 1 inside."""
+        import cv2
+
         mask = np.zeros((height, width), np.uint8)
         cv2.fillPoly(mask, [np.round(self.polygon).astype(np.int32).reshape(-1, 1, 2)], 1)
         return mask

@@ -14,6 +14,7 @@ from agent.cli import main
 from agent.clock import ManualClock
 from agent.command_auth import CommandKey, sign
 from agent.config import load_config
+from agent.ticket_store import TicketStore
 from agent.transport import Request
 from agent.typedtoml import ConfigError
 from agent.types import Frame
@@ -58,7 +59,7 @@ def send(agent, payload: dict, topic: str = TOPIC) -> dict:
 
 
 def tickets(agent):
-    return agent.outbox.query("SELECT ticket_id, status, doc FROM tickets ORDER BY ticket_id")
+    return TicketStore(agent.outbox).all()
 
 
 def forged_key(command, now):

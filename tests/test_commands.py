@@ -12,6 +12,7 @@ from agent import schemas
 from agent.app import Agent
 from agent.clock import ManualClock
 from agent.config import load_config
+from agent.ticket_store import TicketStore
 from agent.transport import Request
 from agent.types import Frame
 from tests.helpers import signed, write_camera, write_edge
@@ -45,8 +46,8 @@ def command(agent, verb, topic_verb=None, correlation=b"c-1", **body):
 
 def state(agent):
     """Everything a command could change, except the reply it stores."""
-    return (agent.outbox.query("SELECT ticket_id, status, doc FROM tickets ORDER BY ticket_id"),
-            agent.outbox.query("SELECT * FROM mutes ORDER BY camera, zone"),
+    store = TicketStore(agent.outbox)
+    return (store.all(), {camera: store.mutes(camera) for camera in agent.books},
             agent.outbox.query("SELECT id, topic FROM messages WHERE kind != 'reply' ORDER BY id"))
 
 
@@ -183,7 +184,7 @@ def test_fuzzed_commands_never_crash_and_never_touch_tickets(agent, payload, ver
     """3000 random and mutated payloads: each answered, none changes a ticket. The command-like
     ones are signed, so they get past authentication to the schema and the verbs."""
     core, _ = agent
-    tickets_before = core.outbox.query("SELECT ticket_id, status, doc FROM tickets")
+    tickets_before = TicketStore(core.outbox).all()
     topic = f"cityops/test-box/cmd/{verb}"
     data = signed(topic, payload, core.clock.now()) if isinstance(payload, dict) else payload
     reply = core.commands.handle(Request(topic, data, None, None))
@@ -192,4 +193,4 @@ def test_fuzzed_commands_never_crash_and_never_touch_tickets(agent, payload, ver
         assert reply["verb"] in ("mute", "unmute", "snapshot")
     else:
         assert reply["error"]["code"] != "internal", reply
-    assert core.outbox.query("SELECT ticket_id, status, doc FROM tickets") == tickets_before
+    assert TicketStore(core.outbox).all() == tickets_before

@@ -348,3 +348,14 @@ def test_check_asks_to_move_a_camera_password_out_of_the_url(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "warning: its url holds the camera's password: move it to password_file or password_env" in out
     assert "S3cret" not in out
+
+
+def test_importing_the_config_loads_neither_opencv_nor_onnxruntime_nor_pyav():
+    """Tools and tests that only read a config (edge-agent check's first half, config_reference,
+    the platform's helpers) must not pay for loading the analysis libraries; a fresh interpreter,
+    since this one has them loaded already."""
+    probe = ("import sys, agent.config; "
+             "print(' '.join(m for m in ('cv2', 'onnxruntime', 'av') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.split() == [], f"import agent.config loaded {out.stdout.strip()}"

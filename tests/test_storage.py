@@ -19,6 +19,7 @@ from agent.outbox import Outbox
 from agent.rules import Category
 from agent.storage import StorageJanitor, StorageLimits
 from agent.ticket_signing import KEY_FILE, DeviceKey
+from agent.ticket_store import TicketStore
 from agent.tickets import ModelInfo, TicketBook
 from agent.topics import Topics
 from agent.types import Detections, EventKind, RuleEvent
@@ -100,7 +101,7 @@ def test_delivered_rows_and_ended_tickets_are_pruned_after_retention(tmp_path):
     recent = make_ticket(book, 2, 5000.0, clear=False)
     outbox.mark_delivered([row[0] for row in outbox.query("SELECT id FROM messages")], now=5001.0)
     StorageJanitor(outbox, tmp_path / "evidence", StorageLimits(keep_delivered_s=100, min_free_mb=0)).run(now=5050.0)
-    assert outbox.query("SELECT ticket_id FROM tickets") == [(recent,)]
+    assert [t.id for t in TicketStore(outbox).all()] == [recent]
 
 
 @pytest.fixture

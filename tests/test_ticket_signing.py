@@ -13,6 +13,7 @@ from agent.app import Agent
 from agent.clock import ManualClock
 from agent.config import load_config
 from agent.ticket_signing import KEY_FILE, DeviceKey, load_public, public_pem, public_raw, verify
+from agent.ticket_store import TicketStore
 from agent.typedtoml import ConfigError
 from agent.types import Frame
 from tests.helpers import write_camera, write_edge
@@ -59,8 +60,8 @@ def test_ticket_messages_verify_and_name_the_sha256_of_the_bytes_sent(edge, vtes
         assert verify(doc, enrolled) is None
         for item in doc["evidence"]:
             assert item["sha256"] == hashlib.sha256(sent[item["topic"]]).hexdigest()
-    stored = agent.outbox.query("SELECT doc FROM tickets")[0][0]
-    assert "signature" not in json.loads(stored), "the stored doc is the unsigned base of the next message"
+    (stored,) = TicketStore(agent.outbox).all()
+    assert "signature" not in stored.doc, "the stored doc is the unsigned base of the next message"
 
 
 @pytest.mark.parametrize("change", [

@@ -61,6 +61,7 @@ import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 
+from agent.ticket_store import Status, TicketStore  # noqa: E402
 from tools import shipped_manifest  # noqa: E402
 from tools.fetch_footage import ensure_footage  # noqa: E402
 
@@ -465,12 +466,23 @@ def outbox_rows(db_path: Path) -> list[tuple]:
         db.close()
 
 
-def outbox_query(db_path: Path, sql: str) -> list[tuple]:
+def outbox_query(db_path: Path, sql: str, params: tuple = ()) -> list[tuple]:
     db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
-        return db.execute(sql).fetchall()
+        return db.execute(sql, params).fetchall()
     finally:
         db.close()
+
+
+class ReadOnlyOutbox:
+    """The running agent's outbox file, read from this process (never written): what a
+    :class:`TicketStore` reads the agent's tickets through."""
+
+    def __init__(self, db_path: Path):
+        self.db_path = db_path
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        return outbox_query(self.db_path, sql, params)
 
 
 def pending_rows(db_path: Path) -> int | None:
@@ -539,7 +551,7 @@ def check_delivery(db_path: Path, sub: Subscriber) -> dict:
     named = {(e["topic"], e["sha256"]) for d in tickets for e in d.get("evidence", [])}
     evidence_missing = sorted(named - evidence)
     events = Counter(d["event"] for d in tickets)
-    statuses = dict(outbox_query(db_path, "SELECT status, COUNT(*) FROM tickets GROUP BY status"))
+    statuses = TicketStore(ReadOnlyOutbox(db_path)).count_by_status()
     return {
         "messages_stored": len(rows),
         "messages_by_kind": dict(Counter(r[1] for r in rows)),
@@ -568,8 +580,8 @@ def check_delivery(db_path: Path, sub: Subscriber) -> dict:
 def lifecycle_anomalies(db_path: Path) -> dict:
     """Tickets that never cleared though later tickets of the same zone opened: each zone should
     have at most one open ticket, the current one."""
-    rows = outbox_query(db_path, "SELECT camera, zone, status, ticket_id, changed_at FROM tickets")
-    open_by_zone: Counter[tuple[str, str]] = Counter((c, z) for c, z, s, _, _ in rows if s == "open")
+    tickets = TicketStore(ReadOnlyOutbox(db_path)).all()
+    open_by_zone = Counter((t.camera, t.zone) for t in tickets if t.status is Status.OPEN)
     extra = {f"{c}/{z}": n - 1 for (c, z), n in open_by_zone.items() if n > 1}
     return {"open_tickets": sum(open_by_zone.values()), "zones_with_several_open": extra}
 

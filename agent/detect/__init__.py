@@ -11,14 +11,15 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
-import onnxruntime as ort
 
 from agent.detect import nanodet, yolo
 from agent.detect.manifest import Decoder, ModelManifest, Resize, load_manifest, verify_model_file
 from agent.typedtoml import ConfigError
 from agent.types import Detections
+
+# cv2 and onnxruntime are imported inside the functions that use them: agent.config reads model
+# manifests (agent.detect.manifest, which runs this package's __init__) and must not load them.
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ def choose_providers(wanted: list[str], available: list[str], known: list[str]) 
 class Detector:
     def __init__(self, manifest: ModelManifest, manifest_path: Path, threads: int = 2,
                  min_score: float = 0.3, nms_iou: float = 0.5, providers: list[str] | None = None):
+        import onnxruntime as ort
+
         verify_model_file(manifest, manifest_path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -96,6 +99,8 @@ class Detector:
         return self.session.get_providers()
 
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        import cv2
+
         m = self.manifest
         in_w, in_h = m.input_size
         h, w = image.shape[:2]
@@ -133,6 +138,8 @@ class Detector:
 
 def nms(xyxy: np.ndarray, score: np.ndarray, class_id: np.ndarray, min_score: float, iou: float) -> np.ndarray:
     """Indices kept by per-class non-maximum suppression (OpenCV's), best first."""
+    import cv2
+
     if len(xyxy) == 0:
         return np.zeros(0, np.int64)
     xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1)
