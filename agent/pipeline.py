@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
@@ -140,7 +141,8 @@ class CameraPipeline:
             detections = self._detections  # nothing changed in the zones: what was there still is
             self.health.detection_skipped()
         inputs = {name: analyser.update(frame, detections) for name, analyser in self.analysers.items()}
-        return Observation(frame.camera, frame.ts, frame.image, detections, inputs)
+        # Read-only: every rule of the camera reads the same inputs.
+        return Observation(frame.camera, frame.ts, frame.image, detections, MappingProxyType(inputs))
 
     def on_frame(self, frame: Frame) -> None:
         try:

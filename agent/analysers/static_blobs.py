@@ -3,11 +3,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from agent.analysers import register_analyser
 from agent.scene import SceneModel
 from agent.types import MOVER_CLASSES, Detections, Frame, Need, StaticBlob
+from agent.zones import Zone
+
+if TYPE_CHECKING:
+    from agent.config import CameraConfig
 
 MOVERS = frozenset(MOVER_CLASSES)
 # The scene model's crop reaches this far past the zones (and four times as far up, where an
@@ -17,7 +23,7 @@ ZONE_MARGIN_PX = 16
 
 @register_analyser(Need.STATIC_BLOBS)
 class StaticBlobAnalyser:
-    def __init__(self, camera, zones):
+    def __init__(self, camera: CameraConfig, zones: list[Zone]):
         self.scene = SceneModel(camera.scene, region=_joint_bounds(zones))
 
     @property
@@ -32,7 +38,7 @@ class StaticBlobAnalyser:
         return tuple(self.scene.update(frame.ts, frame.image, movers))
 
 
-def _joint_bounds(zones: list) -> tuple[int, int, int, int]:
+def _joint_bounds(zones: list[Zone]) -> tuple[int, int, int, int]:
     """x0, y0, x1, y1 around every zone, grown by a margin: a blob's box may reach beyond the
     polygon (only its bottom centre must lie inside), and the scene model works on this part of
     the frame only."""

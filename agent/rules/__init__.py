@@ -19,7 +19,7 @@ import numpy as np
 
 from agent.registry import Registry
 # Need and RuleOutput are rule modules' vocabulary: they import them from here.
-from agent.types import Need, Observation, RuleOutput  # noqa: F401
+from agent.types import Need, Observation, RuleOutput
 from agent.zones import Zone
 
 
