@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from agent.evidence import ZONE_COLOUR, annotate_detections
-from agent.types import Observation
+from agent.types import Need, Observation
 
 BLOB_COLOUR = (255, 255, 0)  # BGR cyan: static objects, apart from the detector's red boxes
 TRACK_COLOUR = (255, 160, 40)  # BGR light blue: track ids under their boxes
@@ -40,7 +40,8 @@ def annotate_frame(obs: Observation, pipeline) -> np.ndarray:
         for track_id, (x0, _, _, y1) in zip(obs.tracks.ids, obs.tracks.xyxy.astype(int)):
             cv2.putText(picture, f"#{track_id}", (x0, y1 + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, TRACK_COLOUR, 1,
                         cv2.LINE_AA)
-    region = pipeline.scene.region if pipeline.scene is not None else None
+    blobs = pipeline.analysers.get(Need.STATIC_BLOBS)
+    region = blobs.region if blobs is not None else None
     if region is not None:
         cv2.rectangle(picture, region[:2], region[2:], BLOB_COLOUR, 1, cv2.LINE_4)
     for blob in obs.static_blobs:

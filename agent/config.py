@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from enum import Enum
+import importlib
 import ipaddress
 import os
 import re
@@ -29,13 +30,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from agent import calibration
+from agent.analysers import analyser_types
 from agent.analysis_params import ChangeGateParams, PrivacyParams, SceneParams, TamperParams
 from agent.calibration import CalibrationError, GroundCalibration
 from agent.command_auth import CommandKey, CommandsSection, load_key
 from agent.detect.manifest import load_manifest
 from agent.fault_kinds import DEFAULT_CATEGORIES, Fault
 from agent.redact import add_secret, redact
-from agent.rules import Cadence, Category, camera_cadence, rule_types
+from agent.rules import Cadence, Category, Need, camera_cadence, rule_types
 from agent.storage import StorageLimits
 from agent.tiling import TilingParams, ZoneCropParams
 from agent.track import TrackerParams
@@ -310,6 +312,15 @@ class EdgeFile:
     inference: InferenceSection = setting(factory=InferenceSection, help="How the cameras share the detector")
     categories: dict[str, CategorySection] = setting(
         factory=dict, help="Per rule type or camera fault: the platform case class its tickets carry")
+    plugins: list[str] = setting(
+        factory=list, help="Python modules imported at start, before the camera files are checked: the rules and "
+                           "analysers they register are then known to zones, e.g. [\"acme_flooding\"] "
+                           "(docs/architecture.md, Adding a scenario)")
+
+    def __post_init__(self):
+        bad = next((name for name in self.plugins if not all(part.isidentifier() for part in name.split("."))), None)
+        if bad is not None:
+            raise ValueError(f"plugins: {bad!r} is not a Python module name (dotted identifiers, e.g. acme.flooding)")
 
 
 class Datum(str, Enum):
@@ -535,8 +546,7 @@ def load_config(path: str | Path, strict_calibration: bool = True) -> BoxConfig:
     """``strict_calibration=False`` takes a camera whose calibration file is missing or broken as
     uncalibrated, for ``edge-agent calibrate``: a broken calibration must not stop its own repair."""
     path = Path(path)
-    base = path.parent
-    edge = load_dataclass(EdgeFile, read_toml(path), path, base_dir=base)
+    edge = _load_edge(path)
     for name, model in edge.models.items():
         if not model.manifest.is_file():
             raise ConfigError(path, f"models.{name}.manifest", f"file not found: {model.manifest}")
@@ -566,8 +576,18 @@ def load_camera(path: str | Path, edge_path: str | Path) -> CameraConfig:
     """One camera file checked exactly as :func:`load_config` checks the box's cameras: the
     calibration page validates a camera file before it replaces the one in use."""
     edge_path = Path(edge_path)
-    edge = load_dataclass(EdgeFile, read_toml(edge_path), edge_path, base_dir=edge_path.parent)
-    return _load_camera(Path(path), edge, edge_path)
+    return _load_camera(Path(path), _load_edge(edge_path), edge_path)
+
+
+def _load_edge(path: Path) -> EdgeFile:
+    """``edge.toml``, with its plug-ins imported: the camera files may name their rules."""
+    edge = load_dataclass(EdgeFile, read_toml(path), path, base_dir=path.parent)
+    for name in edge.plugins:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # whatever a plug-in raises at import, the box must say which one
+            raise ConfigError(path, "plugins", f"cannot import {name!r}: {type(exc).__name__}: {exc}") from None
+    return edge
 
 
 def _mqtt_password(mqtt: MqttSection, path: Path) -> str | None:
@@ -693,6 +713,7 @@ def _load_zone(path: Path, zone_id: str, section: ZoneSection, edge: EdgeFile, t
     if rule_type not in known:
         raise ConfigError(path, f"{key}.rule.type",
                           f"unknown rule {rule_type!r} (known: {', '.join(sorted(known))})")
+    _check_needs(path, f"{key}.rule.type", rule_type, known[rule_type].needs)
     polygon = np.asarray(section.polygon, dtype=np.float32)
     if ground is not None:
         rule = _with_ground_area(rule, known[rule_type].params, polygon, ground, path, key)
@@ -706,6 +727,16 @@ def _load_zone(path: Path, zone_id: str, section: ZoneSection, edge: EdgeFile, t
     schedule = Schedule(tuple(w.window() for w in section.schedule), tz) if section.schedule else None
     defaulted = tuple(f.name for f in dataclasses.fields(params) if f.name not in section.rule)
     return ZoneConfig(Zone(zone_id, polygon), rule_type, params, category, schedule, defaulted, section.privacy)
+
+
+def _check_needs(path: Path, key: str, rule_type: str, needs: frozenset) -> None:
+    """Every need of the rule is the detection step's or an analyser's that some module registers."""
+    analysers = analyser_types()
+    missing = sorted(str(getattr(n, "value", n)) for n in needs if n != Need.SMALL_OBJECTS and n not in analysers)
+    if missing:
+        known = sorted(str(getattr(n, "value", n)) for n in analysers)
+        raise ConfigError(path, key, f"rule {rule_type!r} needs the analyser {missing[0]!r}, which no module "
+                          f"registers (known: {', '.join(known)}); name its module in edge.toml's plugins")
 
 
 def _with_ground_area(rule: dict, params: type, polygon: np.ndarray, ground: GroundCalibration,

@@ -1,4 +1,4 @@
-"""One camera's analysis: frame -> detections (-> tracks, static blobs) -> zone rules -> tickets."""
+"""One camera's analysis: frame -> detections (-> analysers: tracks, static blobs, ...) -> zone rules -> tickets."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
+from agent.analysers import Analyser, analyser_types
 from agent.change_gate import ChangeGate
 from agent.config import CameraConfig, ZoneConfig
 from agent.detect import Detector
@@ -20,19 +22,12 @@ from agent.health import CameraHealth
 from agent.logs import log_event
 from agent.privacy import PeopleTrail
 from agent.rules import Need, Rule, build_rule, rule_types
-from agent.scene import SceneModel
 from agent.tiling import Tiler
-from agent.track import Tracker
 from agent.tickets import TicketBook
-from agent.types import MOVER_CLASSES, Detections, EventKind, Frame, Observation, RuleEvent
+from agent.types import Detections, EventKind, Frame, Observation, RuleEvent, RuleOutput
 from agent.zone_account import ZoneAccount
 
 log = logging.getLogger("agent.pipeline")
-
-MOVERS = frozenset(MOVER_CLASSES)
-# The scene model's crop reaches this far past the zones (and four times as far up, where an
-# object standing in the zone rises): a blob is tested by its bottom centre only.
-ZONE_MARGIN_PX = 16
 
 
 @dataclass
@@ -91,11 +86,7 @@ class CameraPipeline:
         if size is not None:
             self.health.zones_outside(refused)
         watched = [zr.config for zr in self.zone_rules if not zr.outside]
-        types = rule_types()
-        needs = frozenset().union(*(types[zc.rule_type].needs for zc in watched))
-        self.tracker = Tracker(self.camera.tracker) if Need.TRACKS in needs else None
-        blob_zones = [zc.zone for zc in watched if Need.STATIC_BLOBS in types[zc.rule_type].needs]
-        self.scene = SceneModel(self.camera.scene, region=_joint_bounds(blob_zones)) if blob_zones else None
+        self.analysers = camera_analysers(self.camera, watched)
         with self._detector_lock:
             self.tiler = camera_tiler(self.camera, self.detector, watched)
         self.gate = (ChangeGate(self.camera.change_gate, [zc.zone for zc in watched], size)
@@ -149,14 +140,9 @@ class CameraPipeline:
         else:
             detections = self._detections  # nothing changed in the zones: what was there still is
             self.health.detection_skipped()
-        tracks = self.tracker.update(frame.ts, detections) if self.tracker is not None else None
-        blobs: tuple = ()
-        if self.scene is not None:
-            # People and vehicles are the detector's and tracker's business: the scene model must
-            # neither report them nor learn them into its background.
-            movers = detections[detections.of_classes(MOVERS)].xyxy
-            blobs = tuple(self.scene.update(frame.ts, frame.image, movers))
-        return Observation(frame.camera, frame.ts, frame.image, detections, tracks, blobs)
+        inputs = {name: analyser.update(frame, detections) for name, analyser in self.analysers.items()}
+        # Read-only: every rule of the camera reads the same inputs.
+        return Observation(frame.camera, frame.ts, frame.image, detections, MappingProxyType(inputs))
 
     def on_frame(self, frame: Frame) -> None:
         try:
@@ -222,22 +208,25 @@ class CameraPipeline:
         if inactive is not None:
             account.record(zr.config.zone, obs, inactive)
             return
-        events = zr.rule.update(obs)
-        account.record(zr.config.zone, obs, None, zr.rule, events)
-        for event in events:
-            # Rules may render extra evidence for their tickets (the crowd rule's heat map).
-            pictures = (zr.rule.pictures(obs) if hasattr(zr.rule, "pictures")
-                        and event.kind is not EventKind.CLEARED else None)
+        output = zr.rule.update(obs)
+        account.record(zr.config.zone, obs, None, zr.rule, output.events)
+        self._deliver(zr, obs, output)
+
+    def _deliver(self, zr: ZoneRule, obs: Observation, output: RuleOutput) -> None:
+        """A rule's output for one frame: tickets with the rule's pictures, the local alarms of
+        those that open, and now and then its telemetry."""
+        for event in output.events:
+            pictures = dict(output.pictures) if event.kind is not EventKind.CLEARED else None
             doc = self.ticket(event, obs.image, obs.detections, pictures)
-            if doc is not None and doc["event"] in ("opened", "reopened") and event.facts.get("alarm"):
-                # A local alarm (the lift's speaker, a barrier) on the topic the rule names.
-                self.tickets.send_alarm(doc, event.ts, zr.config.params.alarm_topic)
-        if hasattr(zr.rule, "telemetry") and obs.ts - zr.telemetry_at >= self.camera.telemetry_interval_s:
+            topic = output.alarm_topic(event)
+            if doc is not None and doc["event"] in ("opened", "reopened") and topic is not None:
+                self.tickets.send_alarm(doc, event.ts, topic)
+        interval = self.camera.telemetry_interval_s
+        if output.telemetry is not None and obs.ts - zr.telemetry_at >= interval:
             zr.telemetry_at = obs.ts
-            values = zr.rule.telemetry()
-            if values:
-                self.tickets.send_telemetry(zone_id, zr.config.rule_type, obs.ts, values,
-                                            expiry_s=int(3 * self.camera.telemetry_interval_s))
+            if output.telemetry:
+                self.tickets.send_telemetry(zr.config.zone.id, zr.config.rule_type, obs.ts, dict(output.telemetry),
+                                            expiry_s=int(3 * interval))
 
 
 def scaled_zones(camera: CameraConfig, size: tuple[int, int] | None) -> list[ZoneConfig]:
@@ -258,12 +247,14 @@ def camera_tiler(camera: CameraConfig, detector: Detector, zones: list[ZoneConfi
     return Tiler(camera.tiling, camera.zone_crops, crop_zones, detector.manifest.input_size)
 
 
-def _joint_bounds(zones: list) -> tuple[int, int, int, int]:
-    """x0, y0, x1, y1 around every zone, grown by a margin: a blob's box may reach beyond the
-    polygon (only its bottom centre must lie inside), and the scene model works on this part of
-    the frame only."""
-    rects = np.array([zone.bounds() for zone in zones], np.int64)
-    x0, y0 = rects[:, 0].min(), rects[:, 1].min()
-    x1, y1 = (rects[:, 0] + rects[:, 2]).max(), (rects[:, 1] + rects[:, 3]).max()
-    margin = ZONE_MARGIN_PX
-    return int(x0 - margin), int(y0 - 4 * margin), int(x1 + margin), int(y1 + margin)
+def camera_analysers(camera: CameraConfig, zones: list[ZoneConfig]) -> dict[str, Analyser]:
+    """By name, the analysers some rule of ``zones`` (scaled to the picture) needs, each built
+    from the camera and the zones whose rules need it. Config loading has checked that every need
+    is an analyser or SMALL_OBJECTS (the detection step's)."""
+    types, analysers = rule_types(), analyser_types()
+    users: dict[str, list] = {}
+    for zc in zones:
+        for need in types[zc.rule_type].needs:
+            if need in analysers:
+                users.setdefault(need, []).append(zc.zone)
+    return {name: analysers[name].build(camera, need_zones) for name, need_zones in users.items()}

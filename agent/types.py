@@ -6,8 +6,10 @@ construction, indexable by a boolean mask so zone tests and filters compose with
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from types import MappingProxyType
 
 import numpy as np
 
@@ -123,16 +125,74 @@ class StaticBlob:
         return ts - self.static_since
 
 
+class Need(str, Enum):
+    """Work the pipeline does for a camera only when one of its rules needs it. TRACKS and
+    STATIC_BLOBS are the built-in analysers (agent/analysers/), named like any other analyser: a
+    rule may name a plug-in analyser's name as a need too."""
+
+    TRACKS = "tracks"
+    STATIC_BLOBS = "static_blobs"
+    # The rule's objects are often too small for the full-frame pass (a parked bike 50 px tall in
+    # a 1280x720 view): the detector also runs on crops around its zone (agent/tiling.py).
+    SMALL_OBJECTS = "small_objects"
+
+
 @dataclass(frozen=True)
 class Observation:
     """Everything the agent knows about one analysed frame; what rules are fed.
 
-    ``tracks`` and ``static_blobs`` are filled only for cameras whose rules need them.
+    ``inputs`` holds, by analyser name, what the camera's analysers made of the frame: only the
+    analysers some rule of the camera needs run. ``tracks`` and ``static_blobs`` read the two
+    built-in ones.
     """
 
     camera: str
     ts: float
     image: np.ndarray
     detections: Detections
-    tracks: object | None = None  # agent.track.Tracks
-    static_blobs: tuple[StaticBlob, ...] = ()
+    inputs: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def tracks(self) -> object | None:
+        """agent.track.Tracks; None when no rule of the camera needs tracks."""
+        return self.inputs.get(Need.TRACKS)
+
+    @property
+    def static_blobs(self) -> tuple[StaticBlob, ...]:
+        return self.inputs.get(Need.STATIC_BLOBS, ())
+
+
+@dataclass(frozen=True)
+class Alarm:
+    """A local alarm (a lift's speaker, a barrier) on ``topic``, raised when ``event``'s ticket
+    opens or reopens; the ticket book may decline the event, and then nothing rings."""
+
+    event: RuleEvent
+    topic: str
+
+
+@dataclass(frozen=True)
+class RuleOutput:
+    """What a rule makes of one frame.
+
+    ``events`` go to the ticket book. ``pictures`` are extra evidence for this frame's opened and
+    updated events, by kind, the frame's size (the crowd rule's heat map). ``telemetry`` is the
+    rule's current numbers, of which the pipeline sends one every ``telemetry_interval_s``; None:
+    the rule has none. ``alarms`` name events of ``events``.
+    """
+
+    events: tuple[RuleEvent, ...] = ()
+    pictures: Mapping[str, np.ndarray] = field(default_factory=lambda: MappingProxyType({}))
+    telemetry: Mapping[str, object] | None = None
+    alarms: tuple[Alarm, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "events", tuple(self.events))
+        object.__setattr__(self, "alarms", tuple(self.alarms))
+        stray = [a for a in self.alarms if not any(a.event is e for e in self.events)]
+        if stray:
+            raise ValueError(f"alarm on {stray[0].topic!r} names an event that is not among the output's events")
+
+    def alarm_topic(self, event: RuleEvent) -> str | None:
+        """The topic ``event`` raises a local alarm on, if any."""
+        return next((a.topic for a in self.alarms if a.event is event), None)

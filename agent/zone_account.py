@@ -43,7 +43,7 @@ class ZoneAccount:
                    frozenset(classes), blobs)
 
     def record(self, zone: Zone, obs: Observation, inactive: str | None, rule=None,
-               events: list[RuleEvent] = ()) -> None:
+               events: tuple[RuleEvent, ...] = ()) -> None:
         """One analysed frame; ``rule`` (after its update) and ``events`` when the zone was watched."""
         if inactive is not None:
             self.inactive[inactive] += 1

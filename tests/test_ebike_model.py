@@ -61,7 +61,7 @@ def play(detector, scene) -> list:
     rule = LiftEbikeRule(ZONE, Params(classes=("ebike",), fallback=False, min_score=0.3))
     events = []
     for i, (image, _people) in enumerate(scene.frames):
-        events += [e.kind for e in rule.update(Observation("lift", i * lift_scenes.STEP_S, image, detector.detect(image)))]
+        events += [e.kind for e in rule.update(Observation("lift", i * lift_scenes.STEP_S, image, detector.detect(image))).events]
     return events
 
 

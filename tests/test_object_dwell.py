@@ -32,7 +32,7 @@ def run(rule, frames):
     """frames: [(ts, detections)] -> [(ts, kind)]"""
     out = []
     for ts, d in frames:
-        out += [(ts, e.kind) for e in rule.update(obs(ts, d))]
+        out += [(ts, e.kind) for e in rule.update(obs(ts, d)).events]
     return out
 
 
@@ -83,7 +83,7 @@ def test_cooldown_suppresses_a_new_ticket_right_after_a_clear():
 
 def test_event_carries_boxes_label_and_count():
     rule = ObjectDwellRule(ZONE, params(min_dwell_s=0))
-    (event,) = rule.update(obs(100.0, dets(INSIDE, (100, 100, 120, 180))))
+    (event,) = rule.update(obs(100.0, dets(INSIDE, (100, 100, 120, 180)))).events
     assert event.label == "person" and event.facts == {"count": 2}
     assert event.first_seen == 100.0 and event.confidence == pytest.approx(0.9)
     assert event.boxes.shape == (2, 4)
@@ -97,7 +97,7 @@ def test_params_validate():
 def test_clear_reports_the_last_sighting_and_a_zero_count():
     rule = ObjectDwellRule(ZONE, params(min_dwell_s=0, clear_after_s=2))
     rule.update(obs(0, dets(INSIDE, score=0.8)))
-    (cleared,) = rule.update(obs(3, dets()))
+    (cleared,) = rule.update(obs(3, dets())).events
     assert cleared.kind is EventKind.CLEARED and cleared.facts == {"count": 0}
     assert cleared.label == "person" and cleared.confidence == pytest.approx(0.8)
     np.testing.assert_allclose(cleared.boxes, [INSIDE])

@@ -43,12 +43,12 @@ def tracks(*rows) -> Tracks:
 
 def obs(ts, t: Tracks, detections: Detections | None = None) -> Observation:
     return Observation("cam", ts, np.zeros((1, 1, 3), np.uint8),
-                       t.as_detections() if detections is None else detections, t)
+                       t.as_detections() if detections is None else detections, {Need.TRACKS: t})
 
 
 def run(rule, frames):
     """frames: [(ts, Tracks)] -> [(ts, kind, facts)]"""
-    return [(ts, e.kind, e.facts) for ts, t in frames for e in rule.update(obs(ts, t))]
+    return [(ts, e.kind, e.facts) for ts, t in frames for e in rule.update(obs(ts, t)).events]
 
 
 def params(**kw):
@@ -89,7 +89,7 @@ def test_moving_bikes_and_bikes_outside_the_zone_never_count():
 def test_one_bike_seen_as_bicycle_and_motorcycle_counts_once():
     rule = MisparkedBikesRule(ZONE, params(min_dwell_s=0))
     both = tracks((1, bike(100), 0.0, BICYCLE, 0.7), (2, bike(101), 0.0, MOTORCYCLE, 0.6))
-    (event,) = rule.update(obs(0.0, both))
+    (event,) = rule.update(obs(0.0, both)).events
     assert event.facts == {"count": 1} and event.label == "bicycle" and len(event.boxes) == 1
 
 
@@ -113,13 +113,13 @@ def test_overflow_opens_above_max_count_and_updates_only_when_the_count_changes(
 
 def test_events_carry_the_parked_boxes_and_when_the_bike_stopped():
     rule = MisparkedBikesRule(ZONE, params(min_dwell_s=5))
-    assert rule.update(obs(7.5, tracks((1, bike(100), 3.0)))) == []
-    (opened,) = rule.update(obs(8.0, tracks((1, bike(100), 3.0, MOTORCYCLE, 0.66))))
+    assert rule.update(obs(7.5, tracks((1, bike(100), 3.0)))).events == ()
+    (opened,) = rule.update(obs(8.0, tracks((1, bike(100), 3.0, MOTORCYCLE, 0.66)))).events
     assert (opened.first_seen, opened.last_seen, opened.label) == (3.0, 8.0, "motorcycle")
     assert opened.confidence == pytest.approx(0.66)
     np.testing.assert_allclose(opened.boxes, [bike(100)])
-    assert rule.update(obs(27.5, tracks())) == []
-    (cleared,) = rule.update(obs(28.0, tracks()))
+    assert rule.update(obs(27.5, tracks())).events == ()
+    (cleared,) = rule.update(obs(28.0, tracks())).events
     np.testing.assert_allclose(cleared.boxes, [bike(100)])  # the last ones reported
 
 
@@ -136,7 +136,7 @@ def test_reset_forgets_the_spots():
     rule = MisparkedBikesRule(ZONE, params(min_dwell_s=10))
     rule.update(obs(0.0, tracks((1, bike(100), 0.0))))
     rule.reset()
-    assert rule.update(obs(12.0, tracks((1, bike(100), 11.0)))) == []
+    assert rule.update(obs(12.0, tracks((1, bike(100), 11.0)))).events == ()
 
 
 def blob_obs(ts, blobs, people=()):
@@ -145,7 +145,8 @@ def blob_obs(ts, blobs, people=()):
     found = Detections(xyxy=np.array(people, np.float32).reshape(-1, 4), score=np.full(len(people), 0.9, np.float32),
                        class_id=np.full(len(people), PERSON, np.int32), class_names=NAMES)
     still = tuple(StaticBlob(i + 1, np.array(box, np.float32), 400.0, since, since) for i, (box, since) in enumerate(blobs))
-    return Observation("cam", ts, np.zeros((240, 480, 3), np.uint8), found, Tracks.empty(NAMES), still)
+    return Observation("cam", ts, np.zeros((240, 480, 3), np.uint8), found,
+                       {Need.TRACKS: Tracks.empty(NAMES), Need.STATIC_BLOBS: still})
 
 
 # A bike the detector never finds, as the scene model sees it: two wheels and a bit of frame.
@@ -154,7 +155,7 @@ WHEELS = [((100, 122, 128, 150), 5.0), ((140, 122, 168, 150), 5.0), ((118, 110, 
 
 def test_fallback_counts_a_bike_sized_still_object_the_detector_never_finds():
     rule = MisparkedBikesRule(ZONE, params(min_dwell_s=10))
-    events = [e for ts in times(6, 30) for e in rule.update(blob_obs(ts, WHEELS))]
+    events = [e for ts in times(6, 30) for e in rule.update(blob_obs(ts, WHEELS)).events]
     assert [e.kind for e in events] == [EventKind.OPENED]
     opened = events[0]
     # The wheels and frame are one object, as old as its youngest part (6.0 s): open at 16 s.
@@ -175,17 +176,17 @@ def test_fallback_ignores_small_objects_people_and_what_they_covered(case):
               # Stood there 6-20 s, missed by the detector from 20 s on in every other frame.
               "a person stood there": [blob_obs(ts, WHEELS, person if ts < 20 or int(ts * 2) % 2 else ())
                                        for ts in times(6, 30)]}[case]
-    assert [e for o in frames for e in rule.update(o)] == []
+    assert [e for o in frames for e in rule.update(o).events] == []
 
 
 @pytest.mark.parametrize("standing", [True, False])
 def test_a_bike_hidden_behind_someone_standing_still_is_not_cleared(standing):
     rule = MisparkedBikesRule(ZONE, params(min_dwell_s=10, clear_after_s=5))
     parked = tracks((1, bike(100), 0.0))
-    assert [e.kind for ts in times(0, 12) for e in rule.update(obs(ts, parked))] == [EventKind.OPENED]
+    assert [e.kind for ts in times(0, 12) for e in rule.update(obs(ts, parked)).events] == [EventKind.OPENED]
     # From 12 s a person stands in front of it (a stationary track), or walks about there.
     person = tracks((2, (95, 90, 170, 155), 12.0 if standing else NAN, PERSON, 0.9))
-    kinds = [e.kind for ts in times(12, 40) for e in rule.update(obs(ts, person))]
+    kinds = [e.kind for ts in times(12, 40) for e in rule.update(obs(ts, person)).events]
     assert kinds == ([] if standing else [EventKind.CLEARED])
 
 
@@ -196,7 +197,8 @@ def test_a_detection_on_a_fallback_spot_names_it():
     seen = tracks((7, (100, 110, 168, 150), 11.0, BICYCLE, 0.6))
     o = blob_obs(12, WHEELS)
     events = [e for ts in times(12, 20)
-              for e in rule.update(Observation("cam", ts, o.image, seen.as_detections(), seen, o.static_blobs))]
+              for e in rule.update(Observation("cam", ts, o.image, seen.as_detections(),
+                                               {Need.TRACKS: seen, Need.STATIC_BLOBS: o.static_blobs})).events]
     assert [(e.kind, e.label, e.first_seen) for e in events] == [(EventKind.OPENED, "bicycle", 6.0)]
 
 

@@ -39,7 +39,7 @@ def run(rule, counts, start=0.0):
     events = []
     for i, n in enumerate(counts):
         ts = start + i * STEP
-        events += [(ts, e.kind, e.facts["level"]) for e in rule.update(obs(ts, people(n)))]
+        events += [(ts, e.kind, e.facts["level"]) for e in rule.update(obs(ts, people(n))).events]
     return events
 
 
@@ -65,15 +65,18 @@ def test_levels_open_rise_fall_and_clear_each_after_its_time():
 
 def test_facts_boxes_and_first_seen():
     rule = CrowdRule(SQUARE, params(min_dwell_s=1, clear_after_s=1))
-    assert [rule.update(obs(ts, people(n))) for ts, n in [(9.0, 2), (9.5, 2), (10.0, 5), (10.5, 6)]] == [[]] * 4
-    (opened,) = rule.update(obs(11.0, people(6, score=0.7)))
+    assert [rule.update(obs(ts, people(n))).events for ts, n in [(9.0, 2), (9.5, 2), (10.0, 5), (10.5, 6)]] == [()] * 4
+    opening = rule.update(obs(11.0, people(6, score=0.7)))
+    (opened,) = opening.events
     assert opened.facts == {"level": 1, "people": 6, "density": 0.6}
+    assert list(opening.pictures) == ["heatmap"] and opening.pictures["heatmap"].shape == FRAME.shape
     assert (opened.first_seen, opened.label, opened.boxes.shape) == (10.0, "person", (6, 4))
     assert opened.confidence == pytest.approx(0.7)
     for ts in (11.5, 12.0):
-        assert rule.update(obs(ts, people(1))) == []
-    (cleared,) = rule.update(obs(12.5, people(1)))
-    assert cleared.facts == {"level": 0, "people": 1, "density": 0.1}
+        assert rule.update(obs(ts, people(1))).events == ()
+    clearing = rule.update(obs(12.5, people(1)))
+    (cleared,) = clearing.events
+    assert cleared.facts == {"level": 0, "people": 1, "density": 0.1} and not clearing.pictures
     assert cleared.last_seen == 11.0 and cleared.boxes.shape == (6, 4)  # the last crowd seen
 
 
@@ -111,15 +114,14 @@ def test_people_outside_the_zone_and_low_scores_do_not_count():
     rule = CrowdRule(SQUARE, params(min_dwell_s=0))
     outside = people(9, at=(100, 115))
     unsure = people(9, score=0.3)
-    assert [rule.update(obs(ts, d)) for ts, d in [(0, outside), (1, unsure)]] == [[], []]
+    assert [rule.update(obs(ts, d)).events for ts, d in [(0, outside), (1, unsure)]] == [(), ()]
     assert rule.present(obs(2, people(4))) is not None and rule.present(obs(2, people(3))) is None
 
 
 def test_area_from_pixels_per_square_metre_until_calibrated():
     rule = CrowdRule(SQUARE, params(area_m2=None, px_per_m2=2000.0))  # 20000 px / 2000 = 10 m²
-    rule.update(obs(0.0, people(6)))
-    assert rule.telemetry() == {"ts": 0.0, "people": 6, "density": pytest.approx(0.6), "level": 0,
-                                "area_m2": pytest.approx(10.0)}
+    assert rule.update(obs(0.0, people(6))).telemetry == {
+        "ts": 0.0, "people": 6, "density": pytest.approx(0.6), "level": 0, "area_m2": pytest.approx(10.0)}
 
 
 @pytest.mark.parametrize("kw, message", [

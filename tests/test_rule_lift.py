@@ -42,7 +42,7 @@ def obs(ts, detections=None, image=BLANK) -> Observation:
 
 def run(rule, frames):
     """frames: [(ts, detections or None, image)] -> [(ts, kind)]"""
-    return [(ts, e.kind) for ts, d, image in frames for e in rule.update(obs(ts, d, image))]
+    return [(ts, e.kind) for ts, d, image in frames for e in rule.update(obs(ts, d, image)).events]
 
 
 def times(start, stop):
@@ -71,15 +71,19 @@ def test_a_gap_before_opening_restarts_the_dwell_and_people_or_low_scores_do_not
     assert run(rule, flicker + person + unsure + outside) == []
 
 
-def test_alarm_fact_is_on_while_open_and_off_on_the_clear():
+def test_alarm_fact_is_on_while_open_and_off_on_the_clear_and_the_opening_rings_the_topic():
     rule = LiftEbikeRule(CAR, model(min_dwell_s=0, alarm_topic="lift/1/alarm"))
-    (opened,) = rule.update(obs(0.0, dets((EBIKE_IN_CAR, EBIKE))))
+    output = rule.update(obs(0.0, dets((EBIKE_IN_CAR, EBIKE))))
+    (opened,) = output.events
     assert opened.facts == {"detected_by": "model", "alarm": True} and opened.label == "ebike"
-    (cleared,) = rule.update(obs(3.0))
+    assert output.alarm_topic(opened) == "lift/1/alarm"
+    cleared_output = rule.update(obs(3.0))
+    (cleared,) = cleared_output.events
     assert cleared.kind is EventKind.CLEARED and cleared.facts == {"alarm": False}
+    assert cleared_output.alarms == ()
     np.testing.assert_allclose(cleared.boxes, [EBIKE_IN_CAR])
-    quiet = LiftEbikeRule(CAR, model(min_dwell_s=0))
-    assert "alarm" not in quiet.update(obs(0.0, dets((EBIKE_IN_CAR, EBIKE))))[0].facts
+    quiet = LiftEbikeRule(CAR, model(min_dwell_s=0)).update(obs(0.0, dets((EBIKE_IN_CAR, EBIKE))))
+    assert "alarm" not in quiet.events[0].facts and quiet.alarms == ()
 
 
 def _wait_for(predicate, timeout=10.0):
@@ -131,7 +135,7 @@ def test_a_failing_command_is_logged_not_raised(caplog):
     missing = LiftEbikeRule(CAR, model(min_dwell_s=0, command=("/nonexistent/espeak-ng", "hello")))
     failing = LiftEbikeRule(CAR, model(min_dwell_s=0, command=(sys.executable, "-c", "raise SystemExit(3)")))
     with caplog.at_level(logging.WARNING, "agent.rules.lift_ebike"):
-        (opened,) = missing.update(obs(0.0, dets((EBIKE_IN_CAR, EBIKE))))
+        (opened,) = missing.update(obs(0.0, dets((EBIKE_IN_CAR, EBIKE)))).events
         assert opened.kind is EventKind.OPENED
         failing.update(obs(0.0, dets((EBIKE_IN_CAR, EBIKE))))
         assert _wait_for(lambda: failing._process.poll() is not None)
@@ -158,7 +162,7 @@ def test_the_documented_defaults_alone_are_a_working_rule():
     assert p.classes == ("ebike",) and p.fallback
     coco = Detections(np.array([EBIKE_IN_CAR], np.float32), np.array([0.9], np.float32), np.array([1], np.int32),
                       ("person", "bicycle"))
-    assert LiftEbikeRule(CAR, p).update(obs(0.0, coco)) == []  # a model without ebike: no match, no error
+    assert LiftEbikeRule(CAR, p).update(obs(0.0, coco)).events == ()  # a model without ebike: no match, no error
 
 
 # --------------------------------------------------------------------------- fallback, on composites
@@ -177,7 +181,7 @@ def person_dets(boxes) -> Detections:
 def play(scene, params=None):
     rule = LiftEbikeRule(ZONE, params or Params())
     return [e for i, (image, boxes) in enumerate(scene.frames)
-            for e in rule.update(Observation("lift", i * lift_scenes.STEP_S, image, person_dets(boxes)))]
+            for e in rule.update(Observation("lift", i * lift_scenes.STEP_S, image, person_dets(boxes))).events]
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from agent.rules.litter import LitterRule, Params
-from agent.types import Detections, EventKind, Observation, StaticBlob
+from agent.types import Detections, EventKind, Need, Observation, StaticBlob
 from agent.zones import Zone
 from tests.helpers import REPO
 from tools.evaluate import evaluate_scenario
@@ -36,7 +36,7 @@ def detections(*boxes, cls=PERSON) -> Detections:
 
 
 def obs(ts, blobs=(), found=None) -> Observation:
-    return Observation("cam", ts, IMAGE, detections() if found is None else found, None, tuple(blobs))
+    return Observation("cam", ts, IMAGE, detections() if found is None else found, {Need.STATIC_BLOBS: tuple(blobs)})
 
 
 def params(**kw) -> Params:
@@ -49,7 +49,7 @@ def run(rule, scene, start=0.0, end=40.0):
     events = []
     for ts in np.arange(start, end, STEP):
         blobs, found = scene(float(ts))
-        events += [(e.ts, e.kind, e.facts["count"]) for e in rule.update(obs(float(ts), blobs, found))]
+        events += [(e.ts, e.kind, e.facts["count"]) for e in rule.update(obs(float(ts), blobs, found)).events]
     return events
 
 
@@ -61,7 +61,7 @@ def test_dwell_counts_from_when_the_object_came_to_rest_not_from_its_first_repor
     events = []
     for ts in np.arange(0, 30, STEP):
         shown = [blob(static_since=2.0, first_seen=1.5)] if 7.5 <= ts < 20 else []
-        events += rule.update(obs(float(ts), shown))
+        events += rule.update(obs(float(ts), shown)).events
     opened, cleared = events
     assert (opened.kind, opened.ts, opened.first_seen, opened.facts) == (EventKind.OPENED, 12.0, 1.5, {"count": 1})
     # Gone from 20 s: cleared clear_after_s later, reporting where the litter was.

@@ -15,7 +15,7 @@ import pytest
 from agent.rules.shop_front import Params, ShopFrontRule
 from agent.track import Tracks
 from agent.typedtoml import ConfigError, load_dataclass
-from agent.types import Detections, EventKind, Observation, StaticBlob
+from agent.types import Detections, EventKind, Need, Observation, StaticBlob
 from agent.zones import Zone
 from tests.helpers import REPO
 from tools.evaluate import evaluate_scenario, match_tickets, replay
@@ -49,7 +49,8 @@ def tracks(box, cls, stationary_since) -> Tracks:
 
 def obs(ts, blobs=(), people=None, tracked=None) -> Observation:
     return Observation("cam", ts, IMAGE, detections() if people is None else people,
-                       Tracks.empty(NAMES) if tracked is None else tracked, tuple(blobs))
+                       {Need.TRACKS: Tracks.empty(NAMES) if tracked is None else tracked,
+                        Need.STATIC_BLOBS: tuple(blobs)})
 
 
 def params(**kw) -> Params:
@@ -62,7 +63,7 @@ def run(rule, scene, start=0.0, end=40.0):
     arguments of :func:`obs`. Returns the events."""
     events = []
     for ts in np.arange(start, end, STEP):
-        events += rule.update(obs(float(ts), **scene(float(ts))))
+        events += rule.update(obs(float(ts), **scene(float(ts)))).events
     return events
 
 

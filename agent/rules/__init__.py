@@ -1,33 +1,26 @@
 """Scenario rules: one module per rule type, found by name in config.
 
 A rule module defines a frozen ``Params`` dataclass (its config keys, validated at load) and a rule
-class decorated with :func:`register`, naming what the rule needs computed for it (tracks, static
-blobs) and the platform case category its tickets default to. Adding a scenario is adding a module
-here plus config; nothing else in the tree changes.
+class decorated with :func:`register`, naming what the rule needs computed for it (the analysers
+whose per-frame inputs it reads, agent/analysers/; crops for small objects) and the platform case
+category its tickets default to. Each frame the rule returns one :class:`RuleOutput`: its events and
+whatever goes with them (pictures, telemetry, local alarms). Adding a scenario is adding a module
+here, or in a plug-in package that edge.toml's ``plugins`` names, plus config; nothing else in the
+tree changes (docs/architecture.md, "Adding a scenario").
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 
-from agent.types import Observation, RuleEvent
+from agent.registry import Registry
+# Need and RuleOutput are rule modules' vocabulary: they import them from here.
+from agent.types import Need, Observation, RuleOutput
 from agent.zones import Zone
-
-
-class Need(str, Enum):
-    """Work the pipeline does for a camera only when one of its rules needs it."""
-
-    TRACKS = "tracks"
-    STATIC_BLOBS = "static_blobs"
-    # The rule's objects are often too small for the full-frame pass (a parked bike 50 px tall in
-    # a 1280x720 view): the detector also runs on crops around its zone (agent/tiling.py).
-    SMALL_OBJECTS = "small_objects"
 
 
 class Cadence(str, Enum):
@@ -55,10 +48,11 @@ class Category:
 
 
 class Rule(Protocol):
+    name: ClassVar[str]  # set by :func:`register`: what the rule's events and tickets say
     zone: Zone
 
-    def update(self, obs: Observation) -> list[RuleEvent]:
-        """Feed one analysed frame; return the events it causes (usually none)."""
+    def update(self, obs: Observation) -> RuleOutput:
+        """Feed one analysed frame; return what it causes (usually no event)."""
 
     def present(self, obs: Observation) -> np.ndarray | None:
         """Boxes showing the condition in ``obs`` right now, or None if it is not visible.
@@ -81,27 +75,28 @@ class RuleType:
     params: type
     rule: type
     category: Category
-    needs: frozenset[Need]
+    needs: frozenset[Need | str]  # Need members, or the names of plug-in analysers
     cadence: Cadence = Cadence.STATIC
 
 
-_RULES: dict[str, RuleType] = {}
+_RULES: Registry[RuleType] = Registry("rule", __name__, __path__)
 
 
-def register(name: str, params: type, category: Category, needs: frozenset[Need] = frozenset(),
+def register(name: str, params: type, category: Category, needs: frozenset[Need | str] = frozenset(),
              cadence: Cadence = Cadence.STATIC):
+    """Make the decorated class the rule type ``name``, and its ``name`` that name."""
     def wrap(rule_cls: type) -> type:
-        _RULES[name] = RuleType(name, params, rule_cls, category, needs, cadence)
+        _RULES.add(name, rule_cls, RuleType(name, params, rule_cls, category, frozenset(needs), cadence))
+        rule_cls.name = name
         return rule_cls
 
     return wrap
 
 
 def rule_types() -> dict[str, RuleType]:
-    """Every rule type, importing each module of this package once."""
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
-    return dict(_RULES)
+    """Every rule type: this package's modules (each imported once) and the plug-ins' (edge.toml's
+    ``plugins``, imported when the config is loaded)."""
+    return _RULES.all()
 
 
 def camera_cadence(rule_type_names) -> Cadence:

@@ -28,8 +28,8 @@ level change (facts ``level``, ``people``, ``density``), ``cleared`` when the le
 **Heat map.** A coarse grid (``heat_cell_px`` frame pixels a cell) counts the feet of the people in
 the zone, every cell decaying with time constant ``heat_window_s``, so it shows where people stood
 over about the last ``heat_window_s``. ``heatmap(obs)`` renders it over the frame
-(``cv2.applyColorMap``, JET: blue little, red much) with the zone outlined; the ticket book can
-attach it to crowd tickets as ``heatmap`` evidence. ``telemetry()`` gives the latest count,
+(``cv2.applyColorMap``, JET: blue little, red much) with the zone outlined; opened and updated
+crowd tickets carry it as ``heatmap`` evidence. Every output's telemetry gives the frame's count,
 density and level, for periodic telemetry messages rather than tickets.
 """
 
@@ -43,7 +43,7 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
-from agent.rules import Category, register
+from agent.rules import Category, RuleOutput, register
 from agent.typedtoml import setting
 from agent.types import Detections, EventKind, Observation, RuleEvent
 from agent.zones import Zone
@@ -99,8 +99,6 @@ class Params:
 # its own codes, so operators must check them (edge.toml [categories.crowd]).
 @register("crowd", Params, Category("突发事件", "人群聚集", "04-05"))
 class CrowdRule:
-    name = "crowd"
-
     def __init__(self, zone: Zone, params: Params):
         self.zone, self.params = zone, params
         self.classes = frozenset(params.classes)
@@ -114,7 +112,6 @@ class CrowdRule:
         self._watching_since: float | None = None
         self._level = 0
         self._level_since = float("-inf")  # when the zone reached its current level
-        self._latest = {"ts": None, "people": 0, "density": 0.0, "level": 0, "area_m2": self.area_m2}
         self._crowd_since: float | None = None  # first frame at level 1's density of the open ticket
         self._last_crowded: float | None = None  # last frame at or above level 1's leaving density
         self._last_boxes = np.zeros((0, 4), np.float32)
@@ -143,24 +140,20 @@ class CrowdRule:
             run = t
         return None if run is None else self._history[-1][0] - run
 
-    def telemetry(self) -> dict:
-        """The latest frame's ``ts``, ``people``, ``density`` (per m²), ``level`` and ``area_m2``."""
-        return dict(self._latest)
-
-    def update(self, obs: Observation) -> list[RuleEvent]:
+    def update(self, obs: Observation) -> RuleOutput:
         p, ts = self.params, obs.ts
         people = self._people(obs)
         density = len(people) / self.area_m2
         self._accumulate_heat(ts, obs.image.shape, people.bottom_centres())
         self._remember(ts, density)
         level = self._judge(ts)
-        self._latest = {"ts": ts, "people": len(people), "density": density, "level": level,
-                        "area_m2": self.area_m2}
+        # The frame's ``ts``, ``people``, ``density`` (per m²), ``level`` and ``area_m2``.
+        telemetry = {"ts": ts, "people": len(people), "density": density, "level": level, "area_m2": self.area_m2}
         if len(people) and density >= p.hysteresis * p.levels[0]:
             self._last_crowded, self._last_boxes = ts, people.xyxy.copy()
 
         if level == self._level:
-            return []
+            return RuleOutput(telemetry=telemetry)
         self._level_since = ts
         if self._level == 0:
             kind = EventKind.OPENED
@@ -169,7 +162,7 @@ class CrowdRule:
         else:
             kind = EventKind.CLEARED if level == 0 else EventKind.UPDATED
         self._level = level
-        return [RuleEvent(
+        event = RuleEvent(
             kind=kind,
             rule=self.name,
             zone=self.zone.id,
@@ -180,7 +173,10 @@ class CrowdRule:
             confidence=float(people.score.max()) if len(people) else 0.0,
             boxes=people.xyxy.copy() if kind is not EventKind.CLEARED else self._last_boxes.copy(),
             facts={"level": level, "people": len(people), "density": round(density, 3)},
-        )]
+        )
+        # Opened and updated crowd tickets carry the heat map as evidence.
+        pictures = {"heatmap": self.heatmap(obs)} if kind is not EventKind.CLEARED else {}
+        return RuleOutput([event], pictures=pictures, telemetry=telemetry)
 
     def _remember(self, ts: float, density: float) -> None:
         if self._watching_since is None:
@@ -225,10 +221,6 @@ class CrowdRule:
             r = np.clip((feet[:, 1] // cell).astype(int), 0, rows - 1)
             c = np.clip((feet[:, 0] // cell).astype(int), 0, cols - 1)
             np.add.at(self._heat, (r, c), 1.0)
-
-    def pictures(self, obs: Observation) -> dict[str, np.ndarray]:
-        """Evidence the ticket book attaches to opened and updated crowd tickets."""
-        return {"heatmap": self.heatmap(obs)}
 
     def heatmap(self, obs: Observation) -> np.ndarray:
         """``obs.image`` (BGR) with the heat over it, scaled to its own maximum, and the zone outlined.

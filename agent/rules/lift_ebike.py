@@ -51,10 +51,10 @@ import cv2
 import numpy as np
 
 from agent.logs import log_event
-from agent.rules import Cadence, Category, register
+from agent.rules import Cadence, Category, RuleOutput, register
 from agent.track import box_iou
 from agent.typedtoml import setting
-from agent.types import Detections, EventKind, Observation, RuleEvent
+from agent.types import Alarm, Detections, EventKind, Observation, RuleEvent
 from agent.zones import Zone
 
 log = logging.getLogger("agent.rules.lift_ebike")
@@ -266,8 +266,6 @@ def _difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # must set (edge.toml [categories.lift_ebike]).
 @register("lift_ebike", Params, Category("突发事件", "电动车进电梯", "04-99"), cadence=Cadence.LIVE)
 class LiftEbikeRule:
-    name = "lift_ebike"
-
     def __init__(self, zone: Zone, params: Params):
         self.zone, self.params = zone, params
         self.classes = frozenset(params.classes)
@@ -365,7 +363,7 @@ class LiftEbikeRule:
         """Seconds the current candidate has held towards ``min_dwell_s`` (None: no candidate)."""
         return None if self._first_seen is None else self._last_seen - self._first_seen
 
-    def update(self, obs: Observation) -> list[RuleEvent]:
+    def update(self, obs: Observation) -> RuleOutput:
         p, ts = self.params, obs.ts
         self._reap()
         if p.fallback and (self._car is None or self._car.frame_shape != obs.image.shape[:2]):
@@ -391,16 +389,17 @@ class LiftEbikeRule:
             if not self._open and ts - self._first_seen >= p.min_dwell_s:
                 self._open = True
                 self._run_command()
-                return [self._sighting]
-            return []
+                alarms = [Alarm(self._sighting, p.alarm_topic)] if p.alarm_topic else []
+                return RuleOutput([self._sighting], alarms=alarms)
+            return RuleOutput()
 
         if self._open and ts - self._last_seen >= p.clear_after_s:
             self._open = False
             self._first_seen = None
             # The clear shows the last sighting; the alarm, if any, goes off.
-            return [replace(self._sighting, kind=EventKind.CLEARED, ts=ts,
-                            facts={"alarm": False} if p.alarm_topic else {})]
-        return []
+            return RuleOutput([replace(self._sighting, kind=EventKind.CLEARED, ts=ts,
+                                       facts={"alarm": False} if p.alarm_topic else {})])
+        return RuleOutput()
 
     def _event(self, ts: float, ebikes: Detections, foreground: Foreground) -> RuleEvent:
         p = self.params

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from agent.rules import Category, Need, register
+from agent.rules import Category, Need, RuleOutput, register
 from agent.typedtoml import setting
 from agent.types import MOVER_CLASSES, Detections, EventKind, Observation, RuleEvent, StaticBlob, bottom_centres
 from agent.zones import Zone
@@ -183,8 +183,6 @@ class RecentMovers:
 # per zone or per rule type (category = {...}) where it differs.
 @register("litter", Params, Category("市容环境", "暴露垃圾", "01-02"), needs=frozenset({Need.STATIC_BLOBS}))
 class LitterRule:
-    name = "litter"
-
     def __init__(self, zone: Zone, params: Params):
         self.zone, self.params = zone, params
         self._movers = RecentMovers(params.mover_classes, params.mover_memory_s)
@@ -229,7 +227,7 @@ class LitterRule:
         """Seconds the longest-resting visible blob has held towards ``min_dwell_s`` (None: no candidate)."""
         return self._dwell
 
-    def update(self, obs: Observation) -> list[RuleEvent]:
+    def update(self, obs: Observation) -> RuleOutput:
         p, ts = self.params, obs.ts
         if self._watching_since is None:
             self._watching_since = ts
@@ -241,11 +239,11 @@ class LitterRule:
         if not self._open:
             rested = [b for b in litter if ts - max(b.static_since, self._watching_since) >= p.min_dwell_s]
             if not rested:
-                return []
+                return RuleOutput()
             self._open, self._count, self._changed_count = True, len(litter), None
             self._first_seen = min(max(b.first_seen, self._watching_since) for b in rested)
             self._last_seen, self._last_boxes = ts, _boxes(litter)
-            return [self._event(EventKind.OPENED, ts, self._last_boxes, self._count)]
+            return RuleOutput([self._event(EventKind.OPENED, ts, self._last_boxes, self._count)])
 
         # Open: hidden blobs count as still there (see the module docstring).
         if on_ground:
@@ -253,16 +251,16 @@ class LitterRule:
         count = len(on_ground)
         if count == self._count:
             self._changed_count = None
-            return []
+            return RuleOutput()
         if count != self._changed_count:
             self._changed_count, self._changed_since = count, ts
         if ts - self._changed_since < p.clear_after_s:
-            return []
+            return RuleOutput()
         self._count, self._changed_count = count, None
         if count:
-            return [self._event(EventKind.UPDATED, ts, self._last_boxes, count)]
+            return RuleOutput([self._event(EventKind.UPDATED, ts, self._last_boxes, count)])
         self._open = False
-        return [self._event(EventKind.CLEARED, ts, self._last_boxes, 0)]
+        return RuleOutput([self._event(EventKind.CLEARED, ts, self._last_boxes, 0)])
 
     def _event(self, kind: EventKind, ts: float, boxes: np.ndarray, count: int) -> RuleEvent:
         return RuleEvent(kind=kind, rule=self.name, zone=self.zone.id, ts=ts, first_seen=self._first_seen,

@@ -40,7 +40,7 @@ from enum import Enum
 
 import numpy as np
 
-from agent.rules import Category, Need, register
+from agent.rules import Category, Need, RuleOutput, register
 from agent.rules.litter import RecentMovers
 from agent.track import Tracks, box_iou, greedy_match
 from agent.typedtoml import setting
@@ -141,8 +141,6 @@ class _Spot:
 @register("misparked_bikes", Params, Category("街面秩序", "非机动车乱停放", "05-06"),
           needs=frozenset({Need.TRACKS, Need.SMALL_OBJECTS, Need.STATIC_BLOBS}))
 class MisparkedBikesRule:
-    name = "misparked_bikes"
-
     def __init__(self, zone: Zone, params: Params):
         self.zone, self.params = zone, params
         self.classes = frozenset(params.classes)
@@ -179,7 +177,7 @@ class MisparkedBikesRule:
         """Seconds the longest-parked spot has held towards ``min_dwell_s`` (None: no candidate)."""
         return max((s.last_seen - s.since for s in self._spots), default=None)
 
-    def update(self, obs: Observation) -> list[RuleEvent]:
+    def update(self, obs: Observation) -> RuleOutput:
         ts = obs.ts
         tracks = obs.tracks if obs.tracks is not None else Tracks.empty(obs.detections.class_names)
         self._keep_hidden(ts, tracks)
@@ -201,13 +199,13 @@ class MisparkedBikesRule:
             elif len(parked) != self._reported:
                 kind = EventKind.UPDATED
             else:
-                return []
+                return RuleOutput()
             self._reported = len(parked)
-            return [self._event(kind, ts, parked)]
+            return RuleOutput([self._event(kind, ts, parked)])
         if self._reported is not None:
             self._reported = None
-            return [self._event(EventKind.CLEARED, ts, parked)]
-        return []
+            return RuleOutput([self._event(EventKind.CLEARED, ts, parked)])
+        return RuleOutput()
 
     def _keep_hidden(self, ts: float, tracks: Tracks) -> None:
         """A spot mostly hidden behind a person, a vehicle or a dog standing still there is not

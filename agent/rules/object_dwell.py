@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.rules import Category, register
+from agent.rules import Category, RuleOutput, register
 from agent.typedtoml import setting
 from agent.types import Detections, EventKind, Observation, RuleEvent
 from agent.zones import Zone
@@ -41,8 +41,6 @@ class Params:
 # to their own class per zone (category = {...}); the default is a catch-all of 街面秩序.
 @register("object_dwell", Params, Category("街面秩序", "其他", "05-99"))
 class ObjectDwellRule:
-    name = "object_dwell"
-
     def __init__(self, zone: Zone, params: Params):
         self.zone, self.params = zone, params
         self.reset()
@@ -67,7 +65,7 @@ class ObjectDwellRule:
         """Seconds the current candidate has held towards ``min_dwell_s`` (None: no candidate)."""
         return None if self._first_seen is None else self._last_seen - self._first_seen
 
-    def update(self, obs: Observation) -> list[RuleEvent]:
+    def update(self, obs: Observation) -> RuleOutput:
         p, ts = self.params, obs.ts
         inside = self._inside(obs.detections)
 
@@ -80,16 +78,16 @@ class ObjectDwellRule:
             self._last_inside = inside
             if not self._open and ts - self._first_seen >= p.min_dwell_s and ts >= self._quiet_until:
                 self._open = True
-                return [self._event(EventKind.OPENED, ts, inside)]
-            return []
+                return RuleOutput([self._event(EventKind.OPENED, ts, inside)])
+            return RuleOutput()
 
         if self._open and ts - self._last_seen >= p.clear_after_s:
             event = self._event(EventKind.CLEARED, ts, self._last_inside, count=0)
             self._quiet_until = ts + p.cooldown_s
             self._first_seen = self._last_seen = None
             self._open = False
-            return [event]
-        return []
+            return RuleOutput([event])
+        return RuleOutput()
 
     def _event(self, kind: EventKind, ts: float, inside: Detections, count: int | None = None) -> RuleEvent:
         """An event about ``inside``; a clear reports the last sighting's boxes with a count of 0."""

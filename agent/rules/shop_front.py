@@ -54,7 +54,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from agent.rules import Category, Need, register
+from agent.rules import Category, Need, RuleOutput, register
 from agent.rules.litter import BLOB_CONFIDENCE, RecentMovers, box_mask
 from agent.typedtoml import setting
 from agent.types import MOVER_CLASSES, EventKind, Observation, RuleEvent, bottom_centres
@@ -117,8 +117,6 @@ class Occupancy:
 @register("out_of_shop", Params, Category("街面秩序", "店外经营", "05-04"),
           needs=frozenset({Need.STATIC_BLOBS, Need.TRACKS}))
 class ShopFrontRule:
-    name = "out_of_shop"
-
     def __init__(self, zone: Zone, params: Params):
         self.zone, self.params = zone, params
         self._movers = RecentMovers(params.mover_classes, params.mover_memory_s)
@@ -188,7 +186,7 @@ class ShopFrontRule:
         """Seconds the current candidate has held towards ``min_dwell_s`` (None: no candidate)."""
         return None if self._occupied_since is None else self._last_seen - self._occupied_since
 
-    def update(self, obs: Observation) -> list[RuleEvent]:
+    def update(self, obs: Observation) -> RuleOutput:
         p, ts = self.params, obs.ts
         if self._watching_since is None:
             self._watching_since = ts
@@ -202,7 +200,7 @@ class ShopFrontRule:
                 since = self._rested_enough_since(occupancy, self._zone_mask(obs.image.shape))
                 self._occupied_since = max(since, self._watching_since)
         elif self._occupied_since is None:
-            return []
+            return RuleOutput()
         else:  # a dip: someone in front of the goods, or the goods taken in
             if self._below_since is None:
                 self._below_since = ts
@@ -210,12 +208,12 @@ class ShopFrontRule:
                 events = [self._event(EventKind.CLEARED, ts, occupancy.fraction)] if self._open else []
                 self._open = False
                 self._occupied_since = self._below_since = None
-                return events
+                return RuleOutput(events)
 
         if not self._open and ts - self._occupied_since >= p.min_dwell_s:
             self._open = True
-            return [self._event(EventKind.OPENED, ts, self._last_fraction)]
-        return []
+            return RuleOutput([self._event(EventKind.OPENED, ts, self._last_fraction)])
+        return RuleOutput()
 
     def _event(self, kind: EventKind, ts: float, fraction: float) -> RuleEvent:
         """An event about the last goods seen; an opening reports their share of the zone then, a
