@@ -22,8 +22,8 @@ from agent.health import CameraHealth
 from agent.logs import log_event
 from agent.privacy import PeopleTrail
 from agent.rules import Need, Rule, build_rule, rule_types
-from agent.tiling import Tiler
 from agent.tickets import TicketBook
+from agent.tiling import Tiler
 from agent.types import Detections, EventKind, Frame, Observation, RuleEvent, RuleOutput
 from agent.zone_account import ZoneAccount
 

@@ -6,12 +6,16 @@ construction, indexable by a boolean mask so zone tests and filters compose with
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
+
+if TYPE_CHECKING:  # agent.track imports this module
+    from agent.track import Tracks
 
 
 def bottom_centres(xyxy: np.ndarray) -> np.ndarray:
@@ -153,13 +157,13 @@ class Observation:
     inputs: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
-    def tracks(self) -> object | None:
-        """agent.track.Tracks; None when no rule of the camera needs tracks."""
-        return self.inputs.get(Need.TRACKS)
+    def tracks(self) -> Tracks | None:
+        """None when no rule of the camera needs tracks."""
+        return cast("Tracks | None", self.inputs.get(Need.TRACKS))
 
     @property
     def static_blobs(self) -> tuple[StaticBlob, ...]:
-        return self.inputs.get(Need.STATIC_BLOBS, ())
+        return cast("tuple[StaticBlob, ...]", self.inputs.get(Need.STATIC_BLOBS, ()))
 
 
 @dataclass(frozen=True)
@@ -181,10 +185,10 @@ class RuleOutput:
     the rule has none. ``alarms`` name events of ``events``.
     """
 
-    events: tuple[RuleEvent, ...] = ()
+    events: Sequence[RuleEvent] = ()  # kept as a tuple
     pictures: Mapping[str, np.ndarray] = field(default_factory=lambda: MappingProxyType({}))
     telemetry: Mapping[str, object] | None = None
-    alarms: tuple[Alarm, ...] = ()
+    alarms: Sequence[Alarm] = ()  # kept as a tuple
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "events", tuple(self.events))

@@ -6,6 +6,7 @@ seconds, so the rates asserted are counts of analysed frames, not wall-clock spe
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,9 +111,12 @@ def test_a_file_read_faster_than_real_time_loses_no_frame():
 
 
 def test_a_real_agent_keeps_its_lift_camera_while_street_cameras_overload_it(tmp_path, footage):
-    """Six street cameras asking 10 fps each of one analysis worker (about 25 detections/s here)
-    and a lift camera asking 5 fps: the lift loses (almost) nothing, the streets lose most. Counters
-    only: what was analysed against what was replaced unanalysed."""
+    """Six street cameras asking 10 fps each of one analysis worker (about 25 detections/s on an
+    idle box) and a lift camera asking 2 fps: the lift loses (almost) nothing, the streets lose
+    most. Counters only: what was analysed against what was replaced unanalysed. (Priority does
+    not preempt: a lift frame waits for the analysis under way, so on a box so loaded that one
+    takes longer than the lift's period the lift would lose frames too; 2 fps leaves room for
+    that on a busy CI machine, and the simulated box above covers 5 fps.)"""
     from agent.app import Agent
     from agent.config import load_config
     from tests.helpers import write_edge
@@ -132,7 +136,7 @@ def test_a_real_agent_keeps_its_lift_camera_while_street_cameras_overload_it(tmp
     # Every street frame goes to the detector (no change gate): the overload is certain.
     streets = [camera(f"street{i}", 10.0, {"type": "object_dwell", "classes": ["person"]},
                       change_gate={"enabled": False}) for i in range(6)]
-    lift = camera("lift", 5.0, {"type": "lift_ebike"})
+    lift = camera("lift", 2.0, {"type": "lift_ebike"})
     edge = write_edge(tmp_path, streets + [lift], extra="\n[inference]\nworkers = 1\n")
     agent = Agent(load_config(edge))
     cameras = ["lift"] + [f"street{i}" for i in range(6)]
@@ -149,7 +153,7 @@ def test_a_real_agent_keeps_its_lift_camera_while_street_cameras_overload_it(tmp
         # pipelines (zones, scene models, view references) and are slow for all alike.
         wait_for(lambda: counts()["lift"][0] >= 10, 60, "the lift's first frames")
         start = counts()
-        wait_for(lambda: counts()["lift"][0] >= start["lift"][0] + 60, 120, "60 more lift frames")
+        wait_for(lambda: counts()["lift"][0] >= start["lift"][0] + 40, 120, "40 more lift frames")
         end = counts()
     finally:
         stop.set()

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
 from agent.registry import Registry
+
 # Need and RuleOutput are rule modules' vocabulary: they import them from here.
 from agent.types import Need, Observation, RuleOutput
 from agent.zones import Zone
@@ -85,7 +86,7 @@ _RULES: Registry[RuleType] = Registry("rule", __name__, __path__)
 def register(name: str, params: type, category: Category, needs: frozenset[Need | str] = frozenset(),
              cadence: Cadence = Cadence.STATIC):
     """Make the decorated class the rule type ``name``, and its ``name`` that name."""
-    def wrap(rule_cls: type) -> type:
+    def wrap(rule_cls: type[Any]) -> type[Any]:
         _RULES.add(name, rule_cls, RuleType(name, params, rule_cls, category, frozenset(needs), cadence))
         rule_cls.name = name
         return rule_cls

@@ -99,6 +99,8 @@ class Params:
 # its own codes, so operators must check them (edge.toml [categories.crowd]).
 @register("crowd", Params, Category("突发事件", "人群聚集", "04-05"))
 class CrowdRule:
+    name: ClassVar[str]  # set by register
+
     def __init__(self, zone: Zone, params: Params):
         self.zone, self.params = zone, params
         self.classes = frozenset(params.classes)

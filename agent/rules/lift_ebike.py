@@ -46,6 +46,7 @@ import logging
 import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -192,7 +193,7 @@ class EmptyCar:
         count = int(found.sum())
         if not count:
             return Foreground(0.0, None)
-        parts, labels, stats, _ = cv2.connectedComponentsWithStats(found)
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(found)
         big = 1 + np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= PART_FRACTION * self.zone_pixels)
         solid = np.isin(labels, big)
         if not solid.any():
@@ -266,6 +267,8 @@ def _difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # must set (edge.toml [categories.lift_ebike]).
 @register("lift_ebike", Params, Category("突发事件", "电动车进电梯", "04-99"), cadence=Cadence.LIVE)
 class LiftEbikeRule:
+    name: ClassVar[str]  # set by register
+
     def __init__(self, zone: Zone, params: Params):
         self.zone, self.params = zone, params
         self.classes = frozenset(params.classes)

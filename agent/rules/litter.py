@@ -47,6 +47,7 @@ whole zone, so with strong perspective the area bounds hold only near where it w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -183,6 +184,8 @@ class RecentMovers:
 # per zone or per rule type (category = {...}) where it differs.
 @register("litter", Params, Category("市容环境", "暴露垃圾", "01-02"), needs=frozenset({Need.STATIC_BLOBS}))
 class LitterRule:
+    name: ClassVar[str]  # set by register
+
     def __init__(self, zone: Zone, params: Params):
         self.zone, self.params = zone, params
         self._movers = RecentMovers(params.mover_classes, params.mover_memory_s)

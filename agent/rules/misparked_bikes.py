@@ -37,6 +37,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from enum import Enum
+from typing import ClassVar
 
 import numpy as np
 
@@ -141,6 +142,8 @@ class _Spot:
 @register("misparked_bikes", Params, Category("街面秩序", "非机动车乱停放", "05-06"),
           needs=frozenset({Need.TRACKS, Need.SMALL_OBJECTS, Need.STATIC_BLOBS}))
 class MisparkedBikesRule:
+    name: ClassVar[str]  # set by register
+
     def __init__(self, zone: Zone, params: Params):
         self.zone, self.params = zone, params
         self.classes = frozenset(params.classes)

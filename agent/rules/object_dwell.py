@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -41,6 +42,8 @@ class Params:
 # to their own class per zone (category = {...}); the default is a catch-all of 街面秩序.
 @register("object_dwell", Params, Category("街面秩序", "其他", "05-99"))
 class ObjectDwellRule:
+    name: ClassVar[str]  # set by register
+
     def __init__(self, zone: Zone, params: Params):
         self.zone, self.params = zone, params
         self.reset()

@@ -50,6 +50,7 @@ the ticket book sends as ``reopened``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -117,6 +118,8 @@ class Occupancy:
 @register("out_of_shop", Params, Category("街面秩序", "店外经营", "05-04"),
           needs=frozenset({Need.STATIC_BLOBS, Need.TRACKS}))
 class ShopFrontRule:
+    name: ClassVar[str]  # set by register
+
     def __init__(self, zone: Zone, params: Params):
         self.zone, self.params = zone, params
         self._movers = RecentMovers(params.mover_classes, params.mover_memory_s)
