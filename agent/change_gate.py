@@ -59,5 +59,6 @@ class ChangeGate:
         return cv2.GaussianBlur(grey, (3, 3), 0)
 
     def _changed(self, thumb: np.ndarray) -> bool:
+        assert self._reference is not None  # needs_detection() takes the first picture as it
         moved = cv2.absdiff(thumb, self._reference) >= self.params.pixel_level
         return int(np.count_nonzero(moved & self.mask)) >= self.min_changed

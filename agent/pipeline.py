@@ -77,6 +77,7 @@ class CameraPipeline:
                                     outside=size is not None and not zc.zone.covers_any(*size)) for zc in configs]
         refused = [zr.config.zone.id for zr in self.zone_rules if zr.outside]
         for zone_id in refused:
+            assert size is not None  # only a real picture's size refuses a zone
             polygon = next(zc.zone.polygon for zc in self.camera.zones if zc.zone.id == zone_id)
             (x0, y0), (x1, y1) = polygon.min(axis=0), polygon.max(axis=0)
             log_event(log, "zone_outside_picture", level=logging.ERROR, camera=self.camera.id, zone=zone_id,
@@ -173,6 +174,7 @@ class CameraPipeline:
         return self.view.suspended if self.view is not None else None
 
     def _guard_view(self, obs: Observation) -> None:
+        assert self.view is not None  # on_frame guards only cameras with a view check
         for event in self.view.update(obs.ts, obs.image):
             self.ticket(event, obs.image, obs.detections)
 

@@ -11,6 +11,7 @@ Nothing here is rule-specific beyond those common keys, so a new rule gets its a
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from agent.types import EventKind, Observation, RuleEvent, bottom_centres
@@ -43,7 +44,7 @@ class ZoneAccount:
                    frozenset(classes), blobs)
 
     def record(self, zone: Zone, obs: Observation, inactive: str | None, rule=None,
-               events: tuple[RuleEvent, ...] = ()) -> None:
+               events: Sequence[RuleEvent] = ()) -> None:
         """One analysed frame; ``rule`` (after its update) and ``events`` when the zone was watched."""
         if inactive is not None:
             self.inactive[inactive] += 1

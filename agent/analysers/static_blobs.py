@@ -24,12 +24,8 @@ ZONE_MARGIN_PX = 16
 @register_analyser(Need.STATIC_BLOBS)
 class StaticBlobAnalyser:
     def __init__(self, camera: CameraConfig, zones: list[Zone]):
-        self.scene = SceneModel(camera.scene, region=_joint_bounds(zones))
-
-    @property
-    def region(self) -> tuple[int, int, int, int]:
-        """x0, y0, x1, y1 of the part of the picture the scene model watches."""
-        return self.scene.region
+        self.region = _joint_bounds(zones)  # x0, y0, x1, y1: the part of the picture the scene model watches
+        self.scene = SceneModel(camera.scene, region=self.region)
 
     def update(self, frame: Frame, detections: Detections) -> tuple[StaticBlob, ...]:
         # People and vehicles are the detector's and tracker's business: the scene model must

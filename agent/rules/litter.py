@@ -116,8 +116,9 @@ class Params:
     @property
     def area_range_px(self) -> tuple[float, float]:
         """(smallest, largest) object area in frame pixels, from m2 where given."""
-        low = self.min_area_px if self.min_area_m2 is None else self.min_area_m2 * self.px_per_m2
-        high = self.max_area_px if self.max_area_m2 is None else self.max_area_m2 * self.px_per_m2
+        px_per_m2 = self.px_per_m2 or 0.0  # set whenever an m2 area is (__post_init__)
+        low = self.min_area_px if self.min_area_m2 is None else self.min_area_m2 * px_per_m2
+        high = self.max_area_px if self.max_area_m2 is None else self.max_area_m2 * px_per_m2
         return low, high
 
 

@@ -50,10 +50,11 @@ class ObjectDwellRule:
 
     def reset(self) -> None:
         self._first_seen: float | None = None
-        self._last_seen: float | None = None
+        # Set together with _first_seen, read only while a candidate exists (_first_seen not None).
+        self._last_seen = float("-inf")
         self._open = False
         self._quiet_until = float("-inf")
-        self._last_inside: Detections | None = None  # the last sighting, which a clear reports
+        self._last_inside = Detections.empty()  # the last sighting, which a clear reports
 
     def _inside(self, detections: Detections) -> Detections:
         p = self.params
@@ -79,6 +80,7 @@ class ObjectDwellRule:
                 self._first_seen = ts
             self._last_seen = ts
             self._last_inside = inside
+            assert self._first_seen is not None  # set above, or when the candidate began
             if not self._open and ts - self._first_seen >= p.min_dwell_s and ts >= self._quiet_until:
                 self._open = True
                 return RuleOutput([self._event(EventKind.OPENED, ts, inside)])
@@ -87,7 +89,7 @@ class ObjectDwellRule:
         if self._open and ts - self._last_seen >= p.clear_after_s:
             event = self._event(EventKind.CLEARED, ts, self._last_inside, count=0)
             self._quiet_until = ts + p.cooldown_s
-            self._first_seen = self._last_seen = None
+            self._first_seen, self._last_seen = None, float("-inf")
             self._open = False
             return RuleOutput([event])
         return RuleOutput()
@@ -102,7 +104,7 @@ class ObjectDwellRule:
             zone=self.zone.id,
             ts=ts,
             first_seen=self._first_seen if self._first_seen is not None else ts,
-            last_seen=self._last_seen if self._last_seen is not None else ts,
+            last_seen=self._last_seen if self._first_seen is not None else ts,
             label=label,
             confidence=float(inside.score.max()) if len(inside) else 0.0,
             boxes=inside.xyxy.copy(),
