@@ -36,7 +36,7 @@ import itertools
 import math
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -290,7 +290,7 @@ def save(path: str | Path, calibration: GroundCalibration, version: int) -> Grou
     """Write ``calibration`` as ``version``, atomically (temp file, fsync, rename), the old file
     kept as ``<file>.bak``; returns it with its version and time."""
     path = Path(path)
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    created = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     saved = dataclasses.replace(calibration, version=int(version), created=created)
     if path.exists():
         os.replace(path, path.with_name(path.name + ".bak"))

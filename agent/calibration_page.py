@@ -42,8 +42,8 @@ import cv2
 import numpy as np
 
 from agent import calibration as ground, camera_calibration, camera_file
-from agent.config import BoxConfig, CameraConfig, ConfigError, is_loopback, load_camera, read_toml
 from agent.clock import SystemClock
+from agent.config import BoxConfig, CameraConfig, ConfigError, is_loopback, load_camera, read_toml
 from agent.ingest import grab_frame
 from agent.logs import log_event
 from agent.preview import Preview
@@ -369,7 +369,7 @@ class Handler(BaseHTTPRequestHandler):
         cookie = SimpleCookie()
         try:
             cookie.load(self.headers.get("Cookie", ""))
-        except Exception:  # a malformed cookie header is no token
+        except Exception:  # noqa: BLE001 - a malformed cookie header is no token
             cookie = SimpleCookie()
         if COOKIE in cookie and _same(cookie[COOKIE].value, token):
             return True
@@ -414,7 +414,7 @@ class Handler(BaseHTTPRequestHandler):
         self._send((WEBUI / name).read_bytes(), STATIC[name])
 
     def _send_jpeg(self, image: np.ndarray) -> None:
-        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        _ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
         self._send(jpeg.tobytes(), "image/jpeg")
 
 

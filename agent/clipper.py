@@ -50,7 +50,7 @@ class Clipper:
         """Ticket hook: every newly opened ticket gets a clip around its opening."""
         if doc["event"] != "opened" or doc["camera_id"] not in self.rings:
             return
-        ts = datetime.fromisoformat(doc["event_time"].replace("Z", "+00:00")).timestamp()
+        ts = datetime.fromisoformat(doc["event_time"]).timestamp()
         with self._lock:
             self._jobs.append(ClipJob(doc["camera_id"], doc["zone_id"], doc["ticket_id"], ts - self.pre_s,
                                       ts + self.post_s, self.clock.now()))

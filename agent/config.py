@@ -16,15 +16,15 @@ it might be quoted.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from enum import Enum
 import ipaddress
 import os
 import re
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
+from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-from typing import Any, ClassVar
 
 import numpy as np
 
@@ -36,14 +36,14 @@ from agent.detect.manifest import load_manifest
 from agent.fault_kinds import DEFAULT_CATEGORIES, Fault
 from agent.redact import add_secret, redact
 from agent.rules import Cadence, Category, camera_cadence, rule_types
+from agent.schedule import DAYS, Schedule, Window, parse_hhmm
 from agent.storage import StorageLimits
 from agent.tiling import TilingParams, ZoneCropParams
 from agent.track import TrackerParams
-from agent.schedule import DAYS, Schedule, Window, parse_hhmm
 from agent.typedtoml import ConfigError, load_dataclass, read_toml, setting
 from agent.zones import Zone
 
-__all__ = ["ConfigError", "BoxConfig", "CameraConfig", "load_config", "read_toml"]
+__all__ = ["BoxConfig", "CameraConfig", "ConfigError", "load_config", "read_toml"]
 
 
 def is_loopback(host: str) -> bool:

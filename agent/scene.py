@@ -401,7 +401,7 @@ class SceneModel:
         previous = list(self._blobs.values())
         iou = box_iou(np.array([b.xyxy for b, _ in previous], np.float64).reshape(-1, 4),
                       np.array([b.xyxy for b, _ in found], np.float64).reshape(-1, 4))
-        pairs = dict((c, r) for r, c in greedy_match(iou, p.match_iou))
+        pairs = {c: r for r, c in greedy_match(iou, p.match_iou)}
         self._blobs = {}
         for i, (blob, label) in enumerate(found):
             if i in pairs:

@@ -23,7 +23,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -32,7 +32,7 @@ from agent.config import CameraConfig, TicketsSection
 from agent.evidence import Evidence, EvidenceStore, annotate
 from agent.faults import CAMERA_ZONE, WHOLE_PICTURE, Fault
 from agent.logs import log_event
-from agent.outbox import MessageProps, OutMessage, Outbox
+from agent.outbox import MessageProps, Outbox, OutMessage
 from agent.privacy import anonymise, obscure, regions
 from agent.rules import Category
 from agent.ticket_signing import DeviceKey
@@ -63,7 +63,7 @@ class TicketError(Exception):
 
 
 def iso_utc(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

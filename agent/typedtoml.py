@@ -41,8 +41,10 @@ def read_toml(path: Path) -> dict:
         raise ConfigError(path, "", f"not valid TOML: {exc}") from None
 
 
-def setting(default: Any = dataclasses.MISSING, *, help: str = "", ge: float | None = None,
-            gt: float | None = None, le: float | None = None, factory: Any = dataclasses.MISSING) -> Any:
+def setting(default: Any = dataclasses.MISSING, *,
+            help: str = "",  # noqa: A002 - the keyword argparse and the reference generator use too
+            ge: float | None = None, gt: float | None = None, le: float | None = None,
+            factory: Any = dataclasses.MISSING) -> Any:
     """A dataclass field with help text and numeric bounds checked at load time."""
     meta = {"help": help, "ge": ge, "gt": gt, "le": le}
     if factory is not dataclasses.MISSING:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import tempfile
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import cv2
@@ -48,7 +48,7 @@ FLOORS = {  # (footage, x1, y1, x2, y2) of a still, empty patch
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def _picture(name: str) -> np.ndarray:
     footage = ensure_footage()
     if ":" in name:
@@ -57,7 +57,7 @@ def _picture(name: str) -> np.ndarray:
     return cv2.imread(str(footage[name]), cv2.IMREAD_COLOR)
 
 
-@lru_cache(maxsize=None)
+@cache
 def cutout(what: str, height_px: int | None = None) -> Sprite:
     """The kit's sprite of ``what``, ``height_px`` tall (default: its source size, scaled per
     scene): cut by the kit from a one-placement recipe, so it is exactly what the kit's

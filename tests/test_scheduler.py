@@ -6,6 +6,7 @@ seconds, so the rates asserted are counts of analysed frames, not wall-clock spe
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest

@@ -193,7 +193,7 @@ def connected_at(log: Path) -> dict[str, float]:
         if "event=camera_connected" not in line:
             continue
         fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
-        ts = datetime.fromisoformat(fields["ts"].replace("Z", "+00:00")).timestamp()
+        ts = datetime.fromisoformat(fields["ts"]).timestamp()
         times.setdefault(fields["camera"], ts)
     return times
 
@@ -398,21 +398,21 @@ def table(fig: dict) -> str:
            if a["latency_p95_s"] is not None else "no ticket")
     rows = [
         ("static 1080p25 cameras (litter, GOP 50)", f"{a['cameras']} at {a['asked_fps']} fps asked"),
-        ("analysis rate achieved", f"min {a['rate_min']:.2f}, mean {a['rate_mean']:.2f} fps; "
-                                   f"{a['at_least_asked_share']:.0%} of cameras at >= 95% of asked"),
-        ("agent CPU (cores)", f"{a['cpu_cores']:.2f} = decode {a['by_thread']['decode']:.2f} + analysis "
-                              f"{a['by_thread']['analysis']:.2f} + other {a['by_thread']['other']:.2f}"),
+        ("analysis rate achieved", (f"min {a['rate_min']:.2f}, mean {a['rate_mean']:.2f} fps; "
+                                   f"{a['at_least_asked_share']:.0%} of cameras at >= 95% of asked")),
+        ("agent CPU (cores)", (f"{a['cpu_cores']:.2f} = decode {a['by_thread']['decode']:.2f} + analysis "
+                              f"{a['by_thread']['analysis']:.2f} + other {a['by_thread']['other']:.2f}")),
         ("agent CPU per camera: one camera alone at the cadence asked; share when loaded",
          f"{100 * r['agent_cpu_per_camera']:.1f}% of a core; {100 * r['agent_cpu_share_loaded']:.1f}%"),
         ("detections reused (change gate)", f"{a['detections_skipped_share']:.0%} of analysed frames"),
         ("RSS", f"{a['rss_mb']:.0f} MB; {r['rss_per_added_camera_mb']:.1f} MB per added camera"),
         ("ticket latency from truth (dwell {:.0f} s)".format(a["dwell_s"]),
          f"{lat}; {a['tickets_missing']} cameras without a ticket"),
-        ("RTSP server CPU (not the agent's); whole box", f"{a['server_cpu_cores']:.2f} cores; box busy "
-                                                          f"{a['box_cpu_cores']:.2f} of {os.cpu_count()} cores"),
+        ("RTSP server CPU (not the agent's); whole box", (f"{a['server_cpu_cores']:.2f} cores; box busy "
+                                                          f"{a['box_cpu_cores']:.2f} of {os.cpu_count()} cores")),
         ("naive: cv2.VideoCapture every frame + detector at the same cadence",
-         f"{100 * r['naive_cpu_per_camera']:.1f}% of a core per camera ({fig['naive_cadence']['cameras']} cameras): "
-         f"**{r['ratio_naive']:.1f}x** the agent's"),
+         (f"{100 * r['naive_cpu_per_camera']:.1f}% of a core per camera ({fig['naive_cadence']['cameras']} cameras): "
+         f"**{r['ratio_naive']:.1f}x** the agent's")),
         ("naive: detector on every frame (cost to keep up at 25 fps)",
          f"{100 * r['naive_every_frame_cost']:.0f}% of a core per camera: **{r['ratio_every_frame']:.0f}x** the agent's"),
     ]

@@ -37,22 +37,22 @@ import sys
 import tempfile
 import time
 import tomllib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterable
 
 if __package__ in (None, ""):  # run as `python tools/evaluate.py`: make `tools` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.typedtoml import ConfigError  # noqa: E402
-from tools import shipped_manifest  # noqa: E402
-from tools.scenario_kit import DEFAULT_OUT, Truth, ensure_built, load_recipe  # noqa: E402
+from agent.typedtoml import ConfigError
+from tools import shipped_manifest
+from tools.scenario_kit import DEFAULT_OUT, Truth, ensure_built, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = shipped_manifest()
 START_TIME = "2026-01-01T00:00:00Z"  # the composite's first frame, so ticket time - this = media time
-START_EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
+START_EPOCH = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
 DEFAULT_SLACK_S = 10.0
 # The size the litter target is set at (recall >= 0.9 for objects this wide or wider, as pasted).
 TARGET_ACROSS_PX = 12
@@ -216,7 +216,7 @@ def read_tickets(stdout: str) -> list[TicketMessage]:
         if not line.strip():
             continue
         doc = json.loads(line)
-        moment = datetime.fromisoformat(doc["event_time"].replace("Z", "+00:00")).timestamp()
+        moment = datetime.fromisoformat(doc["event_time"]).timestamp()
         messages.append(TicketMessage(doc["ticket_id"], doc["event"], doc["rule"], doc["zone_id"],
                                       moment - START_EPOCH, doc.get("reason", "")))
     return messages
@@ -237,7 +237,7 @@ def replay(video: Path, camera_file: Path, camera_id: str, manifest: Path = MANI
         done = subprocess.run(
             [sys.executable, "-m", "agent.cli", "-c", str(edge), "replay", str(video), "--camera", camera_id,
              "--start-time", START_TIME, *(["--store", str(store)] if store is not None else [])],
-            cwd=REPO, capture_output=True, text=True)
+            check=False, cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-5:])
         raise EvaluationError(f"edge-agent replay exited with {done.returncode}: {tail}")
@@ -398,11 +398,11 @@ def markdown(doc: dict) -> str:
                      f"{row['all_false_tickets']}, {_cell(row['all_per_camera_hour'])} |")
     sizes = doc["litter_sizes"]
     if sizes["found"] or sizes["missed"]:
-        lines += ["", f"Litter objects: {sizes['found']} found, {sizes['missed']} missed; smallest found "
+        lines += ["", (f"Litter objects: {sizes['found']} found, {sizes['missed']} missed; smallest found "
                   f"{sizes['smallest_found_across_px'] or '—'} px across / {sizes['smallest_found_area_px'] or '—'} px²; "
                   f"largest missed {sizes['largest_missed_across_px'] or '—'} px across / "
                   f"{sizes['largest_missed_area_px'] or '—'} px²; {sizes['target_across_px']} px across or "
-                  f"more: {sizes['found_at_target']} of {sizes['at_target']} found."]
+                  f"more: {sizes['found_at_target']} of {sizes['at_target']} found.")]
     lines.append("")
     for sc in doc["scenarios"]:
         how = "reused" if sc["reused"] else "built"

@@ -49,10 +49,10 @@ import tarfile
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DEST = REPO / ".cache" / "footage"
@@ -143,7 +143,7 @@ def _is_good(path: Path, item: Item) -> bool:
 def _run(cmd: list[str], cwd: Path, what: str) -> None:
     """Run a registry client; raise FetchError naming the package and command."""
     try:
-        proc = subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE,
+        proc = subprocess.run(cmd, check=False, cwd=cwd, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, timeout=900)
     except FileNotFoundError as e:
         raise FetchError(f"{what}: command not found: {' '.join(cmd)} ({e})") from e
@@ -376,8 +376,7 @@ def transcode_vtest(src: Path, dst: Path) -> None:
             ovs.pix_fmt = RECIPE["pix_fmt"]
             ovs.time_base = tb
             ovs.codec_context.time_base = tb
-            n = 0
-            for frame in inp.decode(ivs):
+            for n, frame in enumerate(inp.decode(ivs)):
                 frame = frame.reformat(format=RECIPE["pix_fmt"])
                 # The source's own I-frames (every 250) would otherwise be passed
                 # to libx264 as forced keyframes and break the fixed GOP.
@@ -386,7 +385,6 @@ def transcode_vtest(src: Path, dst: Path) -> None:
                 frame.time_base = tb
                 for pkt in ovs.encode(frame):
                     out.mux(pkt)
-                n += 1
             for pkt in ovs.encode(None):
                 out.mux(pkt)
     why = _probe_derived(tmp)
@@ -429,7 +427,7 @@ def _ensure_derived(dest_dir: Path, source: Path, say: Log) -> Path:
         transcode_vtest(source, derived)
     except FetchError:
         raise
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise FetchError(f"{DERIVED_NAME}: PyAV transcode of {DERIVED_SOURCE} failed: "
                          f"{type(e).__name__}: {e}") from e
     _recipe_path(dest_dir).write_text(json.dumps(RECIPE, indent=1, sort_keys=True) + "\n")

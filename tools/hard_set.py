@@ -35,10 +35,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python tools/hard_set.py`: make `tools` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2
+import numpy as np
 
-from tools.scenario_kit import camera_toml  # noqa: E402
+from tools.scenario_kit import camera_toml
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "scenarios" / "hard"

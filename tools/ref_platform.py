@@ -52,12 +52,13 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Self
 
 import paho.mqtt.client as mqtt
 from jsonschema import Draft202012Validator
@@ -86,7 +87,7 @@ MAX_CHUNKS = 10_000
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def furthest_step(a: str, b: str) -> str:
@@ -861,7 +862,7 @@ class RefPlatform:
         self.client.loop_stop()
         self.db.close()
 
-    def __enter__(self) -> RefPlatform:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -39,11 +39,12 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import av
 import cv2
@@ -52,9 +53,9 @@ import numpy as np
 if __package__ in (None, ""):  # run as `python tools/scenario_kit.py`: make `tools` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.config import CameraFile  # noqa: E402
-from agent.typedtoml import ConfigError, load_dataclass, read_toml, setting  # noqa: E402
-from tools.fetch_footage import ALL_NAMES as FOOTAGE_NAMES, ensure_footage  # noqa: E402
+from agent.config import CameraFile
+from agent.typedtoml import ConfigError, load_dataclass, read_toml, setting
+from tools.fetch_footage import ALL_NAMES as FOOTAGE_NAMES, ensure_footage
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / ".cache" / "scenarios"
@@ -381,7 +382,7 @@ def _object_mask(picture: np.ndarray, placement: Placement, seed: int) -> np.nda
     cv2.grabCut(picture, mask, None, background_model, object_model, 5, cv2.GC_INIT_WITH_MASK)
     found = np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
     # Drop specks; keep every sizeable part (a thin gap can separate boots from legs).
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(found)
+    _count, labels, stats, _ = cv2.connectedComponentsWithStats(found)
     areas = stats[1:, cv2.CC_STAT_AREA]
     if not len(areas):
         raise ValueError(f"grabcut found no object in box {list(placement.box)}")
@@ -546,7 +547,7 @@ def apply_effects(frame: np.ndarray, effects: Effects, shapes: list[np.ndarray],
         seen += effects.noise * rng.standard_normal(seen.shape, dtype=np.float32)
     seen = np.clip(seen + 0.5, 0, 255).astype(np.uint8)
     if effects.jpeg_quality:
-        ok, data = cv2.imencode(".jpg", seen, [cv2.IMWRITE_JPEG_QUALITY, effects.jpeg_quality])
+        _ok, data = cv2.imencode(".jpg", seen, [cv2.IMWRITE_JPEG_QUALITY, effects.jpeg_quality])
         seen = cv2.imdecode(data, cv2.IMREAD_COLOR)
     return seen
 

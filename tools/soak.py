@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -50,12 +51,13 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
 
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.packettypes import PacketTypes  # noqa: E402
@@ -290,7 +292,7 @@ class Subscriber:
     def _on_message(self, client, userdata, msg):
         try:
             self._record(msg)
-        except Exception as exc:  # a bad message must not kill paho's thread
+        except Exception as exc:  # noqa: BLE001 - a bad message must not kill paho's thread
             with self.lock:
                 self.got.evidence_bad.append(f"{msg.topic}: {type(exc).__name__}: {exc}")
 
@@ -328,13 +330,13 @@ class Subscriber:
             self._on_status(json.loads(msg.payload))
 
     def _on_status(self, doc: dict) -> None:
-        t = datetime.fromisoformat(doc["time"].replace("Z", "+00:00")).timestamp()
+        t = datetime.fromisoformat(doc["time"]).timestamp()
         with self.lock:
             self.got.status_docs += 1
             if t < self.start_time:
                 return  # a retained status from before this run
             if self.status is None or t >= datetime.fromisoformat(
-                    self.status["time"].replace("Z", "+00:00")).timestamp():
+                    self.status["time"]).timestamp():
                 self.status, self.status_at = doc, time.monotonic()
             self.status_time = max(self.status_time, t)
             for cam in doc.get("cameras", []):
@@ -543,7 +545,7 @@ def check_delivery(db_path: Path, sub: Subscriber) -> dict:
         first.setdefault(key, None)
     arrived = list(first)
     arrived_seqs = [s for _, s in arrived]
-    out_of_order = sum(1 for a, b in zip(arrived_seqs, arrived_seqs[1:]) if b < a)
+    out_of_order = sum(1 for a, b in itertools.pairwise(arrived_seqs) if b < a)
     missing = [k for k in stored_keys if k not in first]
     with sub.lock:
         evidence = set(sub.got.evidence)
@@ -612,16 +614,16 @@ def table(fig: dict) -> str:
     r = fig["rss"]
     d = fig["delivery"]
     rows = [
-        ("cameras", f"{fig['cameras']} ({', '.join(sorted(set(c['footage'] for c in fig['camera_list'])))}, "
-                    f"looped, analysed at {fig['analysis_fps']:g} fps)"),
+        ("cameras", (f"{fig['cameras']} ({', '.join(sorted({c['footage'] for c in fig['camera_list']}))}, "
+                    f"looped, analysed at {fig['analysis_fps']:g} fps)")),
         ("simulated hours per camera (min / total)",
          f"{fig['simulated_h_min']:.2f} / {fig['simulated_h_total']:.2f}"),
         ("wall minutes (expected)", f"{fig['wall_min']:.1f} ({fig['expected_wall_min']:.1f})"),
         ("speed-up (simulated h per wall h, all cameras)", f"{fig['speedup']:.0f}x"),
-        ("tickets / ticket messages", f"{d['tickets']} / {d['ticket_messages']} "
-                                      f"({', '.join(f'{k} {v}' for k, v in sorted(d['events'].items()))})"),
-        ("messages stored (all kinds)", f"{d['messages_stored']} "
-                                         f"({', '.join(f'{k} {v}' for k, v in sorted(d['messages_by_kind'].items()))})"),
+        ("tickets / ticket messages", (f"{d['tickets']} / {d['ticket_messages']} "
+                                      f"({', '.join(f'{k} {v}' for k, v in sorted(d['events'].items()))})")),
+        ("messages stored (all kinds)", (f"{d['messages_stored']} "
+                                         f"({', '.join(f'{k} {v}' for k, v in sorted(d['messages_by_kind'].items()))})")),
         ("broker outages (down s each, agent back online after: max s)",
          f"{fig['outages']} ({fig['down_for_s']:g} s, {fig['reconnect_max_s']})"),
         ("outbox backlog when the broker came back (max / sum over outages)",
@@ -630,8 +632,8 @@ def table(fig: dict) -> str:
         ("RSS growth after warm-up: max / end (bound)",
          f"{r.get('growth_max_mb')} / {r.get('growth_end_mb')} MB ({fig['max_growth_mb']:g} MB)"),
         ("RSS slope after warm-up", f"{r.get('slope_mb_per_sim_h')} MB per simulated hour"),
-        ("agent CPU (mean, % of one core; box busy)", f"{fig['cpu_mean_pct']:.0f}% ({fig['box_busy_pct']:.0f}% "
-                                                       f"of {fig['cores']} cores)"),
+        ("agent CPU (mean, % of one core; box busy)", (f"{fig['cpu_mean_pct']:.0f}% ({fig['box_busy_pct']:.0f}% "
+                                                       f"of {fig['cores']} cores)")),
         ("threads / open fds (warm-up → end)", f"{fig['threads']} / {fig['fds']}"),
         ("stuck workers (longest stall of frames_analysed)", f"{len(fig['stuck'])} ({fig['max_stall_s']:.0f} s)"),
         ("undelivered outbox rows / missing at subscriber / out of order",
@@ -891,7 +893,7 @@ class Soak:
             "command": "python tools/soak.py " + " ".join(sys.argv[1:]),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
                        f"Python {platform.python_version()}",
-            "date_utc": datetime.fromtimestamp(self.started_wall, timezone.utc).strftime("%Y-%m-%d %H:%M"),
+            "date_utc": datetime.fromtimestamp(self.started_wall, UTC).strftime("%Y-%m-%d %H:%M"),
             "cameras": args.cameras, "camera_list": self.cameras, "analysis_fps": args.analysis_fps,
             "target_simulated_h": args.simulated_hours,
             "simulated_h_min": min(prog.values()), "simulated_h_total": sum(prog.values()),

@@ -70,7 +70,7 @@ class Detector:
             raise ConfigError(manifest_path, "providers", str(exc)) from None
         try:
             self.session = ort.InferenceSession(str(manifest.file), options, providers=chosen)
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidProtobuf types
             raise ConfigError(manifest.file, "", f"onnxruntime cannot load the model: {exc}") from None
         self.manifest = manifest
         self.sha256 = manifest.sha256.lower()
