@@ -723,5 +723,6 @@ def _with_ground_area(rule: dict, params: type, polygon: np.ndarray, ground: Gro
         area = ground.area_m2(polygon)
     except CalibrationError as exc:
         raise ConfigError(path, f"{key}.polygon", f"no ground area from the calibration: {exc}") from None
-    kept = {k: v for k, v in rule.items() if k not in params.GROUND_AREA_REPLACES}
+    replaced = getattr(params, "GROUND_AREA_REPLACES", ())  # a ClassVar beside GROUND_AREA, as crowd's
+    kept = {k: v for k, v in rule.items() if k not in replaced}
     return kept | {area_key: area}

@@ -167,7 +167,7 @@ class MetricsServer:
                   reachable_from="this box" if self.section.loopback else "the network, without login")
 
     def stop(self) -> None:
-        if self._server is None:
+        if self._server is None or self._thread is None:  # both set by start()
             return
         self._server.shutdown()
         self._server.server_close()

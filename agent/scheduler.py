@@ -116,6 +116,7 @@ class AnalysisScheduler:
             if slot is None:
                 return None
             frame, slot.pending, slot.busy = slot.pending, None, True
+            assert frame is not None  # _next() picks only slots with a frame pending
             self._note(slot, superseded=False)
             self._cond.notify_all()  # a reader waiting for room may go on
             return slot, frame

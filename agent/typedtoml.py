@@ -66,7 +66,7 @@ class _Converter:
 
     def __call__(self, tp: Any, value: Any, key: str) -> Any:
         origin, args = typing.get_origin(tp), typing.get_args(tp)
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             return self.dataclass(tp, value, key)
         if origin in (typing.Union, types.UnionType):
             if value is None and type(None) in args:
