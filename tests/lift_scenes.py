@@ -54,7 +54,10 @@ def _picture(name: str) -> np.ndarray:
     if ":" in name:
         video, index = name.split(":")
         return video_frames(footage[video], [int(index)])[int(index)]
-    return cv2.imread(str(footage[name]), cv2.IMREAD_COLOR)
+    picture = cv2.imread(str(footage[name]), cv2.IMREAD_COLOR)
+    if picture is None:
+        raise FileNotFoundError(f"cannot read footage {footage[name]}")
+    return picture
 
 
 @cache
@@ -207,7 +210,7 @@ def _walk_in(rest) -> list:
     """None in frame 0, then from the door to ``rest`` over frames 1-3, then still."""
     x, y = rest
     door = (x, y + (DOOR_Y - 200))
-    path = [None]
+    path: list[tuple[float, float] | None] = [None]
     for i in (1, 2, 3):
         f = i / 3
         path.append((door[0] + (x - door[0]) * f, door[1] + (y - door[1]) * f))

@@ -119,10 +119,12 @@ def bounds_text(f: dataclasses.Field) -> str:
 
 def attribute_docstrings(cls) -> dict[str, str]:
     """Docstrings written under dataclass fields (the style of agent/track.py and agent/scene.py)."""
-    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    class_def = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
+    assert isinstance(class_def, ast.ClassDef)  # the source of a class
+    body = class_def.body
     docs = {}
     for node, following in itertools.pairwise(body):
-        if (isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr)
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(following, ast.Expr)
                 and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str)):
             docs[node.target.id] = " ".join(following.value.value.split())
     return docs

@@ -41,6 +41,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as `python tools/evaluate.py`: make `tools` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -295,11 +296,11 @@ def negatives(results: list[ScenarioResult]) -> list[dict]:
     (every ticket there is false), over their total duration; and over every scenario, for scale."""
     rows = []
     for rule in sorted({rule for r in results for rule in r.rules}):
-        watched = [r for r in results if rule in r.rules and r.matching is not None]
-        empty = [r for r in watched if not r.matching.matches]
-        hours, all_hours = sum(r.duration_s for r in empty) / 3600, sum(r.duration_s for r in watched) / 3600
-        false = sum(fp.rule == rule for r in empty for fp in r.matching.false_positives)
-        all_false = sum(fp.rule == rule for r in watched for fp in r.matching.false_positives)
+        watched = [(r, r.matching) for r in results if rule in r.rules and r.matching is not None]
+        empty = [(r, m) for r, m in watched if not m.matches]
+        hours, all_hours = sum(r.duration_s for r, _ in empty) / 3600, sum(r.duration_s for r, _ in watched) / 3600
+        false = sum(fp.rule == rule for _, m in empty for fp in m.false_positives)
+        all_false = sum(fp.rule == rule for _, m in watched for fp in m.false_positives)
         rows.append({"rule": rule, "negative_scenarios": len(empty), "negative_hours": hours,
                      "false_tickets": false, "per_camera_hour": false / hours if hours else None,
                      "all_hours": all_hours, "all_false_tickets": all_false,
@@ -309,7 +310,8 @@ def negatives(results: list[ScenarioResult]) -> list[dict]:
 
 def object_sizes(results: list[ScenarioResult], rule: str = "litter") -> dict:
     """How small the ``rule``'s objects were that were found, and the largest missed ones."""
-    found, missed = [], []
+    found: list[dict] = []
+    missed: list[dict] = []
     for r in results:
         for m in r.matching.matches if r.matching is not None else ():
             size = _size(r, m)
@@ -335,7 +337,7 @@ def report(results: list[ScenarioResult], slack_s: float, manifest: Path = MANIF
     scenario with every truth event and false positive."""
     scenarios = []
     for r in results:
-        entry = {"name": r.name, "recipe": str(r.recipe), "video": str(r.video), "seed": r.seed,
+        entry: dict[str, Any] = {"name": r.name, "recipe": str(r.recipe), "video": str(r.video), "seed": r.seed,
                  "duration_s": r.duration_s, "reused": r.reused,
                  "build_s": round(r.build_s, 2), "replay_s": round(r.replay_s, 2), "error": r.error}
         if r.matching is not None:

@@ -53,6 +53,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DEST = REPO / ".cache" / "footage"
@@ -98,7 +99,7 @@ ITEMS: tuple[Item, ...] = (
 # cached copies are re-made.
 DERIVED_NAME = "vtest.mp4"
 DERIVED_SOURCE = "vtest.avi"
-RECIPE = {
+RECIPE: dict[str, Any] = {  # a JSON document: the recipe file written beside the derived clip
     "version": 1,
     "source_sha256": ITEMS[0].sha256,
     "codec": "libx264",
@@ -225,10 +226,9 @@ def _deb_extract(deb: Path, members: list[str], out: Path, package: str) -> dict
                     continue
                 member = wanted[name]
                 target = out / Path(member).name
-                src = tar.extractfile(ti)
-                assert src is not None
-                if name.endswith(".gz"):
-                    src = gzip.GzipFile(fileobj=src)
+                raw = tar.extractfile(ti)
+                assert raw is not None
+                src = gzip.GzipFile(fileobj=raw) if name.endswith(".gz") else raw
                 with open(target, "wb") as f:
                     shutil.copyfileobj(src, f, 1 << 20)
                 found[member] = target
@@ -316,11 +316,15 @@ def _probe_derived(path: Path) -> str | None:
             # Fixed GOP, no B-frames: keyframes exactly at 0, gop, 2*gop, ...
             # and decode order == presentation order.
             tb = s.time_base
+            if tb is None:
+                return "no time base"
             keys: list[int] = []
             n = 0
             for pkt in c.demux(s):
                 if pkt.size == 0:
                     continue
+                if pkt.pts is None:
+                    return "a packet without pts"
                 if pkt.pts != pkt.dts:
                     return "B-frames (pts != dts)"
                 if pkt.is_keyframe:

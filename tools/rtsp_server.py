@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
 
     GLib.timeout_add_seconds(2, _cleanup)
 
-    stopping = {"sig": None}
+    stopping: dict[str, int | None] = {"sig": None}
 
     def _stop(signum: int) -> bool:
         stopping["sig"] = signum
