@@ -221,6 +221,12 @@ class SceneModel:
                                  interpolation=cv2.INTER_AREA)
         return cv2.resize(picture, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
 
+    def _frame_area(self) -> int:
+        """Pixels of the full frame, whose size _start() set before any update reads this."""
+        assert self._frame_size is not None
+        width, height = self._frame_size
+        return width * height
+
     def _scale(self) -> tuple[float, float]:
         """Frame pixels per working pixel, in x and y."""
         h, w = self._static_s.shape
@@ -370,8 +376,7 @@ class SceneModel:
         count, self._labels, stats, _ = cv2.connectedComponentsWithStats(static, connectivity=8)
         sx, sy = self._scale()
         x0, y0 = self._crop[:2]
-        assert self._frame_size is not None  # set by _start(), which precedes every update
-        max_area = p.max_area_frac * self._frame_size[0] * self._frame_size[1]
+        max_area = p.max_area_frac * self._frame_area()
         found: list[tuple[StaticBlob, int]] = []
         for label in range(1, count):
             x, y, w, h, area = stats[label]
