@@ -14,8 +14,10 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+from av.video.stream import VideoStream
 
 from agent.evidence import ZONE_COLOUR, annotate_detections
+from agent.track import Tracks
 from agent.types import Need, Observation
 
 BLOB_COLOUR = (255, 255, 0)  # BGR cyan: static objects, apart from the detector's red boxes
@@ -36,7 +38,7 @@ def annotate_frame(obs: Observation, pipeline) -> np.ndarray:
     Also the calibration page's live preview (agent/preview.py)."""
     zone_rules = pipeline.zone_rules
     picture = annotate_detections(obs.image, [zr.config.zone for zr in zone_rules], obs.detections)
-    if obs.tracks is not None:
+    if isinstance(obs.tracks, Tracks):
         for track_id, (x0, _, _, y1) in zip(obs.tracks.ids, obs.tracks.xyxy.astype(int)):
             cv2.putText(picture, f"#{track_id}", (x0, y1 + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, TRACK_COLOUR, 1,
                         cv2.LINE_AA)
@@ -61,7 +63,7 @@ class AnnotatedVideo:
     def __init__(self, path: Path, fps: float):
         self.path, self.fps = path, fps
         self._out = av.open(str(path), "w", format="mp4", container_options={"movflags": "+faststart"})
-        self._stream = None
+        self._stream: VideoStream | None = None
         self._size: tuple[int, int] | None = None
         self.frames = 0
 

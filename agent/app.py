@@ -105,11 +105,11 @@ class Agent:
                                        self.books, self.pipelines, chunk_bytes, self._command_auth(), self.models,
                                        remote_config)
         self._requests: queue.Queue[Request | None] = queue.Queue(maxsize=1000)
-        self.transport = (MqttTransport(config.mqtt, self.topics, self.outbox, self.clock,
-                                        on_command=self._enqueue_command, status=self.status,
-                                        password=config.mqtt_password)
-                          if config.mqtt else None)
-        broker_connected = (lambda: self.transport.connected) if self.transport else None
+        self.transport = transport = (MqttTransport(config.mqtt, self.topics, self.outbox, self.clock,
+                                                    on_command=self._enqueue_command, status=self.status,
+                                                    password=config.mqtt_password)
+                                      if config.mqtt else None)
+        broker_connected = (lambda: transport.connected) if transport else None
         self.metrics_registry = agent_registry(AgentCollector(
             config.agent.id, self.health, self.outbox, self.janitor, self.clock, self.health_summary, broker_connected))
 
@@ -149,6 +149,7 @@ class Agent:
                 log_event(log, "commands_refused", level=logging.WARNING,
                           reason="no [commands] key_file: every command from the platform will be refused")
             return None
+        assert self.config.commands is not None  # the key is read from [commands] key_file
         return CommandAuth(self.config.command_key, self.config.commands.max_skew_s, self.outbox)
 
     def status(self) -> dict:

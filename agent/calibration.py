@@ -35,8 +35,9 @@ import dataclasses
 import itertools
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -158,13 +159,13 @@ class GroundCalibration:
                                    created=self.created)
 
 
-def fit(points: list[GroundPoint], datum: str, origin: tuple[float, float] | None,
+def fit(given: Sequence[GroundPoint], datum: str, origin: tuple[float, float] | None,
         frame_size: tuple[int, int]) -> GroundCalibration:
-    """Fit the homography of ``points``; :class:`CalibrationError` says why it cannot be."""
+    """Fit the homography of the ``given`` points; :class:`CalibrationError` says why it cannot be."""
     import cv2
 
     points = tuple(GroundPoint((float(p.pixel[0]), float(p.pixel[1])), (float(p.ground[0]), float(p.ground[1])))
-                   for p in points)
+                   for p in given)
     if datum not in DATUMS:
         raise CalibrationError(f"datum must be {' or '.join(DATUMS)}, got {datum!r}")
     if len(points) < MIN_POINTS:
@@ -200,7 +201,7 @@ def fit(points: list[GroundPoint], datum: str, origin: tuple[float, float] | Non
     homography = _facing(to_ground / np.linalg.norm(to_ground), pixels)  # unit norm: det and w comparable
     back = cv2.perspectiveTransform(metres.reshape(-1, 1, 2), to_pixels).reshape(-1, 2)
     errors = tuple(float(e) for e in np.linalg.norm(back - pixels, axis=1))
-    return GroundCalibration(points, datum, None if origin is None else tuple(origin),
+    return GroundCalibration(points, datum, None if origin is None else (origin[0], origin[1]),
                              (int(frame_size[0]), int(frame_size[1])), frame, homography, errors)
 
 
@@ -290,7 +291,7 @@ def save(path: str | Path, calibration: GroundCalibration, version: int) -> Grou
     """Write ``calibration`` as ``version``, atomically (temp file, fsync, rename), the old file
     kept as ``<file>.bak``; returns it with its version and time."""
     path = Path(path)
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    created = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     saved = dataclasses.replace(calibration, version=int(version), created=created)
     if path.exists():
         os.replace(path, path.with_name(path.name + ".bak"))

@@ -42,8 +42,8 @@ import cv2
 import numpy as np
 
 from agent import calibration as ground, camera_calibration, camera_file
-from agent.config import BoxConfig, CameraConfig, ConfigError, is_loopback, load_camera, read_toml
 from agent.clock import SystemClock
+from agent.config import BoxConfig, CameraConfig, ConfigError, is_loopback, load_camera, read_toml
 from agent.ingest import grab_frame
 from agent.logs import log_event
 from agent.preview import Preview
@@ -332,13 +332,14 @@ class Handler(BaseHTTPRequestHandler):
         if len(parts) not in (3, 4) or parts[:2] != ["api", "cameras"]:
             raise PageError(HTTPStatus.NOT_FOUND, "not found")
         camera_id, route = parts[2], (method, *parts[3:])
+        posted = body if body is not None else {}  # None only for a GET, whose routes read none
         actions = {
             ("GET",): lambda: self._send_json(page.camera_doc(camera_id)),
             ("GET", "frame.jpg"): lambda: self._send_jpeg(page.state(camera_id).current_frame()),
             ("POST", "frame"): lambda: self._send_json(
                 {"frame_size": list(page.state(camera_id).current_frame(refresh=True).shape[1::-1])}),
-            ("POST", "zones"): lambda: self._send_json(page.save_zones(camera_id, body)),
-            ("POST", "calibration"): lambda: self._send_json(page.fit_calibration(camera_id, body)),
+            ("POST", "zones"): lambda: self._send_json(page.save_zones(camera_id, posted)),
+            ("POST", "calibration"): lambda: self._send_json(page.fit_calibration(camera_id, posted)),
             ("GET", "preview"): lambda: self._send_json(page.preview(camera_id)),
         }
         if route not in actions:
@@ -369,7 +370,7 @@ class Handler(BaseHTTPRequestHandler):
         cookie = SimpleCookie()
         try:
             cookie.load(self.headers.get("Cookie", ""))
-        except Exception:  # a malformed cookie header is no token
+        except Exception:  # noqa: BLE001 - a malformed cookie header is no token
             cookie = SimpleCookie()
         if COOKIE in cookie and _same(cookie[COOKIE].value, token):
             return True
@@ -414,7 +415,7 @@ class Handler(BaseHTTPRequestHandler):
         self._send((WEBUI / name).read_bytes(), STATIC[name])
 
     def _send_jpeg(self, image: np.ndarray) -> None:
-        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        _ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
         self._send(jpeg.tobytes(), "image/jpeg")
 
 
@@ -437,7 +438,7 @@ class PageServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
+        host, port = str(self.server_address[0]), self.server_address[1]
         return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
 
@@ -451,7 +452,10 @@ def serve(config: BoxConfig, settings: PageSettings, ready=None, stop: threading
     if ready is not None:
         ready(server)
     if stop is not None:
-        threading.Thread(target=lambda: (stop.wait(), server.shutdown()), daemon=True).start()
+        def shut_down_when_stopped() -> None:
+            stop.wait()
+            server.shutdown()
+        threading.Thread(target=shut_down_when_stopped, daemon=True).start()
     try:
         server.serve_forever(poll_interval=0.2)
     finally:

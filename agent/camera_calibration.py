@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.files import write_atomically
 from agent import calibration
 from agent.calibration import GroundCalibration
 from agent.config import BoxConfig, CameraConfig, ConfigError, load_config
 from agent.faults import REFERENCE_DIR, save_reference, saved_reference
+from agent.files import write_atomically
 
 
 @dataclass(frozen=True)

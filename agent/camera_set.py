@@ -157,6 +157,8 @@ class CameraSet:
         """None once the camera has analysed a frame; else, after ``timeout_s`` or when its worker
         ended, why not (its health's last error, e.g. the url that does not open)."""
         parts, worker = self.parts(camera_id), self.worker(camera_id)
+        if parts is None:
+            return f"camera {camera_id} is not running"
         deadline = time.monotonic() + timeout_s
         while parts.health.frames_analysed == 0:
             if worker is None or not worker.is_alive():
@@ -171,9 +173,10 @@ class CameraSet:
         with self._lock:
             self._parts[camera] = parts
             self.health[camera], self.books[camera], self.pipelines[camera] = parts.health, parts.book, parts.pipeline
-            for table, value in ((self.rings, parts.ring), (self.trails, parts.trail)):
-                if value is not None:
-                    table[camera] = value
+            if parts.ring is not None:
+                self.rings[camera] = parts.ring
+            if parts.trail is not None:
+                self.trails[camera] = parts.trail
 
     def _drop(self, camera_id: str) -> None:
         with self._lock:

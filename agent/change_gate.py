@@ -42,9 +42,9 @@ class ChangeGate:
     def needs_detection(self, ts: float, image: np.ndarray) -> bool:
         """Whether the detector must run on ``image`` (taken at ``ts``); when True, ``image``
         becomes the picture later frames are compared with."""
-        thumb = self._thumbnail(image)
-        if (self._reference is not None and ts - self._reference_ts < self.params.rescan_s
-                and not self._changed(thumb)):
+        thumb, reference = self._thumbnail(image), self._reference
+        if (reference is not None and ts - self._reference_ts < self.params.rescan_s
+                and not self._changed(thumb, reference)):
             return False
         self._reference, self._reference_ts = thumb, ts
         return True
@@ -58,7 +58,6 @@ class ChangeGate:
         grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
         return cv2.GaussianBlur(grey, (3, 3), 0)
 
-    def _changed(self, thumb: np.ndarray) -> bool:
-        assert self._reference is not None  # needs_detection() takes the first picture as it
-        moved = cv2.absdiff(thumb, self._reference) >= self.params.pixel_level
+    def _changed(self, thumb: np.ndarray, reference: np.ndarray) -> bool:
+        moved = cv2.absdiff(thumb, reference) >= self.params.pixel_level
         return int(np.count_nonzero(moved & self.mask)) >= self.min_changed

@@ -50,7 +50,7 @@ class Clipper:
         """Ticket hook: every newly opened ticket gets a clip around its opening."""
         if doc["event"] != "opened" or doc["camera_id"] not in self.rings:
             return
-        ts = datetime.fromisoformat(doc["event_time"].replace("Z", "+00:00")).timestamp()
+        ts = datetime.fromisoformat(doc["event_time"]).timestamp()
         with self._lock:
             self._jobs.append(ClipJob(doc["camera_id"], doc["zone_id"], doc["ticket_id"], ts - self.pre_s,
                                       ts + self.post_s, self.clock.now()))
@@ -69,8 +69,8 @@ class Clipper:
         for job in jobs:
             ring = self.rings[job.camera]
             # The people to hide in the last pictures are known once a frame after them is analysed.
-            newest = (ring.newest_ts, self.trails[job.camera].newest_ts)
-            arrived = None not in newest and min(newest) >= job.end_ts
+            ring_ts, trail_ts = ring.newest_ts, self.trails[job.camera].newest_ts
+            arrived = ring_ts is not None and trail_ts is not None and min(ring_ts, trail_ts) >= job.end_ts
             waited = self.clock.now() - job.requested_at
             if not final and not arrived and waited < self.give_up_s:
                 continue

@@ -142,13 +142,13 @@ class PacketRing:
         if packet.size == 0:  # the demuxer's end-of-stream packet
             return
         pts = packet.pts if packet.pts is not None else packet.dts
-        dts = packet.dts if packet.dts is not None else pts
         with self._lock:
             if self._source is None:
                 raise RuntimeError("PacketRing.start_source() must come before append()")
             if pts is None:  # cannot be placed in time (RTSP's first packet can lack one)
                 self._synced = False
                 return
+            dts = packet.dts if packet.dts is not None else pts
             time_base = self._source.time_base
             ts, decode_ts = packet_ts(pts, time_base, ts_offset), packet_ts(dts, time_base, ts_offset)
             if decode_ts <= self._last_decode_ts:
@@ -184,6 +184,7 @@ class PacketRing:
                 gop.packets for gop in itertools.islice(self._gops, first, None))
             chosen = list(itertools.takewhile(lambda p: p.decode_ts <= end_ts, from_start))
             source = self._source
+        assert source is not None  # append() takes packets only after start_source()
         keyframe_ts = chosen[0].ts
         last = max(i for i, p in enumerate(chosen) if p.ts <= end_ts)
         # Open-GOP leading pictures (presented before their keyframe) reference the GOP before
@@ -281,6 +282,7 @@ class _Muxed:
 
     def mux(self, out: av.container.OutputContainer, packet: av.Packet) -> None:
         time_base = packet.time_base
+        assert packet.pts is not None  # the encoder stamps every packet it returns
         self.first_s = min(self.first_s, float(packet.pts * time_base))
         self.end_s = max(self.end_s, float((packet.pts + (packet.duration or 0)) * time_base))
         self.frames += 1
@@ -327,15 +329,18 @@ def _transcode(clip: ClipPackets, start_ts: float, end_ts: float, out: av.contai
     stream = out.add_stream("libx264", options={"preset": TRANSCODE_PRESET})
     stream.width, stream.height, stream.pix_fmt = source.width, source.height, "yuv420p"
     stream.time_base = stream.codec_context.time_base = source.time_base
-    muxed = first_pts = None
+    muxed: _Muxed | None = None
+    first_pts = 0
     for frame, ts in _frames_in_span(clip, start_ts, end_ts):
+        pts = frame.pts
+        assert pts is not None  # _frames_in_span placed it in time by its pts
         if muxed is None:
-            muxed, first_pts = _Muxed(ts), frame.pts
+            muxed, first_pts = _Muxed(ts), pts
         if picture_filter is not None:
-            decoded = frame
-            frame = av.VideoFrame.from_ndarray(picture_filter(decoded.to_ndarray(format="bgr24"), ts), format="bgr24")
-            frame.pts, frame.time_base = decoded.pts, decoded.time_base
-        frame.pts -= first_pts
+            time_base = frame.time_base
+            frame = av.VideoFrame.from_ndarray(picture_filter(frame.to_ndarray(format="bgr24"), ts), format="bgr24")
+            frame.time_base = time_base
+        frame.pts = pts - first_pts
         for packet in stream.encode(frame):
             muxed.mux(out, packet)
     if muxed is None:
@@ -350,12 +355,14 @@ def _frames_in_span(clip: ClipPackets, start_ts: float,
     """Decoded frames with their agent time, from the one shown at ``start_ts`` (the last at or
     before it) through ``end_ts``."""
     decoder = av.CodecContext.create(clip.source.codec, "r")
+    assert isinstance(decoder, av.VideoCodecContext)  # the ring keeps a video stream's packets
     decoder.extradata = clip.source.extradata
     # Some codecs (MS MPEG-4) carry the picture size only in the container, not in the stream.
     decoder.width, decoder.height = clip.source.width, clip.source.height
     held = None
     packets = itertools.chain(_source_packets(clip), [None])  # None flushes the decoder
     for frame in itertools.chain.from_iterable(decoder.decode(p) for p in packets):
+        assert frame.pts is not None  # the ring stores only packets with a pts
         ts = clip.packets[0].ts + float(frame.pts * clip.source.time_base)
         if ts <= start_ts:
             held = (frame, ts)
@@ -375,4 +382,5 @@ def _source_params(stream: av.video.stream.VideoStream) -> SourceParams:
     holder = av.open(io.BytesIO(), "w", format="matroska")
     template = holder.add_stream_from_template(stream)
     ctx = stream.codec_context
+    assert stream.time_base is not None  # every demuxed stream has one
     return SourceParams(ctx.name, ctx.width, ctx.height, stream.time_base, ctx.extradata, template)

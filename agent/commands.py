@@ -22,7 +22,7 @@ from agent.command_auth import AuthError, CommandAuth
 from agent.evidence import EvidenceStore, spot_check
 from agent.logs import log_event
 from agent.model_update import ModelUpdateError, ModelUpdater
-from agent.outbox import MessageProps, OutMessage, Outbox
+from agent.outbox import MessageProps, Outbox, OutMessage
 from agent.pipeline import CameraPipeline
 from agent.redact import redact
 from agent.remote_config import RemoteConfig

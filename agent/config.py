@@ -16,16 +16,16 @@ it might be quoted.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from enum import Enum
 import importlib
 import ipaddress
 import os
 import re
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
+from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-from typing import Any, ClassVar
 
 import numpy as np
 
@@ -38,14 +38,14 @@ from agent.detect.manifest import load_manifest
 from agent.fault_kinds import DEFAULT_CATEGORIES, Fault
 from agent.redact import add_secret, redact
 from agent.rules import Cadence, Category, Need, camera_cadence, rule_types
+from agent.schedule import DAYS, Schedule, Window, parse_hhmm
 from agent.storage import StorageLimits
 from agent.tiling import TilingParams, ZoneCropParams
 from agent.track import TrackerParams
-from agent.schedule import DAYS, Schedule, Window, parse_hhmm
 from agent.typedtoml import ConfigError, load_dataclass, read_toml, setting
 from agent.zones import Zone
 
-__all__ = ["ConfigError", "BoxConfig", "CameraConfig", "load_config", "read_toml"]
+__all__ = ["BoxConfig", "CameraConfig", "ConfigError", "load_config", "read_toml"]
 
 
 def is_loopback(host: str) -> bool:
@@ -585,7 +585,7 @@ def _load_edge(path: Path) -> EdgeFile:
     for name in edge.plugins:
         try:
             importlib.import_module(name)
-        except Exception as exc:  # whatever a plug-in raises at import, the box must say which one
+        except Exception as exc:  # noqa: BLE001 - whatever a plug-in raises at import, the box must say which one
             raise ConfigError(path, "plugins", f"cannot import {name!r}: {type(exc).__name__}: {exc}") from None
     return edge
 
@@ -754,5 +754,6 @@ def _with_ground_area(rule: dict, params: type, polygon: np.ndarray, ground: Gro
         area = ground.area_m2(polygon)
     except CalibrationError as exc:
         raise ConfigError(path, f"{key}.polygon", f"no ground area from the calibration: {exc}") from None
-    kept = {k: v for k, v in rule.items() if k not in params.GROUND_AREA_REPLACES}
+    replaced = getattr(params, "GROUND_AREA_REPLACES", ())  # a ClassVar beside GROUND_AREA, as crowd's
+    kept = {k: v for k, v in rule.items() if k not in replaced}
     return kept | {area_key: area}

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agent.fault_kinds import DEFAULT_CATEGORIES, Fault  # there so config loads without OpenCV
+from agent.fault_kinds import DEFAULT_CATEGORIES, Fault  # noqa: F401 - re-exported; there so config skips OpenCV
 from agent.files import write_atomically
 from agent.logs import log_event
 from agent.tamper import TamperMonitor, TamperParams, Verdict, ViewReference

@@ -160,7 +160,8 @@ class CameraReader:
                             continue
                         if live:
                             ts = (packet_ts(frame.pts, frame.time_base, live_offset)
-                                  if live_offset is not None and frame.pts is not None else self.clock.now())
+                                  if live_offset is not None and frame.pts is not None and frame.time_base is not None
+                                  else self.clock.now())
                         else:
                             ts = started + media_time
                             if self.realtime:

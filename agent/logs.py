@@ -65,7 +65,7 @@ def log_uncaught_exceptions() -> None:
 
     def thread_hook(args: threading.ExceptHookArgs) -> None:
         if args.exc_type is not SystemExit:
-            log.error("thread_crashed", exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+            log.error("thread_crashed", exc_info=args.exc_value,  # carries its type and traceback
                       extra={"fields": {"thread": args.thread.name if args.thread else "?"}})
 
     def main_hook(exc_type, exc_value, exc_traceback) -> None:

@@ -167,7 +167,7 @@ class MetricsServer:
                   reachable_from="this box" if self.section.loopback else "the network, without login")
 
     def stop(self) -> None:
-        if self._server is None:
+        if self._server is None or self._thread is None:  # both set by start()
             return
         self._server.shutdown()
         self._server.server_close()
@@ -184,7 +184,7 @@ class MetricsServer:
                 # A probe (curl -f, a load balancer) sees failing as an error; degraded still works.
                 status = "503 Service Unavailable" if summary["state"] == State.FAILING.value else "200 OK"
                 return _reply(start_response, status, json.dumps(summary, ensure_ascii=False), "application/json")
-        except Exception as exc:  # wsgiref would print the traceback to stderr, past the log's redaction
+        except Exception as exc:  # noqa: BLE001 - wsgiref would print the traceback to stderr, past the log's redaction
             log_event(log, "metrics_request_failed", level=logging.ERROR, path=path,
                       reason=f"{type(exc).__name__}: {exc}")
             return _reply(start_response, "500 Internal Server Error", "internal error, see the agent's log\n")

@@ -281,7 +281,7 @@ def verify(manifest: Path, section: ModelSection, frame: np.ndarray, needed: set
         raise ModelUpdateError("bad_model", str(exc)) from None
     try:
         detector.detect(frame)
-    except Exception as exc:  # onnxruntime's own errors, a decoder's shape mismatch
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own errors, a decoder's shape mismatch
         raise ModelUpdateError("bad_model", f"{detector.name} fails on a reference frame: "
                                             f"{type(exc).__name__}: {exc}") from None
     missing = sorted(needed - set(detector.class_names))

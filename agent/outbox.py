@@ -78,6 +78,7 @@ class StoredMessage:
     def body(self) -> bytes:
         if self.payload is not None:
             return self.payload
+        assert self.payload_path is not None  # a message has a payload or a payload file (OutMessage)
         with open(self.payload_path, "rb") as f:
             f.seek(self.payload_offset)
             return f.read(-1 if self.payload_length is None else self.payload_length)
@@ -89,7 +90,8 @@ _COLUMNS = ("id, topic, kind, ticket_id, content_type, payload, payload_path, pa
 
 def _stored(row: tuple) -> StoredMessage:
     *head, props, created_at = row
-    return StoredMessage(*head, MessageProps.from_json(props), created_at)
+    # *head: the nine columns before properties, in field order; mypy cannot count a starred list.
+    return StoredMessage(*head, MessageProps.from_json(props), created_at)  # type: ignore[call-arg]
 
 
 class Transaction:
@@ -115,6 +117,7 @@ class Transaction:
              message.payload_offset, message.payload_length, message.content_type, message.props.to_json(),
              self._now),
         )
+        assert cur.lastrowid is not None  # every INSERT sets it
         return cur.lastrowid
 
 

@@ -66,7 +66,7 @@ class Preview(threading.Thread):
             return self._latest
 
     def _analysed(self, obs: Observation) -> None:
-        ok, jpeg = cv2.imencode(".jpg", annotate_frame(obs, self.pipeline), [cv2.IMWRITE_JPEG_QUALITY, 80])
+        _ok, jpeg = cv2.imencode(".jpg", annotate_frame(obs, self.pipeline), [cv2.IMWRITE_JPEG_QUALITY, 80])
         with self._lock:
             self._latest = PreviewFrame(jpeg.tobytes(), obs.ts, zone_states(self.pipeline))
 
@@ -79,7 +79,7 @@ class Preview(threading.Thread):
                 if time.monotonic() - self._asked > IDLE_STOP_S:
                     break
                 self.pipeline.on_frame(frame)
-        except Exception as exc:  # the page says why; the server goes on
+        except Exception as exc:  # noqa: BLE001 - the page says why; the server goes on
             self.error = f"{type(exc).__name__}: {exc}"
             log_event(log, "preview_failed", level=logging.WARNING, camera=camera.id, reason=self.error)
         finally:

@@ -95,12 +95,14 @@ class SceneModel:
         """Forget the background, every counter and every blob; ids start again."""
         self._frame_size: tuple[int, int] | None = None  # (w, h) of the full frame
         self._crop = (0, 0, 0, 0)  # x0, y0, x1, y1 of the modelled part, clipped to the frame
-        self._fast = self._slow = self._picture = None  # float32 (h, w, 3) at working size
+        # The working-size images stay empty until _start() sizes them to the first frame (update()
+        # calls nothing else before). float32 (h, w, 3): the fast and slow backgrounds, the picture.
+        self._fast = self._slow = self._picture = _UNSIZED
         # float32 (h, w): seconds seen still and uncovered (capped at warmup_s); seconds foreground
         # against the slow model, and static, each -inf while the pixel is not so.
-        self._known_s = self._foreground_s = self._static_s = None
-        self._labels: np.ndarray | None = None  # int32 (h, w), components of the last update
-        self._expected: np.ndarray | None = None  # the slow background at this frame's gain
+        self._known_s = self._foreground_s = self._static_s = _UNSIZED
+        self._labels = _UNSIZED  # int32 (h, w), components of the last update
+        self._expected = _UNSIZED  # float32 (h, w, 3): the slow background at this frame's gain
         self._blobs: dict[int, tuple[StaticBlob, int]] = {}  # id -> (blob, label in _labels)
         self._gain = np.ones(3, np.float32)
         self._last_ts = 0.0
@@ -219,6 +221,12 @@ class SceneModel:
                                  interpolation=cv2.INTER_AREA)
         return cv2.resize(picture, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
 
+    def _frame_area(self) -> int:
+        """Pixels of the full frame, whose size _start() set before any update reads this."""
+        assert self._frame_size is not None
+        width, height = self._frame_size
+        return width * height
+
     def _scale(self) -> tuple[float, float]:
         """Frame pixels per working pixel, in x and y."""
         h, w = self._static_s.shape
@@ -227,7 +235,7 @@ class SceneModel:
 
     def _raster(self, boxes: np.ndarray | None) -> np.ndarray:
         """Working-size mask of the grown boxes."""
-        covered = np.zeros(self._static_s.shape, bool)
+        covered = np.zeros(self._static_s.shape, np.bool_)
         if boxes is None or len(boxes) == 0:
             return covered
         sx, sy = self._scale()
@@ -349,7 +357,7 @@ class SceneModel:
 
     def _reported_pixels(self) -> np.ndarray:
         """Working-size mask of the blobs reported by the last update."""
-        is_reported = np.zeros(self._labels.max() + 1, bool)
+        is_reported = np.zeros(self._labels.max() + 1, np.bool_)
         is_reported[[label for _, label in self._blobs.values()]] = True
         return is_reported[self._labels]
 
@@ -358,7 +366,7 @@ class SceneModel:
         p = self.params
         # A reported object's pixels stay its own, however often it was walked over since.
         reported = self._reported_pixels() if self._blobs else None
-        static = (self._static_s >= p.min_static_s).view(np.uint8)
+        static: np.ndarray = (self._static_s >= p.min_static_s).view(np.uint8)
         if not static.any():  # the usual case: skip the component analysis
             self._labels[:] = 0
             self._blobs = {}
@@ -368,7 +376,7 @@ class SceneModel:
         count, self._labels, stats, _ = cv2.connectedComponentsWithStats(static, connectivity=8)
         sx, sy = self._scale()
         x0, y0 = self._crop[:2]
-        max_area = p.max_area_frac * self._frame_size[0] * self._frame_size[1]
+        max_area = p.max_area_frac * self._frame_area()
         found: list[tuple[StaticBlob, int]] = []
         for label in range(1, count):
             x, y, w, h, area = stats[label]
@@ -401,7 +409,7 @@ class SceneModel:
         previous = list(self._blobs.values())
         iou = box_iou(np.array([b.xyxy for b, _ in previous], np.float64).reshape(-1, 4),
                       np.array([b.xyxy for b, _ in found], np.float64).reshape(-1, 4))
-        pairs = dict((c, r) for r, c in greedy_match(iou, p.match_iou))
+        pairs = {c: r for r, c in greedy_match(iou, p.match_iou)}
         self._blobs = {}
         for i, (blob, label) in enumerate(found):
             if i in pairs:
@@ -435,15 +443,15 @@ NEAR_WHITE_LEVEL = 235.0
 RELIT_MIN_CONTRAST = 25.0
 LIGHT_MIN_LEVEL = 40.0  # grey levels: darker background channels take no part in the light test
 _NOT = np.float32(-np.inf)  # a counter's value while the pixel is not in its state
+_UNSIZED: np.ndarray = np.empty((0, 0), np.float32)  # a working-size image before the first frame (never written)
 
 
 def _assign(target: np.ndarray, value: np.ndarray | np.float32, where: np.ndarray) -> None:
     """``target[where] = value`` for a boolean image ``where``, in place. cv2.copyTo costs about
     a plain copy whatever the mask; numpy's masked assignment and np.where branch per pixel and
     cost 5-20x more on the ragged masks of a real picture."""
-    if np.ndim(value) == 0:
-        value = np.full_like(target, value)
-    cv2.copyTo(value, where.view(np.uint8), target)
+    source = np.full_like(target, value) if np.ndim(value) == 0 else np.asarray(value)
+    cv2.copyTo(source, where.view(np.uint8), target)
 
 
 def _difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -85,7 +85,7 @@ class StorageJanitor:
 
     def _folders(self) -> list[tuple[str, float, int]]:
         """(name, newest mtime, bytes) of each evidence folder (one per ticket or spot check)."""
-        out = []
+        out: list[tuple[str, float, int]] = []
         if not self.evidence_root.is_dir():
             return out
         for folder in self.evidence_root.iterdir():

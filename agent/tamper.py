@@ -161,7 +161,7 @@ def check_view(reference: ViewReference, frame_bgr: np.ndarray) -> ViewCheck:
     homography, inlier_points = _fit_homography(src, dst, p.ransac_reprojection_px)
     inlier_ratio = len(inlier_points) / len(src) if len(src) else 0.0
     shift_px = rotation_deg = zoom = None
-    if len(inlier_points) >= p.min_inliers:
+    if homography is not None and len(inlier_points) >= p.min_inliers:
         moved = cv2.perspectiveTransform(inlier_points[None], homography)[0]
         shift_px = float(np.median(np.linalg.norm(moved - inlier_points, axis=1))) * reference.scale
         rotation_deg, zoom = _roll_and_zoom(homography, grey.shape[1] / 2, grey.shape[0] / 2)
@@ -172,7 +172,7 @@ def check_view(reference: ViewReference, frame_bgr: np.ndarray) -> ViewCheck:
         verdict = Verdict.BLURRED
     elif len(reference.points) < p.min_keypoints or len(points) < p.min_keypoints:
         verdict = Verdict.UNKNOWN
-    elif (shift_px is None or inlier_ratio < p.min_inlier_ratio or shift_px > p.max_shift_px
+    elif (shift_px is None or rotation_deg is None or zoom is None or inlier_ratio < p.min_inlier_ratio or shift_px > p.max_shift_px
           or abs(rotation_deg) > p.max_rotation_deg or abs(zoom - 1) > p.max_zoom):
         verdict = Verdict.SHIFTED
     else:
@@ -262,10 +262,10 @@ def _working_grey(frame_bgr: np.ndarray, working_width: int) -> np.ndarray:
 
 
 def _orb(grey: np.ndarray, params: TamperParams) -> tuple[np.ndarray, np.ndarray]:
-    keypoints, descriptors = cv2.ORB_create(nfeatures=params.orb_features).detectAndCompute(grey, None)
+    keypoints, descriptors = cv2.ORB.create(nfeatures=params.orb_features).detectAndCompute(grey, None)
     if descriptors is None:
         return np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
-    return np.float32([k.pt for k in keypoints]), descriptors
+    return np.array([k.pt for k in keypoints], np.float32), descriptors
 
 
 def _ratio_matches(reference: ViewReference, points: np.ndarray,

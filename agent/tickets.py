@@ -21,9 +21,9 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -32,7 +32,7 @@ from agent.config import CameraConfig, TicketsSection
 from agent.evidence import Evidence, EvidenceStore, annotate
 from agent.faults import CAMERA_ZONE, WHOLE_PICTURE, Fault
 from agent.logs import log_event
-from agent.outbox import MessageProps, OutMessage, Outbox
+from agent.outbox import MessageProps, Outbox, OutMessage
 from agent.privacy import anonymise, obscure, regions
 from agent.rules import Category
 from agent.ticket_signing import DeviceKey
@@ -63,7 +63,7 @@ class TicketError(Exception):
 
 
 def iso_utc(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -331,7 +331,7 @@ class TicketBook:
             return location
         location |= {"position": "camera", "camera": {"lat": cam.lat, "lon": cam.lon},
                      "calibration": {"version": cam.calibration.version, "rms_px": round(cam.calibration.rms_px, 2)}}
-        ground = self._ground_for((int(shape[1]), int(shape[0])))
+        ground = self._ground_for(cam.calibration, (int(shape[1]), int(shape[0])))
         if ground is None or event.zone == CAMERA_ZONE:
             return location  # a camera fault is about the camera
         try:
@@ -346,12 +346,12 @@ class TicketBook:
             return location
         return location | {"lat": round(lat, 7), "lon": round(lon, 7), "position": position}
 
-    def _ground_for(self, size: tuple[int, int]) -> GroundCalibration | None:
+    def _ground_for(self, calibration: GroundCalibration, size: tuple[int, int]) -> GroundCalibration | None:
         """The calibration scaled to the stream's picture size, worked out once per size; None
         (and said once) when it cannot be: tickets then carry the camera's position."""
         if size not in self._ground:
             try:
-                self._ground[size] = self.camera.calibration.for_frame_size(size)
+                self._ground[size] = calibration.for_frame_size(size)
             except CalibrationError as exc:
                 log_event(log, "calibration_unusable", level=logging.WARNING, camera=self.camera.id,
                           reason=str(exc))
@@ -359,7 +359,7 @@ class TicketBook:
         return self._ground[size]
 
     def _send(self, ticket: Ticket, event: str, status: Status, ts: float, *, facts: RuleEvent | None = None,
-              evidence: list[Evidence] = (), reasons: list[str] = (), verification: dict | None = None,
+              evidence: Sequence[Evidence] = (), reasons: Sequence[str] = (), verification: dict | None = None,
               mute: tuple[str, str, float] | None = None) -> dict:
         """Store the next message about ``ticket`` (state change, message, evidence rows) atomically."""
         doc = dict(ticket.doc)

@@ -40,8 +40,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.types import Detections
 from agent.typedtoml import setting
+from agent.types import Detections
 
 
 @dataclass(frozen=True)
@@ -177,8 +177,8 @@ def greedy_match(iou: np.ndarray, min_iou: float) -> list[tuple[int, int]]:
 class _Track:
     """One object's state; mutated only by :class:`Tracker`."""
 
-    __slots__ = ("id", "box", "velocity", "score", "class_id", "group", "first_seen", "last_seen",
-                 "anchor", "anchor_since", "stationary_since", "moving_since", "hits")
+    __slots__ = ("anchor", "anchor_since", "box", "class_id", "first_seen", "group", "hits", "id", "last_seen",
+                 "moving_since", "score", "stationary_since", "velocity")
 
     def __init__(self, track_id: int, ts: float, box: np.ndarray, score: float, class_id: int,
                  group: int | str, hits: int):

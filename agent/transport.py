@@ -111,7 +111,9 @@ class MqttTransport:
             self.client.username_pw_set(cfg.username, password)
         self._trouble = TroubleLog()
         self.client.will_set(topics.status(), json.dumps(self._status_doc("offline")), qos=1, retain=True)
-        self.client.reconnect_delay_set(min_delay=cfg.reconnect_min_s, max_delay=cfg.reconnect_max_s)
+        # paho's hints say int; it computes and sleeps the delays as floats, so 0.5 s works as meant.
+        first_s, most_s = cfg.reconnect_min_s, cfg.reconnect_max_s
+        self.client.reconnect_delay_set(min_delay=first_s, max_delay=most_s)  # type: ignore[arg-type]
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_connect_fail = self._on_connect_fail
@@ -300,9 +302,10 @@ class MqttTransport:
     @classmethod
     def _properties(cls, message: StoredMessage) -> Properties:
         props = cls._plain_properties(message.kind, message.content_type)
+        # paho makes the attributes a packet type allows on assignment; its class declares none of them.
         if message.ticket_id:
-            props.UserProperty.append(("ticket_id", message.ticket_id))
-        props.UserProperty.extend(pair for pair in message.props.user if pair[0] != "kind")
+            props.UserProperty.append(("ticket_id", message.ticket_id))  # type: ignore[attr-defined]
+        props.UserProperty.extend(pair for pair in message.props.user if pair[0] != "kind")  # type: ignore[attr-defined]
         if message.props.correlation_data is not None:
             props.CorrelationData = message.props.correlation_data
         if message.props.expiry_s is not None:

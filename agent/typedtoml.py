@@ -41,8 +41,10 @@ def read_toml(path: Path) -> dict:
         raise ConfigError(path, "", f"not valid TOML: {exc}") from None
 
 
-def setting(default: Any = dataclasses.MISSING, *, help: str = "", ge: float | None = None,
-            gt: float | None = None, le: float | None = None, factory: Any = dataclasses.MISSING) -> Any:
+def setting(default: Any = dataclasses.MISSING, *,
+            help: str = "",  # noqa: A002 - the keyword argparse and the reference generator use too
+            ge: float | None = None, gt: float | None = None, le: float | None = None,
+            factory: Any = dataclasses.MISSING) -> Any:
     """A dataclass field with help text and numeric bounds checked at load time."""
     meta = {"help": help, "ge": ge, "gt": gt, "le": le}
     if factory is not dataclasses.MISSING:
@@ -64,7 +66,7 @@ class _Converter:
 
     def __call__(self, tp: Any, value: Any, key: str) -> Any:
         origin, args = typing.get_origin(tp), typing.get_args(tp)
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             return self.dataclass(tp, value, key)
         if origin in (typing.Union, types.UnionType):
             if value is None and type(None) in args:

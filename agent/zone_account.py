@@ -14,6 +14,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from agent.types import EventKind, Observation, RuleEvent, bottom_centres
 from agent.zones import Zone
 
@@ -63,7 +65,7 @@ class ZoneAccount:
                 if self.min_score is not None and high < self.min_score:
                     self.low_score_frames += 1
                 self.seen.update(set(found.names()))
-        if self.blobs and obs.static_blobs and zone.contains(bottom_centres([b.xyxy for b in obs.static_blobs])).any():
+        if self.blobs and obs.static_blobs and zone.contains(bottom_centres(np.array([b.xyxy for b in obs.static_blobs]))).any():
             self.blob_frames += 1
         self.dwell_now = rule.dwell() if rule is not None and hasattr(rule, "dwell") else None
         if self.dwell_now is not None:
@@ -77,6 +79,7 @@ class ZoneAccount:
         reasons = [f"not watched {frames} frames ({reason.replace('_', ' ')})"
                    for reason, frames in self.inactive.most_common()]
         if self.low_score_frames:
+            assert self.score_range is not None  # set by every frame that counts as low-score
             low, high = self.score_range
             reasons.append(f"score under min_score {self.min_score:g} in {self.low_score_frames} of "
                            f"{self.candidate_frames} frames with candidates (scores {low:.2f}-{high:.2f})")

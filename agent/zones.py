@@ -36,7 +36,8 @@ class Zone:
         """x, y, w, h of the polygon's bounding rectangle."""
         import cv2
 
-        return cv2.boundingRect(self.polygon.astype(np.int32))
+        x, y, w, h = cv2.boundingRect(self.polygon.astype(np.int32))
+        return x, y, w, h
 
     def scaled(self, sx: float, sy: float) -> Zone:
         """This zone drawn on a picture ``sx`` times as wide and ``sy`` times as tall."""

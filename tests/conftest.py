@@ -26,8 +26,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
 
 import pytest
 
@@ -152,10 +152,10 @@ class Mosquitto:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self, timeout: float = 10.0) -> "Mosquitto":
+    def start(self, timeout: float = 10.0) -> Mosquitto:
         if self.running:
             return self
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - Popen dups it; closed in the finally
         try:
             self.proc = subprocess.Popen([self._exe, "-c", str(self.conf_path)],
                                          stdout=log, stderr=subprocess.STDOUT,
@@ -233,12 +233,12 @@ class RtspServer:
             cmd += ["--mount", mount, "--file", str(path)]
         return cmd
 
-    def start(self, timeout: float = 30.0) -> "RtspServer":
+    def start(self, timeout: float = 30.0) -> RtspServer:
         if self.running:
             return self
         if not os.path.exists(SYSTEM_PYTHON):
             raise RuntimeError(f"{SYSTEM_PYTHON} not found; the RTSP server needs Debian's python3-gi")
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - Popen dups it; closed in the finally
         try:
             self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=log,
                                          stdin=subprocess.DEVNULL)

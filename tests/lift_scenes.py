@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import tempfile
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import cv2
@@ -48,16 +48,19 @@ FLOORS = {  # (footage, x1, y1, x2, y2) of a still, empty patch
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def _picture(name: str) -> np.ndarray:
     footage = ensure_footage()
     if ":" in name:
         video, index = name.split(":")
         return video_frames(footage[video], [int(index)])[int(index)]
-    return cv2.imread(str(footage[name]), cv2.IMREAD_COLOR)
+    picture = cv2.imread(str(footage[name]), cv2.IMREAD_COLOR)
+    if picture is None:
+        raise FileNotFoundError(f"cannot read footage {footage[name]}")
+    return picture
 
 
-@lru_cache(maxsize=None)
+@cache
 def cutout(what: str, height_px: int | None = None) -> Sprite:
     """The kit's sprite of ``what``, ``height_px`` tall (default: its source size, scaled per
     scene): cut by the kit from a one-placement recipe, so it is exactly what the kit's
@@ -207,7 +210,7 @@ def _walk_in(rest) -> list:
     """None in frame 0, then from the door to ``rest`` over frames 1-3, then still."""
     x, y = rest
     door = (x, y + (DOOR_Y - 200))
-    path = [None]
+    path: list[tuple[float, float] | None] = [None]
     for i in (1, 2, 3):
         f = i / 3
         path.append((door[0] + (x - door[0]) * f, door[1] + (y - door[1]) * f))

@@ -13,14 +13,13 @@ import jsonschema
 import numpy as np
 import pytest
 
-from agent.calibration import (LOCAL_M, WGS84, CalibrationError, GroundPoint, LocalFrame, fit, load,
-                               next_version, save)
 from agent.app import Agent
+from agent.calibration import LOCAL_M, WGS84, CalibrationError, GroundPoint, LocalFrame, fit, load, next_version, save
 from agent.cli import main
 from agent.config import load_config
 from agent.faults import CAMERA_ZONE
-from agent.types import Detections, EventKind, RuleEvent
 from agent.typedtoml import ConfigError
+from agent.types import Detections, EventKind, RuleEvent
 from tests.helpers import REPO, write_camera, write_edge
 
 FRAME = (768, 576)

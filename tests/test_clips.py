@@ -91,7 +91,7 @@ def test_ring_stays_bounded_over_ten_minutes_of_a_looped_file_and_starts_at_a_ke
     by_bytes = PacketRing(keep_s=600.0, max_bytes=2_000_000)
     below_one_gop = PacketRing(keep_s=60.0, max_bytes=50_000)  # vtest.mp4's keyframes are ~60-100 kB
     rings = (by_time, by_bytes, below_one_gop)
-    longest = {ring: 0 for ring in rings}
+    longest = dict.fromkeys(rings, 0)
     join_clip = None
     loop_offset = 0.0
     with av.open(str(footage["vtest.mp4"])) as container:
@@ -211,7 +211,7 @@ def test_clip_of_a_live_rtsp_stream_cut_while_packets_keep_arriving(footage, rts
                         ts_offset = clock.now() - packet_ts(packet.pts, packet.time_base, 0.0)
                     if ts_offset is not None:
                         ring.append(packet, ts_offset)
-        except BaseException as exc:  # surfaced by the assertion below
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the assertion below
             failure.append(exc)
 
     reader = threading.Thread(target=camera_thread, daemon=True)

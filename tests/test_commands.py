@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from agent import schemas
 from agent.app import Agent
@@ -96,7 +95,7 @@ def test_verify_on_an_empty_zone_closes_the_ticket(agent, vtest_2fps):
 def test_reject_closes_mutes_the_zone_and_keeps_a_hard_negative(agent, vtest_2fps, tmp_path):
     docs = feed(agent, vtest_2fps[:20])
     ticket = docs[0]["ticket_id"]
-    core, clock = agent
+    core, _clock = agent
     reply = command(core, "reject", ticket_id=ticket, duration_s=3600)
     assert reply["ok"] and reply["ticket_status"] == "rejected"
     hard = tmp_path / "var" / "hard_negatives" / ticket

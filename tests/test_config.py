@@ -272,7 +272,7 @@ def test_secrets_are_read_from_files_relative_to_edge_toml_or_the_environment(tm
     (tmp_path / "secrets").mkdir()
     _secret(tmp_path / "secrets", "mqtt.pw", "pw-from-file\nignored second line\n")
     ca = _secret(tmp_path / "secrets", "ca.pem", "not parsed at load\n", 0o644)
-    config = load_config(_mqtt_box(tmp_path, f'tls = true\ntls_ca = "secrets/ca.pem"\nusername = "box"\n'
+    config = load_config(_mqtt_box(tmp_path, 'tls = true\ntls_ca = "secrets/ca.pem"\nusername = "box"\n'
                                              'password_file = "secrets/mqtt.pw"\n'))
     assert config.mqtt.tls_ca == ca and config.mqtt_password == "pw-from-file"
     assert "pw-from-file" not in repr(config)

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from agent.cli import main
-from agent.detect import choose_providers, load_detector
+from agent.detect import choose_providers, load_detector, nanodet
 from agent.detect.manifest import cpu_flags, int8_risk, load_manifest
-from agent.detect import nanodet
 from agent.typedtoml import ConfigError
 from tests.helpers import NANODET_MANIFEST, REPO, write_camera, write_edge
 from tests.onnx_fixtures import make_yolo_like_onnx

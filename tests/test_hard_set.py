@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
@@ -15,6 +16,9 @@ import pytest
 from agent.rules import rule_types
 from tools import hard_set
 from tools.scenario_kit import Effects, Patch, apply_effects, build, load_recipe, median_background, mover_mask
+
+if TYPE_CHECKING:  # tools.evaluate is imported where used, like the tool itself does
+    from tools.evaluate import ScenarioResult
 
 FPS = 10
 
@@ -165,7 +169,7 @@ def test_backward_loops_and_walkers_in_front_of_pasted_objects(tmp_path, footage
 
 # --------------------------------------------------------------------------- the report
 
-def _result(name: str, truth: list, messages: list, duration_s: float, sizes=()) -> "ScenarioResult":
+def _result(name: str, truth: list, messages: list, duration_s: float, sizes=()) -> ScenarioResult:
     from tools.evaluate import ScenarioResult, match_tickets
 
     return ScenarioResult(name=name, recipe=Path(f"{name}.toml"), video=Path(f"{name}.mp4"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import threading
 
@@ -19,7 +20,7 @@ def test_sampler_takes_one_frame_per_period_of_media_time():
     times = [i / 25 for i in range(250)]  # 10 s of a 25 fps stream
     taken = [t for t in times if sampler.take(t)]
     assert len(taken) == 20
-    assert all(0.48 <= b - a <= 0.52 for a, b in zip(taken, taken[1:]))
+    assert all(0.48 <= b - a <= 0.52 for a, b in itertools.pairwise(taken))
 
 
 def test_sampler_does_not_burst_after_a_stall():

@@ -21,7 +21,7 @@ from agent.clock import ManualClock
 from agent.config import ConfigError, MetricsSection, load_config
 from agent.health import LATENCY_BUCKETS_S, LatencyHistogram
 from agent.metrics import serve_metrics
-from agent.outbox import OutMessage, Outbox
+from agent.outbox import Outbox, OutMessage
 from agent.storage import StorageJanitor, StorageLimits
 from tests.conftest import free_port, port_accepts
 from tests.helpers import write_camera, write_edge
@@ -217,8 +217,8 @@ def test_the_box_fails_only_when_every_camera_does_and_a_stuck_outbox_degrades_i
     clock.advance(OUTBOX_STALE_S + 1)
     stuck = check.summary([entry()], broker_connected=False)
     assert stuck["state"] == "degraded"
-    assert stuck["reasons"] == ["broker: not connected", f"outbox: a message has waited {OUTBOX_STALE_S + 1:.0f} s "
-                                                         "for delivery"]
+    assert stuck["reasons"] == ["broker: not connected", (f"outbox: a message has waited {OUTBOX_STALE_S + 1:.0f} s "
+                                                         "for delivery")]
 
 
 @pytest.mark.parametrize("listen, reason", [
@@ -250,7 +250,7 @@ def test_a_taken_port_is_logged_and_the_agent_goes_on_without_metrics(caplog):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        server = serve_metrics(MetricsSection(f"127.0.0.1:{port}"), None, lambda: {})
+        server = serve_metrics(MetricsSection(f"127.0.0.1:{port}"), None, dict)
     assert server is None
     (record,) = [r for r in caplog.records if r.getMessage() == "metrics_unavailable"]
     assert record.fields["listen"] == f"127.0.0.1:{port}" and "in use" in record.fields["reason"]

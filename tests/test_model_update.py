@@ -10,8 +10,8 @@ import signal
 import ssl
 import subprocess
 import sys
-import time
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -26,12 +26,12 @@ from agent.clock import ManualClock
 from agent.config import load_config
 from agent.model_update import MODELS_DIR, POINTER_FILE, STAGING_DIR
 from agent.transport import Request
-from agent.types import Frame
 from agent.typedtoml import ConfigError, read_toml
+from agent.types import Frame
 from tests.helpers import COMMAND_KEY, NANODET_MANIFEST, REPO, signed, write_camera, write_edge
+from tests.onnx_fixtures import IR_VERSION, OPSET
 from tests.test_transport_security import Pki, pki  # noqa: F401  (the fixture: a CA and a loopback certificate)
 from tools.ref_platform import RefPlatform
-from tests.onnx_fixtures import IR_VERSION, OPSET
 
 START = 1_800_000_000.0
 INT8_MANIFEST = REPO / "models" / "nanodet-g-416-int8.toml"
@@ -88,7 +88,7 @@ def server(tmp_path):
 
 
 @pytest.fixture
-def https_server(tmp_path, pki: Pki):
+def https_server(tmp_path, pki: Pki):  # noqa: F811 - pytest injects the fixture imported above
     root = tmp_path / "www-tls"
     root.mkdir()
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -362,7 +362,7 @@ def test_a_model_that_fails_on_the_cameras_first_frame_is_rolled_back(tmp_path, 
     assert start(edge).detectors["default"].sha256 == before.sha256
 
 
-def test_https_is_verified_against_the_ca_configured(tmp_path, https_server, pki: Pki):
+def test_https_is_verified_against_the_ca_configured(tmp_path, https_server, pki: Pki):  # noqa: F811 - the fixture
     url, sha = https_server.publish("nanodet-int8.onnx", int8_file())
     system_cas = start(make_box(tmp_path / "a"))
     reply = send(system_cas, model="default", url=url, sha256=sha, manifest=manifest_keys(INT8_MANIFEST))

@@ -37,13 +37,13 @@ def run(rule, frames):
 
 
 def params(**kw):
-    base = dict(classes=frozenset({"person"}), min_dwell_s=3, clear_after_s=4, cooldown_s=20, max_gap_s=1.0)
+    base = {"classes": frozenset({"person"}), "min_dwell_s": 3, "clear_after_s": 4, "cooldown_s": 20, "max_gap_s": 1.0}
     return Params(**(base | kw))
 
 
 def test_opens_once_after_dwell_and_clears_after_absence():
     rule = ObjectDwellRule(ZONE, params())
-    frames = [(t * 0.5, dets(INSIDE)) for t in range(0, 21)]  # 0..10 s present
+    frames = [(t * 0.5, dets(INSIDE)) for t in range(21)]  # 0..10 s present
     frames += [(10 + t * 0.5, dets()) for t in range(1, 12)]  # absent from 10.5 s
     assert run(rule, frames) == [(3.0, EventKind.OPENED), (14.0, EventKind.CLEARED)]
 

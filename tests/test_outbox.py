@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.outbox import OutMessage, Outbox
+from agent.outbox import Outbox, OutMessage
 
 
 def msg(i, **kw):
@@ -45,11 +45,10 @@ def test_counter_is_monotonic_across_reopen(tmp_path):
 
 def test_a_failed_transaction_stores_nothing_and_takes_no_seq(tmp_path):
     box = Outbox(tmp_path / "outbox.sqlite")
-    with pytest.raises(RuntimeError):
-        with box.transaction(now=0) as tx:
-            tx.next_counter("ticket_seq")
-            tx.add(msg(1))
-            raise RuntimeError("evidence write failed")
+    with pytest.raises(RuntimeError), box.transaction(now=0) as tx:
+        tx.next_counter("ticket_seq")
+        tx.add(msg(1))
+        raise RuntimeError("evidence write failed")
     assert box.counts() == {"stored": 0, "pending": 0}
     with box.transaction(now=0) as tx:
         assert tx.next_counter("ticket_seq") == 1

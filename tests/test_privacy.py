@@ -247,7 +247,7 @@ def command(agent, verb, **body):
 
 def test_spot_check_snapshot_hides_the_people_even_where_a_zone_keeps_them(tmp_path, vtest_2fps):
     agent = core(tmp_path, OFF)  # the zone's override is for its tickets; a spot check is no evidence of one
-    doc, _ = opened_with_its_frame(agent, vtest_2fps)
+    _doc, _ = opened_with_its_frame(agent, vtest_2fps)
     reply = command(agent, "snapshot", camera_id="cam1")
     assert reply["ok"], reply
     obs = agent.pipelines["cam1"].latest

@@ -128,7 +128,7 @@ def test_a_failing_camera_with_credentials_leaks_nothing_to_broker_or_log(tmp_pa
         return [d for d in docs if d.get("cameras") and d["cameras"][0]["last_error"]]
 
     def offline_ticket():
-        return [d for d in map(lambda m: json.loads(m.payload), sub.on("/tickets")) if d["rule"] == "camera_offline"]
+        return [d for d in (json.loads(m.payload) for m in sub.on("/tickets")) if d["rule"] == "camera_offline"]
 
     try:
         wait_for(status_with_error, 30, "a status with the camera's error")

@@ -17,10 +17,10 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -45,7 +45,7 @@ RESULTS = {"ack": "recorded", "dispatched": "recorded", "handled": "verified_cle
 
 
 def utc(ts: float | None = None) -> str:
-    moment = datetime.fromtimestamp(time.time() if ts is None else ts, timezone.utc)
+    moment = datetime.fromtimestamp(time.time() if ts is None else ts, UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

@@ -84,7 +84,8 @@ def test_the_anchor_is_the_bottom_centre_and_the_area_must_be_within_bounds():
     for box, area, opens in [(above, 1000, False), (reaching_in, 1000, True),
                              (CAN, 10, False), (CAN, 60000, False), (CAN, 16, True)]:
         rule = LitterRule(ZONE, params())
-        assert bool(run(rule, lambda ts: ([blob(box, area=area)], None), 0, 12)) is opens, (box, area)
+        assert bool(run(rule, lambda ts, box=box, area=area: ([blob(box, area=area)], None),
+                        0, 12)) is opens, (box, area)
 
 
 def test_area_bounds_in_square_metres_need_px_per_m2():
@@ -93,7 +94,7 @@ def test_area_bounds_in_square_metres_need_px_per_m2():
     assert p.area_range_px == (1000.0, 4000.0)
     for area, opens in [(800, False), (1200, True), (5000, False)]:
         rule = LitterRule(ZONE, p)
-        assert bool(run(rule, lambda ts: ([blob(area=area)], None), 0, 12)) is opens, area
+        assert bool(run(rule, lambda ts, area=area: ([blob(area=area)], None), 0, 12)) is opens, area
     with pytest.raises(ValueError, match="px_per_m2"):
         params(min_area_m2=0.5)
     with pytest.raises(ValueError, match="smallest area"):
@@ -108,7 +109,7 @@ PERSON_OVER_CAN = (90, 300, 150, 435)
 def test_a_blob_under_a_person_or_a_vehicle_is_not_litter():
     for cls in (PERSON, CAR):
         rule = LitterRule(ZONE, params())
-        assert run(rule, lambda ts: ([blob()], detections(PERSON_OVER_CAN, cls=cls))) == []
+        assert run(rule, lambda ts, cls=cls: ([blob()], detections(PERSON_OVER_CAN, cls=cls))) == []
     # A bottle is not a mover: its box over the blob changes nothing.
     rule = LitterRule(ZONE, params())
     assert run(rule, lambda ts: ([blob()], detections(CAN, cls=BOTTLE)), 0, 12) == [(10.0, EventKind.OPENED, 1)]
@@ -133,7 +134,7 @@ def test_a_blob_that_stands_is_not_litter_whatever_the_detector_saw():
     man, bag, speck = (100, 295, 143, 430), (100, 410, 130, 430), (100, 422, 103, 430)
     for box, opens in [(man, False), (bag, True), (speck, True)]:
         rule = LitterRule(ZONE, params())
-        assert bool(run(rule, lambda ts: ([blob(box, area=500)], None), 0, 12)) is opens, box
+        assert bool(run(rule, lambda ts, box=box: ([blob(box, area=500)], None), 0, 12)) is opens, box
     rule = LitterRule(ZONE, params(max_upright_ratio=0))
     assert run(rule, lambda ts: ([blob(man, area=5000)], None), 0, 12) == [(10.0, EventKind.OPENED, 1)]
 

@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.detect import load_detector
 from agent import scene
+from agent.detect import load_detector
 from agent.scene import SceneModel, SceneParams
 from agent.track import box_iou
 from tests import lift_scenes

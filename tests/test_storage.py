@@ -8,6 +8,7 @@ import json
 import os
 import sqlite3
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,7 +143,7 @@ def test_full_disk_during_writes_leaves_the_outbox_consistent(tiny_disk):
         if kind == "ticket":
             for item in json.loads(payload)["evidence"]:
                 named = [p for t, k, _, p in rows if t == ticket_id and k == "evidence" and p]
-                assert any(hashlib.sha256(open(p, "rb").read()).hexdigest() == item["sha256"] for p in named)
+                assert any(hashlib.sha256(Path(p).read_bytes()).hexdigest() == item["sha256"] for p in named)
     db.close()
 
     outbox, evidence, _ = book_in(tiny_disk)

@@ -3,6 +3,8 @@ and a real small parked bike found by zone crops where the full-frame pass misse
 
 from __future__ import annotations
 
+import itertools
+
 import av
 import cv2
 import numpy as np
@@ -54,7 +56,7 @@ def test_zone_crops_near_the_frame_edge_stay_inside_and_cover_the_zone():
     # A zone across the frame's bottom: overlapping crops, neighbours sharing >= 20%.
     lefts = sorted({rx for rx, _, _, _ in zone_crop_rects(1280, 720, [rect_zone(0, 500, 1279, 719)], INPUT, params)})
     assert lefts[0] == 0 and lefts[-1] == 1280 - 208
-    assert all(208 - (b - a) >= 0.2 * 208 for a, b in zip(lefts, lefts[1:]))
+    assert all(208 - (b - a) >= 0.2 * 208 for a, b in itertools.pairwise(lefts))
 
 
 def test_no_zone_crops_when_the_frame_is_no_larger_than_a_crop():

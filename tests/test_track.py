@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import av
 import numpy as np
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from agent.detect import load_detector
 from agent.track import Tracker, TrackerParams, Tracks, box_iou

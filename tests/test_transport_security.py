@@ -27,7 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from agent.app import Agent as EdgeAgent
 from agent.clock import SystemClock
 from agent.config import BoxConfig, load_config
-from agent.outbox import OutMessage, Outbox
+from agent.outbox import Outbox, OutMessage
 from agent.topics import Topics
 from agent.transport import MqttTransport, Request
 from tests.conftest import Mosquitto, free_port, start_mosquitto
@@ -52,7 +52,7 @@ def _name(cn: str) -> x509.Name:
 
 def _cert(subject: str, key, issuer: x509.Name, issuer_key, *, ca: bool = False,
           sans: list[x509.GeneralName] | None = None, usage=None) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(issuer)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
                .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))

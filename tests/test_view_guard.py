@@ -74,7 +74,7 @@ def test_view_change_suspends_zones_and_opens_a_fault_ticket(agent, vtest_2fps, 
 
 
 def json_time(text):
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    return datetime.fromisoformat(text).timestamp()
 
 
 def test_people_moving_and_dusk_do_not_suspend(agent, vtest_2fps):

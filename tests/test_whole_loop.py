@@ -100,7 +100,7 @@ def test_two_cameras_rtsp_and_file_deliver_evidence_tickets_to_the_broker(tmp_pa
         wait_for(both_cameras_ticketed, 90, "an opened ticket from each camera", agent)
         opened = [json.loads(m.payload) for m in sub.on("/tickets")]
         for doc in opened:
-            wait_for(lambda: all(sub.by_topic(e["topic"]) for e in doc["evidence"]), 20,
+            wait_for(lambda doc=doc: all(sub.by_topic(e["topic"]) for e in doc["evidence"]), 20,
                      f"evidence of ticket {doc['ticket_id']}", agent)
     finally:
         agent.send_signal(signal.SIGTERM)

@@ -12,12 +12,12 @@ import argparse
 import dataclasses
 import json
 import os
-import subprocess
-import tempfile
-import sys
 import platform
 import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path

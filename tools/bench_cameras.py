@@ -47,6 +47,7 @@ from pathlib import Path
 
 import av
 import cv2
+import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -71,6 +72,7 @@ def transcode(src: Path, dst: Path, size: tuple[int, int] | None) -> Path:
     part = dst.with_name(f".{dst.name}.{os.getpid()}.part.mp4")
     with av.open(str(src)) as source, av.open(str(part), "w") as out:
         video = source.streams.video[0]
+        assert video.average_rate is not None, f"{src}: no frame rate"
         src_fps = float(video.average_rate)
         width, height = size or (video.width, video.height)
         stream = out.add_stream("libx264", rate=OUT_FPS)
@@ -80,7 +82,8 @@ def transcode(src: Path, dst: Path, size: tuple[int, int] | None) -> Path:
                           "x264-params": f"keyint={OUT_GOP}:min-keyint={OUT_GOP}:scenecut=0:bframes=0"}
         index = 0
         for n, frame in enumerate(source.decode(video)):
-            picture = cv2.resize(frame.to_ndarray(format="bgr24"), (width, height), interpolation=cv2.INTER_LINEAR)
+            decoded = frame.to_ndarray(format="bgr24")
+            picture: np.ndarray = cv2.resize(decoded, (width, height), interpolation=cv2.INTER_LINEAR)
             while index / OUT_FPS < (n + 1) / src_fps:
                 out_frame = av.VideoFrame.from_ndarray(picture, format="bgr24")
                 out_frame.pts = index
@@ -126,8 +129,10 @@ class RtspServer:
             args += ["--mount", mount, "--file", str(path)]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.urls: dict[str, str] = {}
+        ready = self.proc.stdout
+        assert ready is not None  # stdout=PIPE
         while len(self.urls) < len(mounts):
-            line = self.proc.stdout.readline()
+            line = ready.readline()
             if not line:
                 raise RuntimeError("rtsp_server exited before it was ready")
             if line.startswith("READY "):
@@ -245,14 +250,14 @@ def run_agent(cameras: dict[str, tuple[Scene, str, float]], seconds: float, serv
     try:
         wait_connected(proc, log, len(cameras))
         time.sleep(5.0)  # the first GOPs: decode plans settle, the scene models start
-        before, threads0, server0, t0 = scrape(port), thread_ticks(proc.pid), proc_sample(server.proc.pid), time.monotonic()
-        ticks0, box0 = proc_sample(proc.pid)["ticks"], box_busy()
+        before, threads0, server0, t0 = scrape(port), thread_ticks(proc.pid), live_sample(server.proc.pid), time.monotonic()
+        ticks0, box0 = live_sample(proc.pid)["ticks"], box_busy()
         rss = []
         while time.monotonic() - t0 < seconds:
             time.sleep(2.0)
-            rss.append(proc_sample(proc.pid)["rss_mb"])
-        after, threads1, server1, t1 = scrape(port), thread_ticks(proc.pid), proc_sample(server.proc.pid), time.monotonic()
-        ticks1, box1 = proc_sample(proc.pid)["ticks"], box_busy()
+            rss.append(live_sample(proc.pid)["rss_mb"])
+        after, threads1, server1, t1 = scrape(port), thread_ticks(proc.pid), live_sample(server.proc.pid), time.monotonic()
+        ticks1, box1 = live_sample(proc.pid)["ticks"], box_busy()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
@@ -317,6 +322,14 @@ def run_naive(urls: list[str], seconds: float, detect_every: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def live_sample(pid: int) -> dict:
+    """proc_sample() of a process the benchmark keeps running."""
+    sample = proc_sample(pid)
+    if sample is None:
+        raise RuntimeError(f"process {pid} ended during the benchmark")
+    return sample
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -324,7 +337,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def summary(run: AgentRun, statics: list[str], asked_fps: float, dwell_s: float) -> dict:
     rates = [run.rates.get(cam, 0.0) for cam in statics]
-    latencies = [run.latency_s[cam] for cam in statics if run.latency_s.get(cam) is not None]
+    latencies = [latency for cam in statics if (latency := run.latency_s.get(cam)) is not None]
     return {
         "cameras": len(statics), "asked_fps": asked_fps,
         "rate_min": min(rates), "rate_mean": statistics.fmean(rates),

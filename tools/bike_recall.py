@@ -34,13 +34,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.detect import load_detector  # noqa: E402
-from agent.rules.misparked_bikes import Params as BikeParams  # noqa: E402
-from agent.tiling import Tiler, ZoneCropParams  # noqa: E402
-from agent.track import Tracker, TrackerParams, box_iou  # noqa: E402
-from agent.zones import Zone  # noqa: E402
-from tools.fetch_footage import ensure_footage  # noqa: E402
-from tools.scenario_kit import load_recipe, make_sprite, paste  # noqa: E402
+from agent.detect import load_detector
+from agent.rules.misparked_bikes import Params as BikeParams
+from agent.tiling import Tiler, ZoneCropParams
+from agent.track import Tracker, TrackerParams, box_iou
+from agent.zones import Zone
+from tools.fetch_footage import ensure_footage
+from tools.scenario_kit import load_recipe, make_sprite, paste
 
 MANIFEST = Path(__file__).resolve().parent.parent / "models" / "nanodet-g-416.toml"
 BIKES = ("bicycle", "motorcycle")
@@ -185,9 +185,9 @@ def run_case(detector, frames, zone, spr, spot, seed, min_score, crop_params):
                            if truth is not None else np.zeros(len(still), bool))
                 stationary[key] |= bool(on_bike.any())
                 false[key] = max(false[key], int((~on_bike).sum()))
-        results[mode] = dict(hits=hits, scores=scores, stationary=stationary[""], stationary_strict=stationary["_strict"],
-                             false=false[""], ms=ms,
-                             crops=len(tiler.crop_rects(pictures[0].shape[1], pictures[0].shape[0])))
+        results[mode] = {"hits": hits, "scores": scores, "stationary": stationary[""], "stationary_strict": stationary["_strict"],
+                             "false": false[""], "ms": ms,
+                             "crops": len(tiler.crop_rects(pictures[0].shape[1], pictures[0].shape[0]))}
     return results
 
 

@@ -13,6 +13,7 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import itertools
 import sys
 import textwrap
 import typing
@@ -22,8 +23,20 @@ from pathlib import Path
 from agent.calibration import CalibrationFile, PointSection
 from agent.change_gate import ChangeGateParams
 from agent.command_auth import CommandsSection
-from agent.config import AgentSection, CameraFile, EdgeFile, Gb28181Section, InferenceSection, LocationSection, \
-    MetricsSection, ModelSection, ModelsUpdateSection, MqttSection, StorageSection, ZoneSection
+from agent.config import (
+    AgentSection,
+    CameraFile,
+    EdgeFile,
+    Gb28181Section,
+    InferenceSection,
+    LocationSection,
+    MetricsSection,
+    ModelSection,
+    ModelsUpdateSection,
+    MqttSection,
+    StorageSection,
+    ZoneSection,
+)
 from agent.privacy import PrivacyParams
 from agent.rules import rule_types
 from agent.scene import SceneParams
@@ -63,7 +76,7 @@ SECTIONS = [
 
 def type_name(tp) -> str:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+    if origin in (typing.Union, __import__("types").UnionType):
         return " or ".join(type_name(a) for a in args if a is not type(None)) + " (optional)"
     if origin in (list, frozenset):
         return f"list of {type_name(args[0])}"
@@ -106,10 +119,12 @@ def bounds_text(f: dataclasses.Field) -> str:
 
 def attribute_docstrings(cls) -> dict[str, str]:
     """Docstrings written under dataclass fields (the style of agent/track.py and agent/scene.py)."""
-    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    class_def = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
+    assert isinstance(class_def, ast.ClassDef)  # the source of a class
+    body = class_def.body
     docs = {}
-    for node, following in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr)
+    for node, following in itertools.pairwise(body):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(following, ast.Expr)
                 and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str)):
             docs[node.target.id] = " ".join(following.value.value.split())
     return docs

@@ -37,22 +37,23 @@ import sys
 import tempfile
 import time
 import tomllib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterable
+from typing import Any
 
 if __package__ in (None, ""):  # run as `python tools/evaluate.py`: make `tools` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.typedtoml import ConfigError  # noqa: E402
-from tools import shipped_manifest  # noqa: E402
-from tools.scenario_kit import DEFAULT_OUT, Truth, ensure_built, load_recipe  # noqa: E402
+from agent.typedtoml import ConfigError
+from tools import shipped_manifest
+from tools.scenario_kit import DEFAULT_OUT, Truth, ensure_built, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = shipped_manifest()
 START_TIME = "2026-01-01T00:00:00Z"  # the composite's first frame, so ticket time - this = media time
-START_EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
+START_EPOCH = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
 DEFAULT_SLACK_S = 10.0
 # The size the litter target is set at (recall >= 0.9 for objects this wide or wider, as pasted).
 TARGET_ACROSS_PX = 12
@@ -216,7 +217,7 @@ def read_tickets(stdout: str) -> list[TicketMessage]:
         if not line.strip():
             continue
         doc = json.loads(line)
-        moment = datetime.fromisoformat(doc["event_time"].replace("Z", "+00:00")).timestamp()
+        moment = datetime.fromisoformat(doc["event_time"]).timestamp()
         messages.append(TicketMessage(doc["ticket_id"], doc["event"], doc["rule"], doc["zone_id"],
                                       moment - START_EPOCH, doc.get("reason", "")))
     return messages
@@ -237,7 +238,7 @@ def replay(video: Path, camera_file: Path, camera_id: str, manifest: Path = MANI
         done = subprocess.run(
             [sys.executable, "-m", "agent.cli", "-c", str(edge), "replay", str(video), "--camera", camera_id,
              "--start-time", START_TIME, *(["--store", str(store)] if store is not None else [])],
-            cwd=REPO, capture_output=True, text=True)
+            check=False, cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-5:])
         raise EvaluationError(f"edge-agent replay exited with {done.returncode}: {tail}")
@@ -295,11 +296,11 @@ def negatives(results: list[ScenarioResult]) -> list[dict]:
     (every ticket there is false), over their total duration; and over every scenario, for scale."""
     rows = []
     for rule in sorted({rule for r in results for rule in r.rules}):
-        watched = [r for r in results if rule in r.rules and r.matching is not None]
-        empty = [r for r in watched if not r.matching.matches]
-        hours, all_hours = sum(r.duration_s for r in empty) / 3600, sum(r.duration_s for r in watched) / 3600
-        false = sum(fp.rule == rule for r in empty for fp in r.matching.false_positives)
-        all_false = sum(fp.rule == rule for r in watched for fp in r.matching.false_positives)
+        watched = [(r, r.matching) for r in results if rule in r.rules and r.matching is not None]
+        empty = [(r, m) for r, m in watched if not m.matches]
+        hours, all_hours = sum(r.duration_s for r, _ in empty) / 3600, sum(r.duration_s for r, _ in watched) / 3600
+        false = sum(fp.rule == rule for _, m in empty for fp in m.false_positives)
+        all_false = sum(fp.rule == rule for _, m in watched for fp in m.false_positives)
         rows.append({"rule": rule, "negative_scenarios": len(empty), "negative_hours": hours,
                      "false_tickets": false, "per_camera_hour": false / hours if hours else None,
                      "all_hours": all_hours, "all_false_tickets": all_false,
@@ -309,7 +310,8 @@ def negatives(results: list[ScenarioResult]) -> list[dict]:
 
 def object_sizes(results: list[ScenarioResult], rule: str = "litter") -> dict:
     """How small the ``rule``'s objects were that were found, and the largest missed ones."""
-    found, missed = [], []
+    found: list[dict] = []
+    missed: list[dict] = []
     for r in results:
         for m in r.matching.matches if r.matching is not None else ():
             size = _size(r, m)
@@ -335,7 +337,7 @@ def report(results: list[ScenarioResult], slack_s: float, manifest: Path = MANIF
     scenario with every truth event and false positive."""
     scenarios = []
     for r in results:
-        entry = {"name": r.name, "recipe": str(r.recipe), "video": str(r.video), "seed": r.seed,
+        entry: dict[str, Any] = {"name": r.name, "recipe": str(r.recipe), "video": str(r.video), "seed": r.seed,
                  "duration_s": r.duration_s, "reused": r.reused,
                  "build_s": round(r.build_s, 2), "replay_s": round(r.replay_s, 2), "error": r.error}
         if r.matching is not None:
@@ -398,11 +400,11 @@ def markdown(doc: dict) -> str:
                      f"{row['all_false_tickets']}, {_cell(row['all_per_camera_hour'])} |")
     sizes = doc["litter_sizes"]
     if sizes["found"] or sizes["missed"]:
-        lines += ["", f"Litter objects: {sizes['found']} found, {sizes['missed']} missed; smallest found "
+        lines += ["", (f"Litter objects: {sizes['found']} found, {sizes['missed']} missed; smallest found "
                   f"{sizes['smallest_found_across_px'] or '—'} px across / {sizes['smallest_found_area_px'] or '—'} px²; "
                   f"largest missed {sizes['largest_missed_across_px'] or '—'} px across / "
                   f"{sizes['largest_missed_area_px'] or '—'} px²; {sizes['target_across_px']} px across or "
-                  f"more: {sizes['found_at_target']} of {sizes['at_target']} found."]
+                  f"more: {sizes['found_at_target']} of {sizes['at_target']} found.")]
     lines.append("")
     for sc in doc["scenarios"]:
         how = "reused" if sc["reused"] else "built"

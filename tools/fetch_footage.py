@@ -49,10 +49,11 @@ import tarfile
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DEST = REPO / ".cache" / "footage"
@@ -98,7 +99,7 @@ ITEMS: tuple[Item, ...] = (
 # cached copies are re-made.
 DERIVED_NAME = "vtest.mp4"
 DERIVED_SOURCE = "vtest.avi"
-RECIPE = {
+RECIPE: dict[str, Any] = {  # a JSON document: the recipe file written beside the derived clip
     "version": 1,
     "source_sha256": ITEMS[0].sha256,
     "codec": "libx264",
@@ -143,7 +144,7 @@ def _is_good(path: Path, item: Item) -> bool:
 def _run(cmd: list[str], cwd: Path, what: str) -> None:
     """Run a registry client; raise FetchError naming the package and command."""
     try:
-        proc = subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE,
+        proc = subprocess.run(cmd, check=False, cwd=cwd, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, timeout=900)
     except FileNotFoundError as e:
         raise FetchError(f"{what}: command not found: {' '.join(cmd)} ({e})") from e
@@ -225,10 +226,9 @@ def _deb_extract(deb: Path, members: list[str], out: Path, package: str) -> dict
                     continue
                 member = wanted[name]
                 target = out / Path(member).name
-                src = tar.extractfile(ti)
-                assert src is not None
-                if name.endswith(".gz"):
-                    src = gzip.GzipFile(fileobj=src)
+                raw = tar.extractfile(ti)
+                assert raw is not None
+                src = gzip.GzipFile(fileobj=raw) if name.endswith(".gz") else raw
                 with open(target, "wb") as f:
                     shutil.copyfileobj(src, f, 1 << 20)
                 found[member] = target
@@ -316,11 +316,15 @@ def _probe_derived(path: Path) -> str | None:
             # Fixed GOP, no B-frames: keyframes exactly at 0, gop, 2*gop, ...
             # and decode order == presentation order.
             tb = s.time_base
+            if tb is None:
+                return "no time base"
             keys: list[int] = []
             n = 0
             for pkt in c.demux(s):
                 if pkt.size == 0:
                     continue
+                if pkt.pts is None:
+                    return "a packet without pts"
                 if pkt.pts != pkt.dts:
                     return "B-frames (pts != dts)"
                 if pkt.is_keyframe:
@@ -376,8 +380,7 @@ def transcode_vtest(src: Path, dst: Path) -> None:
             ovs.pix_fmt = RECIPE["pix_fmt"]
             ovs.time_base = tb
             ovs.codec_context.time_base = tb
-            n = 0
-            for frame in inp.decode(ivs):
+            for n, frame in enumerate(inp.decode(ivs)):
                 frame = frame.reformat(format=RECIPE["pix_fmt"])
                 # The source's own I-frames (every 250) would otherwise be passed
                 # to libx264 as forced keyframes and break the fixed GOP.
@@ -386,7 +389,6 @@ def transcode_vtest(src: Path, dst: Path) -> None:
                 frame.time_base = tb
                 for pkt in ovs.encode(frame):
                     out.mux(pkt)
-                n += 1
             for pkt in ovs.encode(None):
                 out.mux(pkt)
     why = _probe_derived(tmp)
@@ -429,7 +431,7 @@ def _ensure_derived(dest_dir: Path, source: Path, say: Log) -> Path:
         transcode_vtest(source, derived)
     except FetchError:
         raise
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise FetchError(f"{DERIVED_NAME}: PyAV transcode of {DERIVED_SOURCE} failed: "
                          f"{type(e).__name__}: {e}") from e
     _recipe_path(dest_dir).write_text(json.dumps(RECIPE, indent=1, sort_keys=True) + "\n")

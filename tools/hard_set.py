@@ -31,14 +31,15 @@ import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as `python tools/hard_set.py`: make `tools` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2
+import numpy as np
 
-from tools.scenario_kit import camera_toml  # noqa: E402
+from tools.scenario_kit import camera_toml
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "scenarios" / "hard"
@@ -75,9 +76,16 @@ class Source:
         x1, y1, x2, y2 = self.box
         return (y2 - y1) / (x2 - x1)
 
+    @property
+    def size_m(self) -> tuple[float, float]:
+        """The real size range given, across or tall."""
+        size = self.across_m or self.tall_m
+        assert size is not None, f"{self.name}: give across_m or tall_m"
+        return size
+
     def placement(self) -> dict:
         """The recipe keys that say where the object comes from."""
-        table = {"image": self.image, "video_frame": self.video_frame, "box": list(self.box), "mask": "grabcut"}
+        table: dict[str, Any] = {"image": self.image, "video_frame": self.video_frame, "box": list(self.box), "mask": "grabcut"}
         if self.keep:
             table["keep"] = [list(k) for k in self.keep]
         return {k: v for k, v in table.items() if v is not None}
@@ -165,7 +173,7 @@ def _sized(rng: random.Random, source: Source, polygon, px_range: tuple[float, f
     """Draw a real size and a spot until the object's pixel size (across for litter, tall for the
     rest) falls in ``px_range``: the size follows from where it lies, never the other way round."""
     for _ in range(10000):
-        metres = rng.uniform(*(source.across_m or source.tall_m))
+        metres = rng.uniform(*source.size_m)
         x, y = _spot(rng, polygon)
         scale = px_per_m(y)  # the row decides the scale
         across = metres * scale if source.across_m else metres * scale / source.aspect
@@ -224,7 +232,7 @@ def _effects(rng: random.Random, duration_s: float, lamp_zone) -> dict:
             "patch": patches}
 
 
-def _camera(name: str, zones: dict[str, dict]) -> dict:
+def _camera(name: str, zones: dict[str, tuple[list, dict]]) -> dict:
     """A camera of defaults only: id, location, zones; each rule its type and required keys."""
     return {"id": name.replace("_", "-"), "location": LOCATION,
             "zones": {zone: {"polygon": polygon, "rule": rule} for zone, (polygon, rule) in zones.items()}}
@@ -234,6 +242,7 @@ def _walk(source: Source, start: tuple[float, float], end: tuple[float, float], 
           speed_m_s: float) -> dict:
     """A placement moving in a straight line at ``speed_m_s``, sized for the middle of its path."""
     mid_y = (start[1] + end[1]) / 2
+    assert source.tall_m is not None, f"{source.name}: a walker is sized by its height"
     metres = sum(source.tall_m) / 2
     length_m = np.hypot(end[0] - start[0], end[1] - start[1]) / px_per_m(mid_y)
     t1 = t0 + length_m / speed_m_s

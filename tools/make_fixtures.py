@@ -27,11 +27,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python tools/make_fixtures.py`: make `tools` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.camera_file import dumps  # noqa: E402
-from agent.outbox import Outbox  # noqa: E402
-from tools import REPO  # noqa: E402
-from tools.evaluate import replay  # noqa: E402
-from tools.scenario_kit import DEFAULT_OUT, ensure_built, load_recipe  # noqa: E402
+from agent.camera_file import dumps
+from agent.outbox import Outbox
+from tools import REPO
+from tools.evaluate import replay
+from tools.scenario_kit import DEFAULT_OUT, ensure_built, load_recipe
 
 FIXTURES = REPO / "tests" / "data" / "fixtures"
 # The recipe whose replay shows each rule (or camera fault) opening and clearing a ticket.

@@ -47,18 +47,17 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python tools/quantize_model.py`: make `agent` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import onnx  # noqa: E402
-import onnxruntime  # noqa: E402
-import onnxsim  # noqa: E402
-from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,  # noqa: E402
-                                      QuantType, quantize_static)
-from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: E402
+import cv2
+import numpy as np
+import onnx
+import onnxruntime
+import onnxsim
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from agent.detect import load_detector  # noqa: E402
-from agent.detect.manifest import sha256_of  # noqa: E402
-from tools.scenario_kit import video_frames  # noqa: E402
+from agent.detect import load_detector
+from agent.detect.manifest import sha256_of
+from tools.scenario_kit import video_frames
 
 REPO = Path(__file__).resolve().parents[1]
 CALIBRATION_FIRST, CALIBRATION_STEP, CALIBRATION_FRAMES = 12, 25, 32  # frames 12, 37, ..., 787 of 795
@@ -124,10 +123,10 @@ def write_manifest(fp32_toml: Path, out_toml: Path, name: str, onnx_name: str, s
     for key, value in (("name", q(name)), ("file", q(onnx_name)), ("sha256", q(sha256)), ("source", q(source)),
                        ("input_size", f"[{size}, {size}]")):
         text, n = re.subn(rf"^{key} = [^#\n]*", f"{key} = {value}" + (" " if key == "input_size" else ""),
-                          text, count=1, flags=re.M)
+                          text, count=1, flags=re.MULTILINE)
         if n != 1:
             sys.exit(f"{fp32_toml}: no top-level {key} line to replace")
-    text, n = re.subn(r"^(decoder = [^\n]*\n)", r'\1precision = "int8"\n', text, count=1, flags=re.M)
+    text, n = re.subn(r"^(decoder = [^\n]*\n)", r'\1precision = "int8"\n', text, count=1, flags=re.MULTILINE)
     if n != 1:
         sys.exit(f"{fp32_toml}: no top-level decoder line to put the precision after")
     out_toml.write_text(text)

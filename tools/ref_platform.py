@@ -52,12 +52,13 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Self
 
 import paho.mqtt.client as mqtt
 from jsonschema import Draft202012Validator
@@ -86,7 +87,7 @@ MAX_CHUNKS = 10_000
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def furthest_step(a: str, b: str) -> str:
@@ -96,8 +97,11 @@ def furthest_step(a: str, b: str) -> str:
 class ProtocolViolation(Exception):
     """A message that breaks docs/messages.md. Recorded in ``violations``; never fatal."""
 
+# What paho hands over as MQTTMessage.payload.
+Payload = bytes | bytearray
 
-def decode_json(payload: bytes) -> dict:
+
+def decode_json(payload: Payload) -> dict:
     try:
         doc = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -317,7 +321,7 @@ class Violations:
     def __init__(self, db: Database):
         self.db = db
 
-    def record(self, topic: str, reason: str, payload: bytes) -> None:
+    def record(self, topic: str, reason: str, payload: Payload) -> None:
         log.warning("protocol violation on %s: %s", topic, reason)
         with self.db.transaction() as tx:
             tx.execute("INSERT OR IGNORE INTO violations (topic, reason, payload_sha256, received_at) "
@@ -351,7 +355,7 @@ class Devices:
             return f"agent {agent!r} has no enrolled device key"
         return verify(doc, load_public(rows[0]["public_key"]))
 
-    def reject(self, incoming: Incoming, doc: dict | None, reason: str, payload: bytes) -> None:
+    def reject(self, incoming: Incoming, doc: dict | None, reason: str, payload: Payload) -> None:
         ticket_id = doc.get("ticket_id") if doc else None
         log.warning("ticket message on %s (ticket %s) rejected: %s", incoming.topic, ticket_id, reason)
         with self.db.transaction() as tx:
@@ -470,7 +474,7 @@ class EvidenceLocker:
     def __init__(self, db: Database, folder: Path):
         self.db, self.folder = db, folder
 
-    def receive_evidence(self, incoming: Incoming, payload: bytes, header: ItemHeader) -> None:
+    def receive_evidence(self, incoming: Incoming, payload: Payload, header: ItemHeader) -> None:
         ticket_id, kind = incoming.tail
         if not TICKET_ID.match(ticket_id) or not SAFE_NAME.match(kind):
             raise ProtocolViolation(f"evidence topic names ticket {ticket_id!r} and kind {kind!r}")
@@ -493,7 +497,7 @@ class EvidenceLocker:
                         kind, ticket_id, sha256)
         self._check_claim(header, sha256)
 
-    def receive_snapshot(self, incoming: Incoming, payload: bytes, header: ItemHeader) -> None:
+    def receive_snapshot(self, incoming: Incoming, payload: Payload, header: ItemHeader) -> None:
         (command_id,) = incoming.tail
         if not SAFE_NAME.match(command_id):
             raise ProtocolViolation(f"snapshot topic names command {command_id!r}")
@@ -523,7 +527,7 @@ class EvidenceLocker:
                        (ticket_id, ticket_id))
 
     @staticmethod
-    def _assemble(tx: sqlite3.Connection, topic: str, payload: bytes, header: ItemHeader) -> bytes | None:
+    def _assemble(tx: sqlite3.Connection, topic: str, payload: Payload, header: ItemHeader) -> Payload | None:
         """The whole item once every chunk is in, else None. Runs inside the caller's transaction,
         so exactly one instance sees the last chunk arrive and assembles the item."""
         if header.count == 1:
@@ -542,7 +546,7 @@ class EvidenceLocker:
         tx.execute("DELETE FROM chunks WHERE topic = ? AND sha256 = ?", (topic, header.sha256))
         return b"".join(row["data"] for row in rows)
 
-    def _write(self, relative: Path, data: bytes) -> Path:
+    def _write(self, relative: Path, data: Payload) -> Path:
         path = self.folder / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".part-", delete=False) as part:
@@ -680,6 +684,7 @@ class CommandChannel:
                 self._waiting.pop(correlation, None)
         if waiting.problem is not None:
             raise InvalidReply(waiting.problem)
+        assert waiting.reply is not None  # done is set with a reply or a problem
         return waiting.reply
 
     def on_reply(self, msg: mqtt.MQTTMessage) -> None:
@@ -755,6 +760,7 @@ class AutoLoop:
             reply = self._step(ticket_id, verb, command)
             if reply is None:
                 return
+        assert reply is not None  # the steps ran, each with a reply
         if reply.result == "still_present":
             log.info("auto-loop: ticket %s still there; will verify when the camera reports it cleared", ticket_id)
             # If the cleared message was stored before our handled step was, consider() saw a
@@ -807,7 +813,8 @@ class RefPlatform:
                  group: str = "ref-platform", client_id: str | None = None,
                  evidence_dir: str | os.PathLike[str] | None = None, auto_loop: bool = False,
                  command_timeout_s: float = 15.0, session_expiry_s: int = 0,
-                 command_keys: dict[str, CommandKey] | None = None, device_keys: dict[str, str | bytes] | None = None):
+                 command_keys: dict[str, CommandKey] | None = None,
+                 device_keys: Mapping[str, str | bytes] | None = None):
         self.host, self.port, self.session_expiry_s = host, port, session_expiry_s
         client_id = client_id or f"ref-platform-{uuid.uuid4().hex[:12]}"
         db_path = Path(db_path)
@@ -836,7 +843,7 @@ class RefPlatform:
         self._refused: list[str] = []
 
     # lifecycle ------------------------------------------------------------------------------
-    def start(self, timeout_s: float = 10.0) -> RefPlatform:
+    def start(self, timeout_s: float = 10.0) -> Self:
         """Connect and return once the broker has granted every subscription."""
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.session_expiry_s
@@ -861,7 +868,7 @@ class RefPlatform:
         self.client.loop_stop()
         self.db.close()
 
-    def __enter__(self) -> RefPlatform:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -1018,7 +1025,7 @@ class RefPlatform:
                     check_schema("status", self.status_schema, doc)
                     self.agents.status(incoming, doc)
 
-    def _on_ticket(self, incoming: Incoming, doc: dict, payload: bytes) -> None:
+    def _on_ticket(self, incoming: Incoming, doc: dict, payload: Payload) -> None:
         # Authenticity before anything else: an unsigned or altered message is rejected whole,
         # so the evidence hashes it names are never trusted.
         problem = self.devices.check(incoming.agent, doc)
@@ -1034,6 +1041,7 @@ class RefPlatform:
                  outcome.value)
         if outcome is Outcome.DUPLICATE:
             return
+        assert ticket is not None  # only a duplicate comes without one
         self.evidence.match(doc["ticket_id"])
         if self.auto_loop:
             self.auto_loop.consider(outcome, ticket)

@@ -33,6 +33,7 @@ gstreamer1.0-plugins-base (appsrc/appsink) gstreamer1.0-plugins-good
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import signal
 import sys
@@ -43,7 +44,7 @@ try:
 
     gi.require_version("Gst", "1.0")
     gi.require_version("GstRtspServer", "1.0")
-    from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+    from gi.repository import GLib, Gst, GstRtspServer
 except (ImportError, ValueError) as _e:  # pragma: no cover - environment problem
     sys.stderr.write(
         f"rtsp_server: ERROR: GStreamer RTSP bindings not available under {sys.executable} ({_e}).\n"
@@ -116,7 +117,7 @@ def load_clip(path: str) -> Clip:
         raise RuntimeError(f"{path}: frames without timestamps")
     dts = [b.dts if b.dts != none else b.pts for b in raw]
     sorted_pts = sorted(pts)
-    steps = sorted(b - a for a, b in zip(sorted_pts, sorted_pts[1:]) if b > a)
+    steps = sorted(b - a for a, b in itertools.pairwise(sorted_pts) if b > a)
     step = steps[len(steps) // 2] if steps else Gst.SECOND // 10
     durs = [b.duration if b.duration != none and b.duration > 0 else step for b in raw]
     t0 = min(min(pts), min(dts))
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
 
     GLib.timeout_add_seconds(2, _cleanup)
 
-    stopping = {"sig": None}
+    stopping: dict[str, int | None] = {"sig": None}
 
     def _stop(signum: int) -> bool:
         stopping["sig"] = signum

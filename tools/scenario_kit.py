@@ -39,11 +39,12 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import av
 import cv2
@@ -52,9 +53,9 @@ import numpy as np
 if __package__ in (None, ""):  # run as `python tools/scenario_kit.py`: make `tools` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.config import CameraFile  # noqa: E402
-from agent.typedtoml import ConfigError, load_dataclass, read_toml, setting  # noqa: E402
-from tools.fetch_footage import ALL_NAMES as FOOTAGE_NAMES, ensure_footage  # noqa: E402
+from agent.config import CameraFile
+from agent.typedtoml import ConfigError, load_dataclass, read_toml, setting
+from tools.fetch_footage import ALL_NAMES as FOOTAGE_NAMES, ensure_footage
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / ".cache" / "scenarios"
@@ -133,7 +134,10 @@ class Placement:
 
     def position(self, t: float) -> tuple[float, float]:
         """Where the bottom centre is at composite time ``t``: ``at``, or interpolated ``moves``."""
-        return self.at if self.at is not None else _interpolate(self.moves, t)
+        if self.at is not None:
+            return self.at
+        x, y = _interpolate(self.moves, t)
+        return x, y
 
     def visible(self, t: float) -> bool:
         return t >= self.appear_s and (self.remove_s is None or t < self.remove_s)
@@ -352,6 +356,7 @@ def video_frames(video: str | os.PathLike[str], indices: Iterable[int]) -> dict[
 
 def _source_picture(recipe: Recipe, placement: Placement) -> np.ndarray:
     if placement.video_frame is None:
+        assert placement.image is not None  # a still placement names its image (checked at load)
         picture = cv2.imread(placement.image, cv2.IMREAD_COLOR)
         if picture is None:
             raise ConfigError(recipe.path, "placement.image", f"cannot read image {placement.image}")
@@ -378,10 +383,12 @@ def _object_mask(picture: np.ndarray, placement: Placement, seed: int) -> np.nda
         mask[ky1:ky2, kx1:kx2] = cv2.GC_FGD
     cv2.setRNGSeed(seed)  # GrabCut initialises its colour models with k-means on cv2's RNG
     background_model, object_model = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    cv2.grabCut(picture, mask, None, background_model, object_model, 5, cv2.GC_INIT_WITH_MASK)
+    # The stubs want a rect; with GC_INIT_WITH_MASK OpenCV reads none, and None says so.
+    cv2.grabCut(picture, mask, None,  # type: ignore[call-overload]
+                background_model, object_model, 5, cv2.GC_INIT_WITH_MASK)
     found = np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
     # Drop specks; keep every sizeable part (a thin gap can separate boots from legs).
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(found)
+    _count, labels, stats, _ = cv2.connectedComponentsWithStats(found)
     areas = stats[1:, cv2.CC_STAT_AREA]
     if not len(areas):
         raise ValueError(f"grabcut found no object in box {list(placement.box)}")
@@ -417,7 +424,7 @@ def make_sprite(recipe: Recipe, placement: Placement) -> Sprite:
         eroded = cv2.erode(padded, np.ones((2 * shrink + 1, 2 * shrink + 1), np.uint8))
         alpha = cv2.GaussianBlur(eroded, (0, 0), sigma)[shrink:-shrink, shrink:-shrink]
 
-    shadow = None
+    shadow: np.ndarray | None = None
     if placement.shadow:
         # Flat like a ground contact shadow seen from above and behind: as wide as the object
         # and a quarter as deep, blurred so it has no edge.
@@ -496,7 +503,7 @@ def median_background(video: Path) -> np.ndarray:
     with av.open(str(video)) as container:
         total = container.streams.video[0].frames
         wanted = set(np.linspace(0, max(total - 1, 0), MEDIAN_SAMPLES).round().astype(int).tolist())
-        samples = [frame.to_ndarray(format="bgr24") for index, frame in enumerate(container.decode(video=0))
+        samples: list[np.ndarray] = [frame.to_ndarray(format="bgr24") for index, frame in enumerate(container.decode(video=0))
                    if index in wanted]
     return np.median(np.stack(samples), axis=0).astype(np.uint8)
 
@@ -506,7 +513,7 @@ def mover_mask(frame: np.ndarray, median: np.ndarray) -> np.ndarray:
     MOVER_LEVEL from the median, specks opened away, the body closed and grown by a few pixels (a
     walker's outline and motion blur differ less than its middle), edges softened like a cut-out."""
     blue, green, red = cv2.split(cv2.absdiff(frame, median))
-    moving = (cv2.max(cv2.max(blue, green), red) > MOVER_LEVEL).astype(np.uint8)
+    moving: np.ndarray = (cv2.max(cv2.max(blue, green), red) > MOVER_LEVEL).astype(np.uint8)
     moving = cv2.morphologyEx(moving, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     moving = cv2.dilate(cv2.morphologyEx(moving, cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8)),
                         np.ones((5, 5), np.uint8))
@@ -546,8 +553,10 @@ def apply_effects(frame: np.ndarray, effects: Effects, shapes: list[np.ndarray],
         seen += effects.noise * rng.standard_normal(seen.shape, dtype=np.float32)
     seen = np.clip(seen + 0.5, 0, 255).astype(np.uint8)
     if effects.jpeg_quality:
-        ok, data = cv2.imencode(".jpg", seen, [cv2.IMWRITE_JPEG_QUALITY, effects.jpeg_quality])
-        seen = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        _ok, data = cv2.imencode(".jpg", seen, [cv2.IMWRITE_JPEG_QUALITY, effects.jpeg_quality])
+        decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        assert decoded is not None  # the JPEG just encoded
+        return decoded
     return seen
 
 
@@ -567,13 +576,16 @@ def _frames_backward(container: av.container.InputContainer, first: int, last: i
     """Frames last-1 down to first, decoded REVERSE_CHUNK at a time after a seek to the keyframe
     before each chunk: a backwards pass never holds more than one chunk in memory."""
     stream = container.streams.video[0]
+    time_base = stream.time_base
+    assert time_base is not None  # a demuxed stream has one
     end = last
     while end > first:
         start = max(first, end - REVERSE_CHUNK)
-        container.seek(int(Fraction(start) / fps / stream.time_base), stream=stream, backward=True)
+        container.seek(int(Fraction(start) / fps / time_base), stream=stream, backward=True)
         chunk = []
         for frame in container.decode(stream):
-            index = round(frame.pts * stream.time_base * fps)
+            assert frame.pts is not None  # decoded from a file, every frame has one
+            index = round(frame.pts * time_base * fps)
             if index >= end:
                 break
             if index >= start:
@@ -598,6 +610,7 @@ def _background_frames(recipe: Recipe, fps: Fraction) -> Iterator[np.ndarray]:
                               "give duration_s")
         for turn in range(recipe.loops):
             if turn % 2:
+                assert last is not None  # more than one loop needs it, checked above
                 yield from _frames_backward(container, first, last, fps)
             else:
                 yield from _frames_forward(container, first, last)
@@ -659,7 +672,7 @@ def _encode(recipe: Recipe, sprites: list, video: Path, fps: Fraction, width: in
                 t = float(frames / fps)
                 # From the untouched background: pasted objects are not movers of the video's own.
                 hidden = any(p.behind_movers and p.visible(t) for p in recipe.placements)
-                movers = mover_mask(image, median) if hidden else None
+                movers = mover_mask(image, median) if hidden and median is not None else None
                 for placement, sprite in zip(recipe.placements, sprites):
                     if placement.visible(t):
                         paste(image, sprite, placement.position(t), placement.noise, rng,
@@ -691,6 +704,7 @@ def build(recipe: Recipe, out_dir: str | os.PathLike[str] = DEFAULT_OUT) -> Comp
     video = out_dir / f"{recipe.name}.mp4"
     with av.open(str(recipe.background)) as container:
         source = container.streams.video[0]
+        assert source.average_rate is not None, f"{recipe.background}: no frame rate"
         fps, width, height = Fraction(source.average_rate), source.width, source.height
     sprites = [make_sprite(recipe, p) for p in recipe.placements]
     frames = _encode(recipe, sprites, video, fps, width, height)

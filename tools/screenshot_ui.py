@@ -16,6 +16,10 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # playwright is imported where the browser starts
+    from playwright.sync_api import ViewportSize
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -25,7 +29,7 @@ from agent.config import load_config  # noqa: E402
 from tools.fetch_footage import ensure_footage  # noqa: E402
 
 OUT = REPO / "docs" / "img"
-VIEWPORT = {"width": 1360, "height": 860}
+VIEWPORT: ViewportSize = {"width": 1360, "height": 860}
 # Ground points on the vtest plaza, in metres of a local frame: rough, as a technician would pace
 # them out; the page shows how far each one is from the fitted plane.
 GROUND = [((95, 455), (0.0, 0.0)), ((700, 470), (14.0, 0.5)), ((640, 250), (13.0, 16.0)),
@@ -112,9 +116,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="edge-screens-") as tmp:
         edge = demo_box(Path(tmp))
         started, stop, server = threading.Event(), threading.Event(), {}
+
+        def ready(page_server) -> None:
+            server["url"] = page_server.url
+            started.set()
+
         thread = threading.Thread(target=serve, args=(load_config(edge), PageSettings(port=0)),
-                                  kwargs={"ready": lambda s: (server.update(url=s.url), started.set()),
-                                          "stop": stop}, daemon=True)
+                                  kwargs={"ready": ready, "stop": stop}, daemon=True)
         thread.start()
         if not started.wait(30):
             raise SystemExit("the calibration page did not start")

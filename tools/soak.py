@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -50,12 +51,13 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
 
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.packettypes import PacketTypes  # noqa: E402
@@ -211,6 +213,11 @@ class Broker:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "start() comes first"
+        return self.proc.pid
+
     def start(self, timeout: float = 15.0) -> None:
         if self.running:
             return
@@ -271,7 +278,7 @@ class Subscriber:
         self._chunks: dict[tuple[str, str], dict[int, bytes]] = {}
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"soak-sub-{port}",
                                   protocol=mqtt.MQTTv5)
-        self.client.reconnect_delay_set(0.1, 1.0)
+        self.client.reconnect_delay_set(0.1, 1.0)  # type: ignore[arg-type]  # paho sleeps floats; hints say int
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
         self._subscribed = threading.Event()
@@ -290,7 +297,7 @@ class Subscriber:
     def _on_message(self, client, userdata, msg):
         try:
             self._record(msg)
-        except Exception as exc:  # a bad message must not kill paho's thread
+        except Exception as exc:  # noqa: BLE001 - a bad message must not kill paho's thread
             with self.lock:
                 self.got.evidence_bad.append(f"{msg.topic}: {type(exc).__name__}: {exc}")
 
@@ -328,13 +335,13 @@ class Subscriber:
             self._on_status(json.loads(msg.payload))
 
     def _on_status(self, doc: dict) -> None:
-        t = datetime.fromisoformat(doc["time"].replace("Z", "+00:00")).timestamp()
+        t = datetime.fromisoformat(doc["time"]).timestamp()
         with self.lock:
             self.got.status_docs += 1
             if t < self.start_time:
                 return  # a retained status from before this run
             if self.status is None or t >= datetime.fromisoformat(
-                    self.status["time"].replace("Z", "+00:00")).timestamp():
+                    self.status["time"]).timestamp():
                 self.status, self.status_at = doc, time.monotonic()
             self.status_time = max(self.status_time, t)
             for cam in doc.get("cameras", []):
@@ -543,7 +550,7 @@ def check_delivery(db_path: Path, sub: Subscriber) -> dict:
         first.setdefault(key, None)
     arrived = list(first)
     arrived_seqs = [s for _, s in arrived]
-    out_of_order = sum(1 for a, b in zip(arrived_seqs, arrived_seqs[1:]) if b < a)
+    out_of_order = sum(1 for a, b in itertools.pairwise(arrived_seqs) if b < a)
     missing = [k for k in stored_keys if k not in first]
     with sub.lock:
         evidence = set(sub.got.evidence)
@@ -612,16 +619,16 @@ def table(fig: dict) -> str:
     r = fig["rss"]
     d = fig["delivery"]
     rows = [
-        ("cameras", f"{fig['cameras']} ({', '.join(sorted(set(c['footage'] for c in fig['camera_list'])))}, "
-                    f"looped, analysed at {fig['analysis_fps']:g} fps)"),
+        ("cameras", (f"{fig['cameras']} ({', '.join(sorted({c['footage'] for c in fig['camera_list']}))}, "
+                    f"looped, analysed at {fig['analysis_fps']:g} fps)")),
         ("simulated hours per camera (min / total)",
          f"{fig['simulated_h_min']:.2f} / {fig['simulated_h_total']:.2f}"),
         ("wall minutes (expected)", f"{fig['wall_min']:.1f} ({fig['expected_wall_min']:.1f})"),
         ("speed-up (simulated h per wall h, all cameras)", f"{fig['speedup']:.0f}x"),
-        ("tickets / ticket messages", f"{d['tickets']} / {d['ticket_messages']} "
-                                      f"({', '.join(f'{k} {v}' for k, v in sorted(d['events'].items()))})"),
-        ("messages stored (all kinds)", f"{d['messages_stored']} "
-                                         f"({', '.join(f'{k} {v}' for k, v in sorted(d['messages_by_kind'].items()))})"),
+        ("tickets / ticket messages", (f"{d['tickets']} / {d['ticket_messages']} "
+                                      f"({', '.join(f'{k} {v}' for k, v in sorted(d['events'].items()))})")),
+        ("messages stored (all kinds)", (f"{d['messages_stored']} "
+                                         f"({', '.join(f'{k} {v}' for k, v in sorted(d['messages_by_kind'].items()))})")),
         ("broker outages (down s each, agent back online after: max s)",
          f"{fig['outages']} ({fig['down_for_s']:g} s, {fig['reconnect_max_s']})"),
         ("outbox backlog when the broker came back (max / sum over outages)",
@@ -630,8 +637,8 @@ def table(fig: dict) -> str:
         ("RSS growth after warm-up: max / end (bound)",
          f"{r.get('growth_max_mb')} / {r.get('growth_end_mb')} MB ({fig['max_growth_mb']:g} MB)"),
         ("RSS slope after warm-up", f"{r.get('slope_mb_per_sim_h')} MB per simulated hour"),
-        ("agent CPU (mean, % of one core; box busy)", f"{fig['cpu_mean_pct']:.0f}% ({fig['box_busy_pct']:.0f}% "
-                                                       f"of {fig['cores']} cores)"),
+        ("agent CPU (mean, % of one core; box busy)", (f"{fig['cpu_mean_pct']:.0f}% ({fig['box_busy_pct']:.0f}% "
+                                                       f"of {fig['cores']} cores)")),
         ("threads / open fds (warm-up → end)", f"{fig['threads']} / {fig['fds']}"),
         ("stuck workers (longest stall of frames_analysed)", f"{len(fig['stuck'])} ({fig['max_stall_s']:.0f} s)"),
         ("undelivered outbox rows / missing at subscriber / out of order",
@@ -709,14 +716,24 @@ class Soak:
             self.agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "-c", str(self.edge), "run"],
                                           cwd=REPO, stdout=agent_log, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL)
-        print(f"soak: mosquitto pid {self.broker.proc.pid} on {HOST}:{self.broker.port}, agent pid "
+        print(f"soak: mosquitto pid {self.broker.pid} on {HOST}:{self.broker.port}, agent pid "
               f"{self.agent.pid}, out {self.out}", flush=True)
+
+    @property
+    def running_agent(self) -> subprocess.Popen:
+        """The agent process: the phases after start() use it."""
+        assert self.agent is not None, "start() comes first"
+        return self.agent
+
+    @property
+    def subscriber(self) -> Subscriber:
+        assert self.sub is not None, "start() comes first"
+        return self.sub
 
     # ------------------------------------------------------------------ the run
     def drive(self) -> None:
         """One pass a second until every camera covered the simulated hours, the agent died or
         --max-wall-minutes ran out."""
-        assert self.agent is not None and self.sub is not None
         args = self.args
         self.agent_started = started = time.monotonic()
         self.outage = Outage(next_down=started + args.flap_every, broker_since=started)
@@ -729,9 +746,9 @@ class Soak:
                 self.failures.append(f"did not reach {args.simulated_hours:g} simulated h per camera within "
                                      f"{args.max_wall_minutes:g} min")
                 break
-            if self.agent.poll() is not None:
+            if self.running_agent.poll() is not None:
                 self.crashed = True
-                self.failures.append(f"agent exited by itself with {self.agent.returncode} during the run")
+                self.failures.append(f"agent exited by itself with {self.running_agent.returncode} during the run")
                 break
             self._flap(now)
             self._watch_status(now)
@@ -752,7 +769,7 @@ class Soak:
         if o.current is None and now >= o.next_down:
             self.broker.stop()
             o.current = {"down_at_s": round(now - started, 1),
-                         "pending_at_down": (self.sub.status or {}).get("outbox", {}).get("pending")}
+                         "pending_at_down": (self.subscriber.status or {}).get("outbox", {}).get("pending")}
             o.history.append(o.current)
         elif o.current is not None and now - (started + o.current["down_at_s"]) >= self.args.down_for:
             o.current["pending_at_up"] = pending_rows(self.db_path)
@@ -764,7 +781,7 @@ class Soak:
             o.current = None
 
     def _watch_status(self, now: float) -> None:
-        o, sub = self.outage, self.sub
+        o, sub = self.outage, self.subscriber
         # The agent publishes its status on every connect: the first one stamped after the restart
         # says when it was back.
         if o.up_at is not None and sub.status_time >= o.up_at:
@@ -775,11 +792,11 @@ class Soak:
             self.silent_max = max(self.silent_max, now - max(sub.status_at, o.broker_since))
 
     def _sample(self, now: float, prev: tuple[float, int, int, int] | None) -> tuple[float, int, int, int] | None:
-        ps = proc_sample(self.agent.pid)
+        ps = proc_sample(self.running_agent.pid)
         busy, total = box_busy()
-        prog = progress_h(self.sub, self.cameras, self.args.analysis_fps)
-        with self.sub.lock:
-            st = self.sub.status or {}
+        prog = progress_h(self.subscriber, self.cameras, self.args.analysis_fps)
+        with self.subscriber.lock:
+            st = self.subscriber.status or {}
         row = {"t_s": round(now - self.agent_started, 1), "sim_h_min": round(min(prog.values()), 4),
                "sim_h_total": round(sum(prog.values()), 4), "broker_up": self.broker.running,
                "pending": st.get("outbox", {}).get("pending"), "stored": st.get("outbox", {}).get("stored"),
@@ -790,7 +807,7 @@ class Soak:
                 row["cpu_pct"] = round(100.0 * (ps["ticks"] - prev[1]) / CLK_TCK / (now - prev[0]), 1)
                 row["box_busy_pct"] = round(100.0 * (busy - prev[2]) / max(total - prev[3], 1), 1)
             prev = (now, ps["ticks"], busy, total)
-        mps = proc_sample(self.broker.proc.pid) if self.broker.running else None
+        mps = proc_sample(self.broker.pid) if self.broker.running else None
         row["broker_rss_mb"] = round(mps["rss_mb"], 1) if mps else None
         self.samples.append(row)
         return prev
@@ -800,7 +817,7 @@ class Soak:
         print(f"soak: {now - self.agent_started:6.0f} s  simulated h min {last.get('sim_h_min', 0):.2f}/"
               f"{self.args.simulated_hours:g}  rss {last.get('rss_mb')} MB  cpu {last.get('cpu_pct')}%  "
               f"pending {last.get('pending')}  outages {len(self.outage.history)}  broker "
-              f"{'up' if self.broker.running else 'DOWN'}  stuck {sorted(self.sub.stuck) or '-'}", flush=True)
+              f"{'up' if self.broker.running else 'DOWN'}  stuck {sorted(self.subscriber.stuck) or '-'}", flush=True)
 
     # ------------------------------------------------------------------ winding down
     def wind_down(self) -> None:
@@ -810,7 +827,7 @@ class Soak:
             self.broker.start()
             self.outage.current.update(up_at_s=round(time.monotonic() - self.agent_started, 1), cut_short=True)
         if self.crashed:
-            self.agent_exit = self.agent.returncode
+            self.agent_exit = self.running_agent.returncode
         else:
             self._drain()
             stop_started = time.monotonic()
@@ -822,14 +839,14 @@ class Soak:
             want = {(json.loads(p)["ticket_id"], json.loads(p)["seq"]) for (p,) in outbox_query(
                 self.db_path, "SELECT payload FROM messages WHERE kind = 'ticket' AND delivered_at IS NOT NULL")}
             settle = time.monotonic() + 30
-            while time.monotonic() < settle and not want <= set(self.sub.ticket_keys()):
+            while time.monotonic() < settle and not want <= set(self.subscriber.ticket_keys()):
                 time.sleep(0.5)
             time.sleep(2)  # evidence follows its ticket message
 
     def _drain(self) -> None:
-        args, sub = self.args, self.sub
+        args, sub = self.args, self.subscriber
         drain_until = time.monotonic() + args.drain_timeout
-        while time.monotonic() < drain_until and self.agent.poll() is None:
+        while time.monotonic() < drain_until and self.running_agent.poll() is None:
             with sub.lock:
                 st, fresh = sub.status, time.monotonic() - sub.status_at < 2 * args.status_interval
             if st and fresh and (st.get("outbox", {}).get("pending") or 0) <= args.drain_pending:
@@ -874,15 +891,15 @@ class Soak:
     def figures(self) -> dict:
         """Every check's input and result, as soak.json holds them."""
         args, samples, outages = self.args, self.samples, self.outage.history
-        delivery, lifecycle = check_delivery(self.db_path, self.sub), lifecycle_anomalies(self.db_path)
+        delivery, lifecycle = check_delivery(self.db_path, self.subscriber), lifecycle_anomalies(self.db_path)
         log_summary = scan_agent_log(self.out / "agent.log")
-        prog = progress_h(self.sub, self.cameras, args.analysis_fps)
+        prog = progress_h(self.subscriber, self.cameras, args.analysis_fps)
         warm_index = next((i for i, s in enumerate(samples)
                            if s["sim_h_min"] >= args.warmup * args.simulated_hours), 0)
         rss = rss_figures(samples, warm_index)
-        with self.sub.lock:
-            stuck = dict(self.sub.stuck)
-            cams = {k: vars(v).copy() for k, v in self.sub.cameras.items()}
+        with self.subscriber.lock:
+            stuck = dict(self.subscriber.stuck)
+            cams = {k: vars(v).copy() for k, v in self.subscriber.cameras.items()}
         self.check(delivery, lifecycle, log_summary, rss, stuck)
         cpu = [s["cpu_pct"] for s in samples if "cpu_pct" in s]
         busy = [s["box_busy_pct"] for s in samples if "box_busy_pct" in s]
@@ -891,7 +908,7 @@ class Soak:
             "command": "python tools/soak.py " + " ".join(sys.argv[1:]),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
                        f"Python {platform.python_version()}",
-            "date_utc": datetime.fromtimestamp(self.started_wall, timezone.utc).strftime("%Y-%m-%d %H:%M"),
+            "date_utc": datetime.fromtimestamp(self.started_wall, UTC).strftime("%Y-%m-%d %H:%M"),
             "cameras": args.cameras, "camera_list": self.cameras, "analysis_fps": args.analysis_fps,
             "target_simulated_h": args.simulated_hours,
             "simulated_h_min": min(prog.values()), "simulated_h_total": sum(prog.values()),

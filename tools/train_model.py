@@ -37,6 +37,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,7 +154,8 @@ def labelled_samples(folder: Path, classes: list[str]) -> list[Sample]:
     return samples
 
 
-def hard_negative_samples(root: Path, classes: list[str], rules: set[str], cameras: set[str]) -> list[Sample]:
+def hard_negative_samples(root: Path, classes: list[str], rules: AbstractSet[str],
+                          cameras: AbstractSet[str]) -> list[Sample]:
     """The frames of rejected tickets under ``root`` (the box's ``hard_negatives`` folder), filtered by
     rule and camera when given. A ``frame.txt`` beside one (labels in ``classes``' ids) is used."""
     if not root.is_dir():
@@ -235,7 +237,7 @@ def background_share(summary: dict) -> float:
 
 
 def build_dataset(labelled: list[Path], hard_negatives: list[Path], out: Path, classes: list[str] | None = None,
-                  rules: set[str] = frozenset(), cameras: set[str] = frozenset(),
+                  rules: AbstractSet[str] = frozenset(), cameras: AbstractSet[str] = frozenset(),
                   val_fraction: float = 0.2) -> dict:
     """Merge labelled folders and hard negatives into one YOLO data set at ``out``; its summary."""
     if not 0 < val_fraction < 1:

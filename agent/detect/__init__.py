@@ -70,7 +70,7 @@ class Detector:
             raise ConfigError(manifest_path, "providers", str(exc)) from None
         try:
             self.session = ort.InferenceSession(str(manifest.file), options, providers=chosen)
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidProtobuf types
             raise ConfigError(manifest.file, "", f"onnxruntime cannot load the model: {exc}") from None
         self.manifest = manifest
         self.sha256 = manifest.sha256.lower()
@@ -104,6 +104,7 @@ class Detector:
         m = self.manifest
         in_w, in_h = m.input_size
         h, w = image.shape[:2]
+        resized: np.ndarray  # OpenCV's results, or the letterbox canvas
         if m.resize is Resize.LETTERBOX:
             scale = min(in_w / w, in_h / h)
             new_w, new_h = round(w * scale), round(h * scale)
@@ -117,7 +118,7 @@ class Detector:
             box = Letterbox(in_w / w, in_h / h, 0.0, 0.0)
         if m.channel_order == "RGB":
             resized = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
-        tensor = (resized.astype(np.float32) - np.float32(m.mean)) / np.float32(m.std)
+        tensor = (resized.astype(np.float32) - np.asarray(m.mean, np.float32)) / np.asarray(m.std, np.float32)
         if m.input_layout == "NCHW":
             tensor = tensor.transpose(2, 0, 1)
         return np.ascontiguousarray(tensor[None]), box

@@ -15,6 +15,7 @@ from agent.detect.manifest import ModelManifest
 def decode(outputs: dict[str, np.ndarray], manifest: ModelManifest, min_score: float):
     """Candidate boxes in input-tensor pixels: (xyxy (N,4), score (N,), class_id (N,))."""
     spec = manifest.nanodet
+    assert spec is not None  # the manifest refuses a nanodet model without [nanodet]
     width, height = manifest.input_size
     bins = np.arange(spec.reg_max + 1, dtype=np.float32)
     all_boxes, all_scores, all_ids = [], [], []
