@@ -6,7 +6,7 @@ construction, indexable by a boolean mask so zone tests and filters compose with
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
@@ -71,7 +71,7 @@ class Detections:
     def names(self) -> list[str]:
         return [self.class_names[i] if 0 <= i < len(self.class_names) else str(i) for i in self.class_id]
 
-    def of_classes(self, names: frozenset[str] | set[str]) -> np.ndarray:
+    def of_classes(self, names: Collection[str]) -> np.ndarray:
         """Boolean mask of rows whose class name is in ``names``."""
         wanted = np.array([n in names for n in self.class_names] + [False], dtype=bool)
         ids = np.where((self.class_id >= 0) & (self.class_id < len(self.class_names)), self.class_id, -1)

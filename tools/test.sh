@@ -111,5 +111,12 @@ fi
 # ---------------------------------------------------------------- footage
 .venv/bin/python tools/fetch_footage.py
 
+# ---------------------------------------------------------------- lint and types
+# Both read their settings (and mypy its file list) from pyproject.toml; a finding fails the run.
+say "ruff check agent tools tests"
+.venv/bin/ruff check -q agent tools tests
+say "mypy (agent, tools)"
+.venv/bin/mypy --no-error-summary
+
 # ---------------------------------------------------------------- tests
 exec .venv/bin/python -m pytest -q "$@"

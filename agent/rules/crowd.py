@@ -106,7 +106,11 @@ class CrowdRule:
         self.classes = frozenset(params.classes)
         # px_per_m2 was measured on the picture the zone was drawn on, not on the stream's.
         pixels = cv2.contourArea(zone.polygon.reshape(-1, 1, 2).astype(np.float32)) / (zone.scale[0] * zone.scale[1])
-        self.area_m2 = params.area_m2 if params.area_m2 is not None else pixels / params.px_per_m2
+        if params.area_m2 is not None:
+            self.area_m2 = params.area_m2
+        else:
+            assert params.px_per_m2 is not None  # Params takes one of the two
+            self.area_m2 = pixels / params.px_per_m2
         self.reset()
 
     def reset(self) -> None:
@@ -118,7 +122,7 @@ class CrowdRule:
         self._last_crowded: float | None = None  # last frame at or above level 1's leaving density
         self._last_boxes = np.zeros((0, 4), np.float32)
         self._heat: np.ndarray | None = None  # (rows, cols) float32, made at the first frame's size
-        self._heat_ts: float | None = None
+        self._heat_ts = 0.0  # set with _heat
 
     def _people(self, obs: Observation) -> Detections:
         found = obs.detections
@@ -164,6 +168,7 @@ class CrowdRule:
         else:
             kind = EventKind.CLEARED if level == 0 else EventKind.UPDATED
         self._level = level
+        assert self._crowd_since is not None  # set when the ticket opened
         event = RuleEvent(
             kind=kind,
             rule=self.name,
@@ -202,12 +207,14 @@ class CrowdRule:
                 return reached
         if self._level and ts - self._level_since >= p.clear_after_s:
             down = self._window(ts, p.clear_after_s)
+            assert down is not None  # the level was held since _level_since, watched since before
             left = (down[:, None] < p.hysteresis * levels).mean(axis=0) >= WINDOW_SHARE
             return min(self._level, int(np.argmax(left)) if left.any() else len(levels))
         return self._level
 
     def _window(self, ts: float, seconds: float) -> np.ndarray | None:
         """Densities of the frames of the last ``seconds``; None until watched that long."""
+        assert self._watching_since is not None  # update() sets it at the first frame
         if ts - self._watching_since < seconds:
             return None
         return np.array([d for t, d in self._history if t >= ts - seconds])

@@ -286,7 +286,8 @@ class LiftEbikeRule:
         self._object_box: np.ndarray | None = None  # the fallback's object, once it came with a person
         self._object_length = 0.0  # its longest view while still, of the zone's long side
         self._first_seen: float | None = None
-        self._last_seen: float | None = None
+        # Set together with _first_seen, read only while a candidate exists (_first_seen not None).
+        self._last_seen = float("-inf")
         self._open = False
         self._sighting: RuleEvent | None = None  # the latest frame something was present, as an opening
 
@@ -324,9 +325,9 @@ class LiftEbikeRule:
             return max(foreground.length, self._object_length)
         return foreground.length
 
-    def _stands_still(self, box: np.ndarray) -> bool:
+    def _stands_still(self, box: np.ndarray | None) -> bool:
         """Whether ``box`` overlaps the object's last box by ``STILL_IOU``: it has not moved."""
-        return self._object_box is not None and float(
+        return box is not None and self._object_box is not None and float(
             box_iou(box[None].astype(np.float64), self._object_box[None].astype(np.float64))[0, 0]) >= STILL_IOU
 
     def present(self, obs: Observation) -> np.ndarray | None:
@@ -378,6 +379,7 @@ class LiftEbikeRule:
         self._seen_people.append((ts, self._person_boxes(obs.detections)))
         found_object = False
         if self._car is not None:
+            assert picture is not None and people is not None  # _look cuts them out whenever there is a car
             if self._car.learn(ts, picture, people, len(ebikes) > 0, foreground.fraction):
                 self._object_box = None  # the new empty car is what the object was compared with
             else:
@@ -389,6 +391,7 @@ class LiftEbikeRule:
                 self._first_seen = ts
             self._last_seen = ts
             self._sighting = self._event(ts, ebikes, foreground)
+            assert self._first_seen is not None  # set above, or when the candidate began
             if not self._open and ts - self._first_seen >= p.min_dwell_s:
                 self._open = True
                 self._run_command()
@@ -397,8 +400,9 @@ class LiftEbikeRule:
             return RuleOutput()
 
         if self._open and ts - self._last_seen >= p.clear_after_s:
+            assert self._sighting is not None  # the ticket opened on one
             self._open = False
-            self._first_seen = None
+            self._first_seen, self._last_seen = None, float("-inf")
             # The clear shows the last sighting; the alarm, if any, goes off.
             return RuleOutput([replace(self._sighting, kind=EventKind.CLEARED, ts=ts,
                                        facts={"alarm": False} if p.alarm_topic else {})])
@@ -406,11 +410,14 @@ class LiftEbikeRule:
 
     def _event(self, ts: float, ebikes: Detections, foreground: Foreground) -> RuleEvent:
         p = self.params
+        assert self._first_seen is not None  # a sighting belongs to a candidate
+        facts: dict[str, object]
         if len(ebikes):
             best = int(np.argmax(ebikes.score))
             label, confidence, boxes = ebikes.names()[best], float(ebikes.score[best]), ebikes.xyxy.copy()
             facts = {"detected_by": "model"}
         else:
+            assert foreground.box is not None  # no e-bike: the fallback's object is the sighting
             label, confidence, boxes = "large_object", 0.0, foreground.box[None].copy()
             facts = {"detected_by": "foreground", "object_length": round(self._object_length, 2)}
         if p.fallback:

@@ -125,7 +125,7 @@ class ShopFrontRule:
         self._movers = RecentMovers(params.mover_classes, params.mover_memory_s)
         self._goods_classes = frozenset(params.goods_classes)
         self._zone_cells: np.ndarray | None = None  # bool (h, w): the zone on the grid of cells
-        self._zone_shape: tuple[int, int] | None = None  # of the picture it was made for
+        self._zone_shape: tuple[int, ...] | None = None  # of the picture it was made for
         self.reset()
 
     def reset(self) -> None:
@@ -165,9 +165,9 @@ class ShopFrontRule:
         standing = self.zone.contains(bottom_centres(np.array(boxes, np.float32)))
         counted = [i for i, box in enumerate(boxes)
                    if standing[i] and (box_mask(box, zone.shape, CELL) & ~blocked).any()]
-        boxes = np.array([boxes[i] for i in counted], np.float32).reshape(-1, 4)
-        covered = box_mask(boxes, zone.shape, CELL) & ~blocked
-        return Occupancy(min(1.0, covered.sum() / max(1, zone.sum())), boxes,
+        kept = np.array([boxes[i] for i in counted], np.float32).reshape(-1, 4)
+        covered = box_mask(kept, zone.shape, CELL) & ~blocked
+        return Occupancy(min(1.0, covered.sum() / max(1, zone.sum())), kept,
                          np.array([rested[i] for i in counted], np.float64), blocked)
 
     def _rested_enough_since(self, occupancy: Occupancy, zone: np.ndarray) -> float:
@@ -222,6 +222,7 @@ class ShopFrontRule:
         """An event about the last goods seen; an opening reports their share of the zone then, a
         clear the share now."""
         p = self.params
+        assert self._occupied_since is not None  # events are made only while the zone is occupied
         return RuleEvent(kind=kind, rule=self.name, zone=self.zone.id, ts=ts, first_seen=self._occupied_since,
                          last_seen=self._last_seen, label="goods", confidence=BLOB_CONFIDENCE,
                          boxes=self._last_boxes.copy(),
