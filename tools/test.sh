@@ -17,7 +17,7 @@
 #    pins and the extra are unchanged since the last install),
 # 4. fetches the test footage (tools/fetch_footage.py, cached in .cache/footage
 #    or $EDGE_FOOTAGE_DIR),
-# 5. runs pytest.
+# 5. runs ruff and mypy (settings in pyproject.toml), then pytest.
 #
 # PYTHON=python3.12 picks the interpreter for a new .venv (default: python3).
 set -euo pipefail
