@@ -670,7 +670,7 @@ class Soak:
     """One soak run in phases: :meth:`prepare` the box, :meth:`drive` the agent while flapping the
     broker and sampling, :meth:`wind_down`, then :meth:`report` the checks and figures."""
 
-    def __init__(self, args):
+    def __init__(self, args: argparse.Namespace):
         self.args = args
         self.out = Path(args.out).resolve()
         self.db_path = self.out / "var" / "outbox.sqlite"
