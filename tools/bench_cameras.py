@@ -42,7 +42,6 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -52,6 +51,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from agent.rules import rule_types  # noqa: E402
+from tools.h264 import add_fixed_gop_stream  # noqa: E402
 from tools.scenario_kit import Composite, camera_toml, ensure_built, load_recipe  # noqa: E402
 from tools.soak import box_busy, free_port, proc_sample  # noqa: E402
 
@@ -75,11 +75,7 @@ def transcode(src: Path, dst: Path, size: tuple[int, int] | None) -> Path:
         assert video.average_rate is not None, f"{src}: no frame rate"
         src_fps = float(video.average_rate)
         width, height = size or (video.width, video.height)
-        stream = out.add_stream("libx264", rate=OUT_FPS)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.time_base = Fraction(1, OUT_FPS)
-        stream.options = {"preset": "veryfast", "crf": "23",
-                          "x264-params": f"keyint={OUT_GOP}:min-keyint={OUT_GOP}:scenecut=0:bframes=0"}
+        stream = add_fixed_gop_stream(out, OUT_FPS, OUT_GOP, width, height, crf=23)
         index = 0
         for n, frame in enumerate(source.decode(video)):
             decoded = frame.to_ndarray(format="bgr24")

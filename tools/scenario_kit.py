@@ -56,6 +56,7 @@ if __package__ in (None, ""):  # run as `python tools/scenario_kit.py`: make `to
 from agent.config import CameraFile
 from agent.typedtoml import ConfigError, load_dataclass, read_toml, setting
 from tools.fetch_footage import ALL_NAMES as FOOTAGE_NAMES, ensure_footage
+from tools.h264 import add_fixed_gop_stream
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / ".cache" / "scenarios"
@@ -659,15 +660,9 @@ def _encode(recipe: Recipe, sprites: list, video: Path, fps: Fraction, width: in
     frames = 0
     try:
         with av.open(str(part), "w", format="mp4", options={"movflags": "+faststart"}) as output:
-            stream = output.add_stream("libx264", rate=fps, options={
-                "preset": "veryfast", "crf": str(CRF), "bf": "0", "g": str(gop), "keyint_min": str(gop),
-                "sc_threshold": "0",
-                # A keyframe exactly every GOP_S seconds and no scene-cut keyframes: clips cut
-                # from the composite and seeks in it behave like on the demo footage.
-                "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0",
-            })
-            stream.pix_fmt, stream.width, stream.height = "yuv420p", width, height
-            stream.time_base = stream.codec_context.time_base = 1 / fps
+            # A keyframe exactly every GOP_S seconds: clips cut from the composite and seeks in it
+            # behave like on the demo footage.
+            stream = add_fixed_gop_stream(output, fps, gop, width, height, CRF)
             for image in _background_frames(recipe, fps):
                 t = float(frames / fps)
                 # From the untouched background: pasted objects are not movers of the video's own.
