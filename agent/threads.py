@@ -12,7 +12,8 @@ import ctypes.util
 import threading
 
 PR_SET_NAME = 15
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if ctypes.util.find_library("c") else None
+_LIBC_NAME = ctypes.util.find_library("c")  # None where there is no C library to ask (not Linux)
+_libc = ctypes.CDLL(_LIBC_NAME, use_errno=True) if _LIBC_NAME else None
 
 
 def name_native_thread() -> None:
