@@ -116,6 +116,8 @@ class CameraPipeline:
         tiler = camera_tiler(self.camera, detector, watched)
         with self._detector_lock:
             self.detector, self.tiler, self._first_use = detector, tiler, first_use
+        if self.gate is not None:
+            self.gate.rescan()  # or an unchanged scene would keep the old model's detections
 
     def _detect(self, frame: Frame) -> Detections:
         with self._detector_lock:

@@ -97,3 +97,11 @@ def test_the_gate_rescans_at_its_minimum_rate_and_a_slow_change_adds_up():
         moved[700:800, 1000:1000 + 4 * step] = 30
         runs.append(gate.needs_detection(2.0 * step, moved))
     assert any(runs) and not all(runs)
+
+
+def test_a_new_model_makes_the_gate_run_the_detector_on_an_unchanged_frame():
+    gate = ChangeGate(ChangeGateParams(rescan_s=100.0), [ZONE], (1920, 1080))
+    frame = street(0)
+    assert gate.needs_detection(0.0, frame) and not gate.needs_detection(2.0, frame)
+    gate.rescan()
+    assert gate.needs_detection(4.0, frame) and not gate.needs_detection(6.0, frame)
